@@ -1,0 +1,186 @@
+"""Typed, validated pipeline parameters: params.yaml parses into one frozen `Params` object.
+
+Each section belongs to one stage. Unknown keys, wrong types and impossible values stop a stage before it does
+any work, with a message that names the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ParamsError",
+    "DataParams",
+    "SyntheticParams",
+    "ModelParams",
+    "TrainParams",
+    "ExtractParams",
+    "EvaluateParams",
+    "TrackingParams",
+    "ReevaluateParams",
+    "Params",
+    "load_params",
+    "apply_overrides",
+]
+
+
+class ParamsError(ValueError):
+    """params.yaml (or an override) is invalid; the message names the key and the allowed values."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticParams(_Section):
+    """Size of the generated ILSVRC-format dataset (the design knobs live in acol.data.synthetic)."""
+
+    num_classes: int = Field(10, ge=2, le=1000)
+    train_per_class: int = Field(300, ge=1)
+    val_per_class: int = Field(50, ge=1)
+    image_size: int = Field(64, ge=32, le=1024)
+    seed: int = 0
+
+
+class DataParams(_Section):
+    source: Literal["synthetic", "ilsvrc", "cub"] = "synthetic"
+    root: str = "data/synthetic"  # dataset root; generated here when source is synthetic
+    synthetic: SyntheticParams = SyntheticParams()
+    synsets: str = "LOC_synset_mapping.txt"  # ILSVRC: relative to root
+    val_solution: str | None = "LOC_val_solution.csv"  # ILSVRC val boxes: this CSV ...
+    val_xml_dir: str | None = None  # ... or a folder of per-image VOC XML files (relative to root)
+    mask_dir: str | None = None  # optional foreground masks <mask_dir>/<image id stem>.png for PxAP
+    verify_images: bool = True  # decode every image while indexing, recording the ones that fail
+    strict: bool = False  # any bad entry stops prepare instead of being recorded and skipped
+
+
+class ModelParams(_Section):
+    backbone: str = "small"  # small | vgg16 | resnet50 | inception_v3
+    head_channels: int = Field(1024, ge=1)  # width of the 3x3 convs in each head (paper: 1024)
+    erase_threshold: float = Field(0.6, gt=0.0, le=1.0)  # ACoL: erase where A's normalized map >= this
+    backbone_weights: str | None = None  # local torchvision state dict (e.g. ImageNet VGG16), never downloaded
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from acol.models.backbones import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone; allowed: {sorted(BACKBONES)}")
+        return value
+
+
+class TrainParams(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)  # global batch, split over the workers
+    lr: float = Field(0.01, gt=0.0)  # backbone learning rate
+    head_lr_mult: float = Field(10.0, gt=0.0)  # heads learn this many times faster (paper: 10)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    image_size: int = Field(64, ge=32)  # training crop size
+    num_workers: int = Field(1, ge=1)  # Ray Train workers
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray worker
+    amp: bool = False  # bf16 autocast on GPUs
+    max_failures: int = Field(2, ge=-1)  # Ray Train FailureConfig: restarts from the last checkpoint
+    checkpoints_to_keep: int = Field(2, ge=1)
+    storage_path: str = "outputs/ray"  # where Ray Train keeps checkpoints: every node must see it
+    seed: int = 0
+
+
+class ExtractParams(_Section):
+    batch_size: int = Field(64, ge=1)
+    num_actors: int = Field(1, ge=1)  # inference actors in the Ray Data pool
+    use_gpu: bool = False
+    cpus_per_actor: float = Field(1.0, gt=0.0)
+    box_threshold: float = Field(0.2, ge=0.0, lt=1.0)  # CAM threshold for the boxes written with the maps
+    rows_per_file: int = Field(2048, ge=1)
+
+
+class EvaluateParams(_Section):
+    interval: float = Field(0.01, gt=0.0, lt=1.0)  # threshold grid step (0.001 for the full protocol)
+    iou_thresholds: tuple[int, ...] = (30, 50, 70)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # val images used to pick the threshold
+    champion_metric: str = "maxboxacc_v2"
+
+    @field_validator("iou_thresholds")
+    @classmethod
+    def _iou_in_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(not 0 < v <= 100 for v in value):
+            raise ValueError("each IoU threshold must be a percentage in (0, 100]")
+        return value
+
+
+class TrackingParams(_Section):
+    experiment: str = "acol"
+    registered_model: str = "acol-synthetic"
+    log_system_metrics: bool = True
+
+
+class ReevaluateParams(_Section):
+    alias: str = "champion"
+    tolerance: float = Field(1.0, ge=0.0)  # allowed drop, in metric points, before the job fails
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    extract: ExtractParams = ExtractParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+    reevaluate: ReevaluateParams = ReevaluateParams()
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a raw params dict."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"override {override!r} is not of the form section.key=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {override!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read, override and validate params.yaml; a missing file means all defaults."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_describe(error, str(path))) from None

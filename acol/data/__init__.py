@@ -1,0 +1,1 @@
+"""Dataset readers (ILSVRC, CUB, WSOL metadata), the synthetic generator, manifests and transforms."""

@@ -1,0 +1,120 @@
+"""One training-step path for every runner (plain loop, Ray Train worker, benchmarks).
+
+`train_one_epoch` and `evaluate_classification` know nothing of Ray or MLflow: they take a model, a loader, an
+optimizer and a device, so the distributed loop and the tests share exactly this code.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from acol.config import TrainParams
+from acol.models import WSOLModel, param_groups
+
+__all__ = ["seed_everything", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate_classification"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _unwrap(model: nn.Module) -> WSOLModel:
+    """The WSOLModel inside a DistributedDataParallel wrapper (for `loss` and the parameter groups)."""
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
+
+
+def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    groups = param_groups(_unwrap(model), params.lr, params.head_lr_mult, params.weight_decay)
+    if params.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.SGD(groups, momentum=params.momentum)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: cosine to zero over all epochs, or constant."""
+    total = max(1, params.epochs * steps_per_epoch)
+    if params.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    *,
+    amp: bool = False,
+) -> dict[str, float]:
+    """One pass over `loader`; returns mean loss, accuracy of A (and B for ACoL), samples and seconds."""
+    model.train()
+    total_loss = correct_a = correct_b = samples = 0.0
+    has_branch_b = False
+    start = time.perf_counter()
+    for images, labels, _ in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            output = model(images, labels)
+            loss = _unwrap(model).loss(output, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        batch = labels.shape[0]
+        samples += batch
+        total_loss += float(loss.detach()) * batch
+        correct_a += float((output.logits.argmax(1) == labels).sum())
+        if output.logits_b is not None:
+            has_branch_b = True
+            correct_b += float((output.logits_b.argmax(1) == labels).sum())
+    seconds = time.perf_counter() - start
+    metrics = {
+        "loss": total_loss / max(samples, 1),
+        "acc_a": correct_a / max(samples, 1),
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_second": samples / max(seconds, 1e-9),
+    }
+    if has_branch_b:
+        metrics["acc_b"] = correct_b / max(samples, 1)
+    return metrics
+
+
+@torch.inference_mode()
+def evaluate_classification(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 accuracy and loss of the prediction (branch A) on `loader`."""
+    model.eval()
+    top1 = top5 = total_loss = samples = 0.0
+    for images, labels, _ in loader:
+        images, labels = images.to(device), labels.to(device)
+        output = model(images)
+        total_loss += float(nn.functional.cross_entropy(output.logits, labels, reduction="sum"))
+        k = min(5, output.logits.shape[1])
+        topk = output.logits.topk(k, dim=1).indices
+        top1 += float((topk[:, 0] == labels).sum())
+        top5 += float((topk == labels[:, None]).any(dim=1).sum())
+        samples += labels.shape[0]
+    return {
+        "val_loss": total_loss / max(samples, 1),
+        "val_top1": top1 / max(samples, 1),
+        "val_top5": top5 / max(samples, 1),
+    }

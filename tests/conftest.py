@@ -1,0 +1,71 @@
+"""Shared fixtures: one local Ray session for the whole run, and a tiny on-disk dataset with manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from acol.data.manifest import manifest_from_records, write_manifest
+
+TINY_CLASSES = ["n90000000", "n90000001", "n90000002", "n90000003"]
+TINY_COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 200, 40)]
+
+
+def _write_tiny_split(root: Path, split: str, per_class: int, size: int, seed: int) -> list[dict]:
+    """Images of one coloured rectangle on noise; the rectangle is the box and the mask."""
+    rng = np.random.default_rng(seed)
+    records = []
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+    for class_index, colour in enumerate(TINY_COLOURS):
+        for n in range(per_class):
+            image = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+            x0, y0 = rng.integers(0, size // 2, size=2)
+            x1, y1 = x0 + rng.integers(size // 4, size // 2), y0 + rng.integers(size // 4, size // 2)
+            image[y0:y1, x0:x1] = colour
+            mask = np.zeros((size, size), np.uint8)
+            mask[y0:y1, x0:x1] = 255
+            name = f"{TINY_CLASSES[class_index]}_{n:04d}"
+            image_id = f"{split}/{name}.JPEG"
+            cv2.imwrite(str(root / image_id), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(root / "masks" / split / f"{name}.png"), mask)
+            records.append(
+                {
+                    "image_id": image_id,
+                    "class_index": class_index,
+                    "width": size,
+                    "height": size,
+                    "boxes": [[float(x0), float(y0), float(x1 - 1), float(y1 - 1)]],
+                    "mask_path": f"masks/{split}/{name}.png",
+                }
+            )
+    return records
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """4 classes, 8 train and 4 val images per class, 48x48 px; returns root and manifest paths."""
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    paths = {"root": root}
+    for split, per_class, seed in (("train", 8, 0), ("val", 4, 1)):
+        records = _write_tiny_split(root, split, per_class, 48, seed)
+        path = root / f"{split}.parquet"
+        write_manifest(manifest_from_records(records, TINY_CLASSES, "synthetic"), path)
+        paths[split] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance shared by every test that needs Ray (start-up costs seconds)."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
