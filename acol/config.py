@@ -12,10 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from acol.data.synthetic import SyntheticConfig
+
 __all__ = [
     "ParamsError",
     "DataParams",
-    "SyntheticParams",
     "ModelParams",
     "TrainParams",
     "ExtractParams",
@@ -36,20 +37,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SyntheticParams(_Section):
-    """Size of the generated ILSVRC-format dataset (the design knobs live in acol.data.synthetic)."""
-
-    num_classes: int = Field(10, ge=2, le=1000)
-    train_per_class: int = Field(300, ge=1)
-    val_per_class: int = Field(50, ge=1)
-    image_size: int = Field(64, ge=32, le=1024)
-    seed: int = 0
-
-
 class DataParams(_Section):
     source: Literal["synthetic", "ilsvrc", "cub"] = "synthetic"
     root: str = "data/synthetic"  # dataset root; generated here when source is synthetic
-    synthetic: SyntheticParams = SyntheticParams()
+    synthetic: SyntheticConfig = SyntheticConfig()  # the generator's own validated config
     synsets: str = "LOC_synset_mapping.txt"  # ILSVRC: relative to root
     val_solution: str | None = "LOC_val_solution.csv"  # ILSVRC val boxes: this CSV ...
     val_xml_dir: str | None = None  # ... or a folder of per-image VOC XML files (relative to root)
@@ -62,7 +53,9 @@ class ModelParams(_Section):
     backbone: str = "small"  # small | vgg16 | resnet50 | inception_v3
     head_channels: int = Field(1024, ge=1)  # width of the 3x3 convs in each head (paper: 1024)
     erase_threshold: float = Field(0.6, gt=0.0, le=1.0)  # ACoL: erase where A's normalized map >= this
-    backbone_weights: str | None = None  # local torchvision state dict (e.g. ImageNet VGG16), never downloaded
+    backbone_weights: str | None = (
+        None  # local torchvision state dict (e.g. ImageNet VGG16), never downloaded
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -121,7 +114,7 @@ class EvaluateParams(_Section):
 
 class TrackingParams(_Section):
     experiment: str = "acol"
-    registered_model: str = "acol-synthetic"
+    registered_model: str = "wsol-synthetic"
     log_system_metrics: bool = True
 
 

@@ -19,7 +19,13 @@ from torch.utils.data import DataLoader
 from acol.config import TrainParams
 from acol.models import WSOLModel, param_groups
 
-__all__ = ["seed_everything", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate_classification"]
+__all__ = [
+    "seed_everything",
+    "build_optimizer",
+    "build_scheduler",
+    "train_one_epoch",
+    "evaluate_classification",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -47,7 +53,9 @@ def build_scheduler(
     total = max(1, params.epochs * steps_per_epoch)
     if params.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
+    )
 
 
 def _autocast(device: torch.device, enabled: bool):

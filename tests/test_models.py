@@ -127,7 +127,10 @@ def test_vgg16_loads_torchvision_weights_from_a_local_file(tmp_path) -> None:
     torch.save(reference.state_dict(), path)
     model = build_model("vgg16", 10, backbone_weights=path)
     torch.testing.assert_close(model.backbone.features[28].weight, reference.features[28].weight)
-    assert isinstance(model.backbone.features[23], torch.nn.MaxPool2d) and model.backbone.features[23].stride == 1
+    assert (
+        isinstance(model.backbone.features[23], torch.nn.MaxPool2d)
+        and model.backbone.features[23].stride == 1
+    )
 
 
 def test_resnet50_weights_remap_onto_the_stride_one_trunk(tmp_path) -> None:
@@ -146,12 +149,12 @@ def test_bad_weight_files_fail_with_the_file_named(tmp_path) -> None:
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:100])
-    with pytest.raises(WeightsError, match="truncated.pt"):
+    with pytest.raises(WeightsError, match=r"truncated\.pt"):
         load_model_weights(model, truncated)
 
     not_a_state_dict = tmp_path / "list.pt"
     torch.save([1, 2, 3], not_a_state_dict)
-    with pytest.raises(WeightsError, match="list.pt.*state dict"):
+    with pytest.raises(WeightsError, match=r"list\.pt.*state dict"):
         load_model_weights(model, not_a_state_dict)
 
     with pytest.raises(WeightsError, match="missing keys"):  # another architecture

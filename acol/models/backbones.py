@@ -88,7 +88,7 @@ class VGG16Backbone(Backbone):
         return {key: value for key, value in state_dict.items() if key.startswith("features.")}
 
 
-def _children(model: nn.Module, names: list[str]) -> nn.Sequential:
+def _children(model: nn.Module, names: tuple[str, ...]) -> nn.Sequential:
     return nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
 
 
@@ -97,7 +97,7 @@ class ResNet50Backbone(Backbone):
 
     out_channels = 2048
     stride = 16
-    _names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    _names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,9 +111,7 @@ class ResNet50Backbone(Backbone):
         return self.body(images)
 
     def remap_torchvision_keys(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            f"body.{key}": value for key, value in state_dict.items() if key.split(".")[0] in self._names
-        }
+        return {f"body.{key}": value for key, value in state_dict.items() if key.split(".")[0] in self._names}
 
 
 class InceptionV3Backbone(Backbone):
@@ -125,10 +123,10 @@ class InceptionV3Backbone(Backbone):
 
     out_channels = 768
     stride = 18
-    _names = [
+    _names = (
         "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
         "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-    ]  # fmt: skip
+    )  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
@@ -139,9 +137,7 @@ class InceptionV3Backbone(Backbone):
         return self.body(images)
 
     def remap_torchvision_keys(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            f"body.{key}": value for key, value in state_dict.items() if key.split(".")[0] in self._names
-        }
+        return {f"body.{key}": value for key, value in state_dict.items() if key.split(".")[0] in self._names}
 
 
 BACKBONES: dict[str, Callable[[], Backbone]] = {

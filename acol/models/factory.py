@@ -138,7 +138,9 @@ def load_model_weights(model: WSOLModel, path: str | Path) -> None:
     _load_strict(model, _load_state_dict_file(path), Path(path), "model")
 
 
-def param_groups(model: WSOLModel, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.0) -> list[dict]:
+def param_groups(
+    model: WSOLModel, lr: float, head_lr_mult: float = 10.0, weight_decay: float = 0.0
+) -> list[dict]:
     """Optimizer groups: backbone at `lr`, the freshly initialized heads at `lr * head_lr_mult` (paper: 10x)."""
     return [
         {"params": list(model.backbone.parameters()), "lr": lr, "weight_decay": weight_decay},

@@ -1,0 +1,234 @@
+"""Boxes for WSOL: scaling, IoU and boxes from thresholded score maps, exactly as Choe et al. 2020.
+
+Box convention everywhere: ``(x0, y0, x1, y1)`` int pixel coordinates, inclusive (areas count
+``x1 - x0 + 1``), in the 224x224 evaluation frame. A score map is ``(224, 224)`` float in [0, 1]; its
+quantized form is ``q = (map * 255).astype(uint8)``. At a threshold ``t`` the foreground is
+``q > int(t * q.max())`` (``cv2.threshold`` THRESH_BINARY), contours come from
+``cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)`` (outer borders and hole borders), a contour
+gives ``x0, y0, x1, y1 = x, y, x + w, y + h`` from
+``cv2.boundingRect`` with x1, y1 clipped to 223; no contour gives the box (0, 0, 0, 0).
+
+Speed: a quantized map has at most 256 distinct masks, so thresholds are mapped to integer cuts and each
+needed cut is solved once. A cut whose mask is provably one 8-connected component without holes (at most one
+regional maximum above the cut, and Euler number 1 from 2x2 bit-quad counts) has exactly one contour whose
+box is the mask's extent: no ``findContours`` call. Other cuts call ``findContours`` on the mask cropped
+to its extent (same contours, fewer pixels); the boxes and areas of all contours are then computed with NumPy.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from acol.maps import RESIZE_LENGTH, quantize
+
+EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)  # what the protocol returns where no contour is found
+
+
+def check_boxes(boxes: np.ndarray, name: str = "boxes") -> np.ndarray:
+    """Return ``boxes`` as an (N, 4) int64 array; raise if not x0y0x1y1 with 0 <= x0 <= x1, 0 <= y0 <= y1."""
+    arr = np.asarray(boxes)
+    if arr.ndim == 1 and arr.shape[0] == 4:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4) in x0y0x1y1; got shape {arr.shape}")
+    if arr.size and ((arr < 0).any() or (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any()):
+        raise ValueError(f"{name} must be non-negative x0y0x1y1 boxes with x0 <= x1 and y0 <= y1")
+    return arr
+
+
+def scale_boxes(boxes: np.ndarray, width: float, height: float, size: int = RESIZE_LENGTH) -> np.ndarray:
+    """Scale (k, 4) boxes of a ``width`` x ``height`` image to the ``size`` x ``size`` frame (int, truncated).
+
+    Same float arithmetic as wsolevaluation's ``resize_bbox``: ``int(x * size / width)``.
+    """
+    arr = check_boxes(boxes).astype(np.float64)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive; got width={width}, height={height}")
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    return np.trunc(arr * float(size) / scale).astype(np.int64)
+
+
+def iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU matrix (N, M) float64 of inclusive-pixel boxes (N, 4) and (M, 4); a zero denominator gives 0."""
+    a = check_boxes(boxes_a, "boxes_a").astype(np.int64)[:, None, :]
+    b = check_boxes(boxes_b, "boxes_b").astype(np.int64)[None, :, :]
+    inter_w = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    inter_h = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = inter_w * inter_h
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    denom = area_a + area_b - inter
+    bad = denom <= 0
+    return np.where(bad, 0.0, inter / np.where(bad, 1, denom))
+
+
+def _contour_boxes_areas(contours: tuple, size_limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (C, 4) clipped to ``size_limit`` and ``cv2.contourArea`` values (C,) of many contours at once."""
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    pts = np.concatenate(contours).reshape(-1, 2).astype(np.int64)  # (P, 2) x, y
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    mins = np.minimum.reduceat(pts, starts, axis=0)
+    maxs = np.maximum.reduceat(pts, starts, axis=0)
+    boxes = np.concatenate([mins, np.minimum(maxs + 1, size_limit)], axis=1)
+    # Shoelace with each contour closed on itself; integer sums are exact, as OpenCV's double sums are.
+    nxt = np.arange(1, len(pts) + 1)
+    nxt[np.cumsum(lengths) - 1] = starts
+    cross = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
+    areas = np.abs(np.add.reduceat(cross, starts)) / 2.0
+    return boxes, areas
+
+
+def boxes_from_mask(mask: np.ndarray, multi_contour: bool) -> np.ndarray:
+    """Boxes (k, 4) int64 of a binary (H, W) mask: all contours, or the largest by contour area.
+
+    Ties in area go to the first contour in OpenCV's order, as ``max(contours, key=cv2.contourArea)`` does.
+    No foreground gives ``[[0, 0, 0, 0]]``.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W); got shape {m.shape}")
+    contours = cv2.findContours((m > 0).view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if len(contours) == 0:
+        return EMPTY_BOX.copy()
+    boxes, areas = _contour_boxes_areas(contours, 1 << 30)
+    boxes[:, 2] = np.minimum(boxes[:, 2], m.shape[1] - 1)
+    boxes[:, 3] = np.minimum(boxes[:, 3], m.shape[0] - 1)
+    return boxes if multi_contour else boxes[[int(np.argmax(areas))]]
+
+
+def threshold_cuts(qmax: int, thresholds: np.ndarray) -> np.ndarray:
+    """Integer cuts ``int(t * qmax)`` (T,) of thresholds for a quantized map whose maximum is ``qmax``."""
+    return np.floor(np.asarray(thresholds, dtype=np.float64) * float(qmax)).astype(np.int64)
+
+
+def boxes_at_thresholds(
+    scoremap: np.ndarray, thresholds: np.ndarray, multi_contour: bool
+) -> list[np.ndarray]:
+    """Boxes (k_t, 4) at each threshold of a normalized (H, W) map; one contour search per distinct cut."""
+    q = quantize(scoremap)
+    if q.ndim != 2:
+        raise ValueError(f"scoremap must be 2-D (H, W); got shape {q.shape}")
+    qmax = int(q.max())
+    cuts = threshold_cuts(qmax, thresholds)
+    cache: dict[int, np.ndarray] = {}
+    out = []
+    for c in cuts.tolist():
+        if c >= qmax:  # the mask q > c is empty
+            out.append(EMPTY_BOX.copy())
+            continue
+        if c not in cache:
+            cache[c] = boxes_from_mask(q > c, multi_contour)
+        out.append(cache[c].copy())
+    return out
+
+
+def _euler4_per_cut(q: np.ndarray) -> np.ndarray:
+    """4 x Euler number (8-connected foreground) of ``q > c`` for c = 0..255, from 2x2 bit-quad counts.
+
+    For a 2x2 window with sorted values v1 >= v2 >= v3 >= v4 the mask has 1 pixel for c in [v2, v1), 3 for
+    c in [v4, v3), and 2 diagonal pixels for c in [v3, v2) if the top two are diagonal; Gray's formula
+    4E = n1 - n3 - 2 nD, accumulated as a difference array over c.
+    """
+    p = np.pad(q, 1).astype(np.int64)
+    a, b, c, d = p[:-1, :-1].ravel(), p[:-1, 1:].ravel(), p[1:, :-1].ravel(), p[1:, 1:].ravel()
+    v = np.sort(np.stack([a, b, c, d], axis=1), axis=1)  # ascending: v4, v3, v2, v1
+    v4, v3, v2, v1 = v[:, 0], v[:, 1], v[:, 2], v[:, 3]
+    top2_diag = (np.minimum(a, d) > np.maximum(b, c)) | (np.minimum(b, c) > np.maximum(a, d))
+    diff = np.zeros(258, dtype=np.int64)
+    np.add.at(diff, v2, 1)
+    np.add.at(diff, v1, -1)
+    np.add.at(diff, v4, -1)
+    np.add.at(diff, v3, 1)
+    np.add.at(diff, v3[top2_diag], -2)
+    np.add.at(diff, v2[top2_diag], 2)
+    return np.cumsum(diff)[:256]
+
+
+def _maxima_upper_bound(q: np.ndarray) -> np.ndarray:
+    """For c = 0..255, an upper bound (256,) on the number of 8-connected components of ``q > c``.
+
+    Each component contains a regional maximum (a plateau of one value with no higher neighbour), so the
+    number of regional maxima above c bounds the number of components. Candidates are the 8-connected
+    groups of pixels that are >= all their neighbours (each group has a single value); a group is a regional
+    maximum unless an equal-valued neighbour lies outside it (it is then part of a larger, lower plateau).
+    """
+    is_max = q >= cv2.dilate(q, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    n, labels = cv2.connectedComponents(is_max.view(np.uint8), connectivity=8)
+    h, w = q.shape
+    qp = np.pad(q.astype(np.int16), 1, constant_values=-1)
+    mp = np.pad(is_max, 1)
+    not_regional = np.zeros(n, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            nq = qp[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            nm = mp[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            leak = is_max & ~nm & (nq == q)  # an equal neighbour outside the candidate group
+            not_regional[labels[leak]] = True
+    values = np.zeros(n, dtype=np.int64)
+    values[labels.ravel()] = q.ravel()
+    keep = ~not_regional
+    keep[0] = False  # label 0 is the background of the candidate mask
+    counts = np.bincount(values[keep], minlength=256)
+    return counts[::-1].cumsum()[::-1] - counts  # regional maxima with value > c
+
+
+def best_iou_per_threshold(
+    scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray, multi_contour: bool
+) -> np.ndarray:
+    """Best IoU (T,) float64 of the estimated box(es) with any GT box, at each threshold of the grid.
+
+    ``scoremap`` is a normalized (H, W) float map or its quantized uint8 form; ``gt_boxes`` (k, 4) in the
+    same frame. Identical to the per-threshold protocol loop (see ``acol.metrics_reference``).
+    """
+    q = scoremap if np.asarray(scoremap).dtype == np.uint8 else quantize(scoremap)
+    if q.ndim != 2:
+        raise ValueError(f"scoremap must be 2-D (H, W); got shape {q.shape}")
+    gt = check_boxes(gt_boxes, "gt_boxes")
+    if len(gt) == 0:
+        raise ValueError("gt_boxes must hold at least one box")
+    h, w = q.shape
+    qmax = int(q.max())
+    cuts = threshold_cuts(qmax, thresholds)
+    empty_iou = float(iou(EMPTY_BOX, gt).max())
+    needed = np.unique(cuts[cuts < qmax])
+    best = np.full(257, empty_iou)  # best IoU per cut; cuts >= qmax keep the empty-box value
+    if len(needed):
+        simple = (_maxima_upper_bound(q) == 1) & (_euler4_per_cut(q) == 4)
+        rowmax, colmax = q.max(axis=1), q.max(axis=0)
+        fg_rows = rowmax[None, :] > needed[:, None]  # (K, H)
+        fg_cols = colmax[None, :] > needed[:, None]  # (K, W)
+        y0, y1 = fg_rows.argmax(1), h - 1 - fg_rows[:, ::-1].argmax(1)
+        x0, x1 = fg_cols.argmax(1), w - 1 - fg_cols[:, ::-1].argmax(1)
+        extent = np.stack([x0, y0, np.minimum(x1 + 1, w - 1), np.minimum(y1 + 1, h - 1)], axis=1)
+        is_simple = simple[needed]
+        if is_simple.any():
+            best[needed[is_simple]] = iou(extent[is_simple], gt).max(axis=1)
+        contours_all: list = []
+        counts, offsets = [], []
+        ys0, ys1, xs0, xs1, cut_list = y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), needed.tolist()
+        for k in np.flatnonzero(~is_simple).tolist():
+            crop = q[ys0[k] : ys1[k] + 1, xs0[k] : xs1[k] + 1]
+            binary = cv2.threshold(crop, cut_list[k], 255, cv2.THRESH_BINARY)[1]
+            contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+            contours_all.extend(contours)
+            counts.append(len(contours))
+            offsets.append(k)
+        if contours_all:
+            owner = np.repeat(np.asarray(offsets), counts)  # index into `needed` of each contour
+            boxes, areas = _contour_boxes_areas(tuple(contours_all), 1 << 30)
+            boxes += np.stack([x0, y0, x0, y0], axis=1)[owner]  # crop frame -> map frame
+            boxes[:, 2] = np.minimum(boxes[:, 2], w - 1)
+            boxes[:, 3] = np.minimum(boxes[:, 3], h - 1)
+            # Contours are grouped by cut in order; groups start where the owner changes.
+            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            if multi_contour:
+                best[needed[offsets]] = np.maximum.reduceat(iou(boxes, gt).max(axis=1), starts)
+            else:
+                # First largest contour per cut: sort by (cut group, -area); stable keeps OpenCV's order.
+                order = np.lexsort((-areas, owner))
+                pick = order[starts]
+                best[needed[offsets]] = iou(boxes[pick], gt).max(axis=1)
+    return best[np.minimum(cuts, 256)]

@@ -1,0 +1,160 @@
+"""The evaluate stage's library: every WSOL metric of one method from its extracted maps and the manifest.
+
+The validation images are split once, by a hash of their id, into a held-out part (where the CAM threshold of
+the classic metrics is chosen) and a test part (where every number is reported), so no metric is tuned on the
+images it is reported on except the MaxBoxAcc family, whose definition maximizes over thresholds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from acol.boxes import scale_boxes
+from acol.config import EvaluateParams
+from acol.data.manifest import manifest_classes
+from acol.maps import RESIZE_LENGTH, prepare_scoremap
+from acol.mapstore import maps_array
+from acol.metrics import (
+    BoxEvaluator,
+    ClassicLocEvaluator,
+    MaskEvaluator,
+    load_wsol_mask,
+    select_cam_threshold,
+)
+
+__all__ = ["EvaluationResult", "holdout_mask", "evaluate_method"]
+
+CHUNK = 512  # images per batch: bounds memory (512 x 224 x 224 float32 = 100 MB)
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, Any]  # flat, JSON-ready numbers (percent), what dvc metrics shows
+    box_curves: dict[str, np.ndarray]  # column -> values over the threshold grid (box_acc.csv)
+    pr_curve: dict[str, np.ndarray] | None  # threshold, precision, recall (pr_curve.csv), when masks exist
+
+
+def holdout_mask(image_ids: list[str], fraction: float) -> np.ndarray:
+    """(N,) bool: a stable pseudo-random `fraction` of ids, the same on every machine and run."""
+    buckets = [int.from_bytes(hashlib.sha1(i.encode()).digest()[:4], "big") % 10_000 for i in image_ids]
+    return np.asarray(buckets) < round(fraction * 10_000)
+
+
+def _gt_boxes_224(rows: pa.Table) -> list[np.ndarray]:
+    boxes = rows.column("boxes").to_pylist()
+    widths, heights = rows.column("width").to_pylist(), rows.column("height").to_pylist()
+    return [scale_boxes(np.asarray(b), w, h) for b, w, h in zip(boxes, widths, heights, strict=True)]
+
+
+def _chunks(n: int):
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(n, start + CHUNK))
+
+
+def _coverage(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
+    """Mean map value inside and outside the foreground (ignore pixels left out)."""
+    return float(maps[masks == 1].mean()), float(maps[masks == 0].mean())
+
+
+def evaluate_method(
+    maps_table: pa.Table, manifest: pa.Table, root: str | Path, params: EvaluateParams
+) -> EvaluationResult:
+    """All metrics of one method; `maps_table` follows `acol.mapstore`, `manifest` the prepare stage's val."""
+    ok = maps_table.filter(pc.is_null(maps_table.column("error")))
+    failed = maps_table.num_rows - ok.num_rows
+    rows = manifest.join(ok.select(["image_id"]), "image_id", join_type="inner").sort_by("image_id")
+    ok = ok.sort_by("image_id")
+    if rows.num_rows != ok.num_rows:
+        raise ValueError(
+            f"{ok.num_rows} extracted maps but only {rows.num_rows} of their ids are in the manifest"
+        )
+    if rows.num_rows == 0:
+        raise ValueError("no image has a map to evaluate")
+    missing_boxes = [
+        i
+        for i, b in zip(rows.column("image_id").to_pylist(), rows.column("boxes").to_pylist(), strict=True)
+        if not b
+    ]
+    if missing_boxes:
+        raise ValueError(f"{len(missing_boxes)} validation images have no GT box, e.g. {missing_boxes[0]}")
+
+    ids = rows.column("image_id").to_pylist()
+    held = holdout_mask(ids, params.holdout_fraction)
+    test_idx, hold_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    gt = _gt_boxes_224(rows)
+    labels = np.asarray(ok.column("label"), dtype=np.int64)
+    top5 = np.asarray(ok.column("top5_classes").to_pylist(), dtype=np.int64)
+    # ranks as scores: the evaluator only needs the order of the top-5 classes
+    scores = np.full((len(labels), len(manifest_classes(manifest))), -1.0)
+    np.put_along_axis(scores, top5, np.arange(top5.shape[1], 0, -1, dtype=np.float64)[None, :], axis=1)
+
+    def prepared(column: str, index: np.ndarray) -> np.ndarray:
+        return prepare_scoremap(maps_array(ok.take(pa.array(index)), column))
+
+    v2 = BoxEvaluator(params.iou_thresholds, params.interval, multi_contour=True)
+    v1 = BoxEvaluator((50,), params.interval, multi_contour=False)
+    holdout_maps = prepared("map_gt", hold_idx) if len(hold_idx) else None
+    threshold = (
+        select_cam_threshold(holdout_maps, [gt[i] for i in hold_idx], params.interval)
+        if holdout_maps is not None
+        else 0.2
+    )
+    classic = ClassicLocEvaluator(cam_threshold=threshold)
+    has_masks = rows.column("mask_path").null_count == 0
+    pxap = MaskEvaluator(params.interval) if has_masks else None
+    mask_paths = rows.column("mask_path").to_pylist()
+    coverage: dict[str, list[tuple[float, float, int]]] = {"a": [], "b": [], "fused": []}
+
+    for part in _chunks(len(test_idx)):
+        index = test_idx[part]
+        maps = prepared("map_gt", index)
+        boxes = [gt[i] for i in index]
+        v2.accumulate(maps, boxes)
+        v1.accumulate(maps, boxes)
+        classic.accumulate(scores[index], labels[index], maps, boxes)
+        if pxap is not None:
+            masks = np.stack([load_wsol_mask(root, [mask_paths[i]], "", RESIZE_LENGTH) for i in index])
+            pxap.accumulate(maps, masks)
+            branch_maps = {"fused": maps, "a": prepared("map_a_gt", index)}
+            if ok.column("map_b_gt").null_count < ok.num_rows:
+                branch_maps["b"] = prepared("map_b_gt", index)
+            for name, values in branch_maps.items():
+                inside, outside = _coverage(values, masks)
+                coverage[name].append((inside, outside, len(index)))
+
+    box, single, loc = v2.compute(), v1.compute(), classic.compute()
+    metrics: dict[str, Any] = {
+        "num_images": len(test_idx),
+        "num_holdout_images": len(hold_idx),
+        "failed_images": int(failed),
+        "top1_cls_error": loc.top1_cls_error,
+        "top5_cls_error": loc.top5_cls_error,
+        "top1_loc_error": loc.top1_loc_error,
+        "top5_loc_error": loc.top5_loc_error,
+        "gt_known_loc": loc.gt_known_loc_acc,
+        "best_threshold": threshold,
+        "maxboxacc": single.max_box_acc[50],
+        "maxboxacc_v2": box.mean_max_box_acc,
+        **{f"maxboxacc_v2_iou{k}": v for k, v in box.max_box_acc.items()},
+    }
+    curves = {"threshold": box.thresholds, **{f"iou{k}": v for k, v in box.curves.items()}}
+    curves["single_iou50"] = single.curves[50]
+    pr = None
+    if pxap is not None:
+        mask_result = pxap.compute()
+        metrics["pxap"] = mask_result.pxap
+        edges = np.append(mask_result.thresholds, [1.0, 2.0])[::-1]  # right-edged bins, high to low
+        pr = {"threshold": edges, "precision": mask_result.precision, "recall": mask_result.recall}
+        for name, parts in coverage.items():
+            if parts:
+                weights = np.array([n for _, _, n in parts], dtype=np.float64)
+                metrics[f"map_{name}_in_mask"] = float(np.average([p[0] for p in parts], weights=weights))
+                metrics[f"map_{name}_out_mask"] = float(np.average([p[1] for p in parts], weights=weights))
+    return EvaluationResult(metrics=metrics, box_curves=curves, pr_curve=pr)

@@ -1,0 +1,360 @@
+"""WSOL metrics: MaxBoxAcc / MaxBoxAccV2, PxAP (Choe et al. 2020) and the classic ACoL/CAM metrics.
+
+Evaluators follow one contract: ``accumulate(...)`` takes a batch (call it as often as needed), ``compute()``
+returns a result dataclass over everything accumulated so far. Score maps are (N, 224, 224) float in [0, 1],
+already prepared (``acol.maps.prepare_scoremap``); boxes are int x0y0x1y1 inclusive in the 224x224 frame.
+Numbers are identical to the per-threshold protocol loop (``acol.metrics_reference``; checked in tests).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from acol.boxes import best_iou_per_threshold, check_boxes
+from acol.maps import RESIZE_LENGTH, quantize
+
+
+def threshold_grid(interval: float) -> np.ndarray:
+    """The protocol's CAM threshold grid ``np.arange(0, 1, interval)`` (0.01 default, 0.001 full protocol)."""
+    if not 0 < interval < 1:
+        raise ValueError(f"interval must be in (0, 1); got {interval}")
+    return np.arange(0, 1, interval)
+
+
+def _check_batch(scoremaps: np.ndarray) -> np.ndarray:
+    arr = np.asarray(scoremaps)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"scoremaps must be float (N, H, W); got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def _hits_for_images(args: tuple) -> np.ndarray:
+    """Worker: (n_iou, T) counts of images whose best IoU reaches each IoU threshold, per CAM threshold."""
+    qmaps, gts, thresholds, multi_contour, iou_fracs = args
+    hits = np.zeros((len(iou_fracs), len(thresholds)), dtype=np.int64)
+    for q, gt in zip(qmaps, gts, strict=True):
+        best = best_iou_per_threshold(q, gt, thresholds, multi_contour)
+        hits += best[None, :] >= iou_fracs[:, None]
+    return hits
+
+
+@dataclass(frozen=True)
+class BoxResult:
+    """MaxBoxAcc per IoU threshold, their mean, accuracy curves (%) over the grid and best thresholds."""
+
+    iou_thresholds: tuple[int, ...]
+    max_box_acc: dict[int, float]  # IoU threshold (percent) -> max over the grid of the accuracy (%)
+    mean_max_box_acc: float  # MaxBoxAccV2 when multi-contour and IoU (30, 50, 70)
+    best_threshold: dict[int, float]  # IoU threshold -> first CAM threshold reaching the max
+    thresholds: np.ndarray  # (T,) the CAM threshold grid
+    curves: dict[int, np.ndarray]  # IoU threshold -> (T,) accuracy (%) per CAM threshold
+    num_images: int
+    multi_contour: bool
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (curves as lists)."""
+        return {
+            "num_images": self.num_images,
+            "multi_contour": self.multi_contour,
+            "iou_thresholds": list(self.iou_thresholds),
+            "max_box_acc": {str(k): v for k, v in self.max_box_acc.items()},
+            "mean_max_box_acc": self.mean_max_box_acc,
+            "best_threshold": {str(k): v for k, v in self.best_threshold.items()},
+            "thresholds": self.thresholds.tolist(),
+            "curves": {str(k): v.tolist() for k, v in self.curves.items()},
+        }
+
+
+class BoxEvaluator:
+    """MaxBoxAcc(V2): accuracy of boxes from thresholded maps, maximized over the CAM threshold grid.
+
+    ``accumulate(scoremaps (N, 224, 224) float in [0, 1], gt_boxes: N arrays (k_i, 4))``; ``compute()`` ->
+    ``BoxResult``. MaxBoxAccV2 = ``multi_contour=True``, IoU (30, 50, 70), mean; the original MaxBoxAcc =
+    ``multi_contour=False``, IoU 50. ``n_workers > 1`` spreads images over a process pool (use as a context
+    manager or call ``close()``).
+    """
+
+    def __init__(
+        self,
+        iou_thresholds: Sequence[int] = (30, 50, 70),
+        interval: float = 0.01,
+        multi_contour: bool = True,
+        n_workers: int = 1,
+    ) -> None:
+        if not iou_thresholds or any(not 0 < int(k) <= 100 for k in iou_thresholds):
+            raise ValueError(f"iou_thresholds must be percentages in (0, 100]; got {iou_thresholds}")
+        self.iou_thresholds = tuple(int(k) for k in iou_thresholds)
+        self.thresholds = threshold_grid(interval)
+        self.multi_contour = multi_contour
+        self.n_workers = max(1, int(n_workers))
+        self._iou_fracs = np.array([k / 100 for k in self.iou_thresholds])  # same floats as `k / 100`
+        self._hits = np.zeros((len(self.iou_thresholds), len(self.thresholds)), dtype=np.int64)
+        self._count = 0
+        self._pool: mp.pool.Pool | None = None
+
+    def accumulate(self, scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray]) -> None:
+        """Add a batch: maps (N, H, W) normalized to [0, 1], N GT box arrays (k_i >= 1, 4) in map pixels."""
+        maps = _check_batch(scoremaps)
+        if len(gt_boxes) != len(maps):
+            raise ValueError(f"got {len(maps)} score maps but {len(gt_boxes)} GT box arrays")
+        gts = [check_boxes(g, f"gt_boxes[{i}]") for i, g in enumerate(gt_boxes)]
+        for i, g in enumerate(gts):
+            if len(g) == 0:
+                raise ValueError(f"gt_boxes[{i}] is empty: every image needs at least one GT box")
+        qmaps = quantize(maps)  # (N, H, W) uint8, in the maps' own precision
+        n_chunks = self.n_workers * 4 if self.n_workers > 1 and len(maps) >= 8 * self.n_workers else 1
+        bounds = np.linspace(0, len(maps), n_chunks + 1).astype(int)
+        jobs = [
+            (qmaps[a:b], gts[a:b], self.thresholds, self.multi_contour, self._iou_fracs)
+            for a, b in itertools.pairwise(bounds)
+            if b > a
+        ]
+        if len(jobs) > 1:
+            if self._pool is None:
+                self._pool = mp.get_context("spawn").Pool(self.n_workers)
+            results = self._pool.map(_hits_for_images, jobs)
+        else:
+            results = [_hits_for_images(job) for job in jobs]
+        for r in results:
+            self._hits += r
+        self._count += len(maps)
+
+    def compute(self) -> BoxResult:
+        """MaxBoxAcc per IoU threshold (%), their mean, curves and best thresholds over all images so far."""
+        if self._count == 0:
+            raise RuntimeError("BoxEvaluator.compute() called before any accumulate()")
+        curves = {k: self._hits[i] * 100.0 / float(self._count) for i, k in enumerate(self.iou_thresholds)}
+        max_acc = {k: float(v.max()) for k, v in curves.items()}
+        return BoxResult(
+            iou_thresholds=self.iou_thresholds,
+            max_box_acc=max_acc,
+            mean_max_box_acc=float(np.average(list(max_acc.values()))),
+            best_threshold={k: float(self.thresholds[int(np.argmax(v))]) for k, v in curves.items()},
+            thresholds=self.thresholds,
+            curves=curves,
+            num_images=self._count,
+            multi_contour=self.multi_contour,
+        )
+
+    def close(self) -> None:
+        """Stop the worker pool, if one was started."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def __enter__(self) -> BoxEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """PxAP (%) and the pixel precision-recall curve (arrays over the right-edged bins, high to low)."""
+
+    pxap: float
+    precision: np.ndarray
+    recall: np.ndarray
+    thresholds: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        return {"pxap": self.pxap, "precision": self.precision.tolist(), "recall": self.recall.tolist()}
+
+
+class MaskEvaluator:
+    """PxAP: area under the pixel precision-recall curve, wsolevaluation's histogram formulation.
+
+    ``accumulate(scoremaps (N, H, W) in [0, 1], masks (N, H, W) uint8: 1 foreground, 0 background,
+    ``ignore_value`` excluded)``. Bins are [0, d), [d, 2d), ..., [1-d, 1), [1, 2), [2, 3).
+    """
+
+    def __init__(self, interval: float = 0.01, ignore_value: int = 255) -> None:
+        self.thresholds = threshold_grid(interval)
+        self.ignore_value = ignore_value
+        self._edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
+        self._true_hist = np.zeros(len(self.thresholds) + 2)
+        self._false_hist = np.zeros(len(self.thresholds) + 2)
+
+    def accumulate(self, scoremaps: np.ndarray, masks: np.ndarray) -> None:
+        """Add score histograms at GT-foreground and GT-background pixels (ignored pixels left out)."""
+        maps = _check_batch(scoremaps)
+        m = np.asarray(masks)
+        if m.ndim == 2:
+            m = m[None]
+        if m.shape != maps.shape:
+            raise ValueError(f"masks shape {m.shape} does not match scoremaps shape {maps.shape}")
+        if np.isnan(maps).any() or (maps < 0).any() or (maps > 1).any():
+            raise ValueError("scoremaps must be in [0, 1] without NaN")
+        unexpected = ~np.isin(m, (0, 1, self.ignore_value))
+        if unexpected.any():
+            raise ValueError(
+                f"masks hold values other than 0, 1 and ignore={self.ignore_value}: "
+                f"{np.unique(m[unexpected])}"
+            )
+        self._true_hist += np.histogram(maps[m == 1], bins=self._edges)[0]
+        self._false_hist += np.histogram(maps[m == 0], bins=self._edges)[0]
+
+    def compute(self) -> MaskResult:
+        """PxAP (%) = sum of precision x recall increments over the bins, as in wsolevaluation."""
+        tp = self._true_hist[::-1].cumsum()
+        fn = self._true_hist.sum() - tp
+        fp = self._false_hist[::-1].cumsum()
+        if ((tp + fn) <= 0).all():
+            raise RuntimeError("No positive ground truth pixel in the accumulated masks.")
+        if ((tp + fp) <= 0).all():
+            raise RuntimeError("No positive prediction in the accumulated score maps.")
+        non_zero = (tp + fp) != 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = tp / (tp + fp)
+        recall = tp / (tp + fn)
+        auc = float((precision[1:] * np.diff(recall))[non_zero[1:]].sum() * 100)
+        return MaskResult(pxap=auc, precision=precision, recall=recall, thresholds=self.thresholds)
+
+
+def _read_mask(path: Path, size: int) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise FileNotFoundError(f"cannot read mask image {path}")
+    return cv2.resize(np.float32(image), (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def load_wsol_mask(
+    mask_root: str | Path, mask_paths: Sequence[str], ignore_path: str, size: int = RESIZE_LENGTH
+) -> np.ndarray:
+    """GT mask (size, size) uint8 as wsolevaluation's ``get_mask``: 1 = union of instance masks (> 0.5),
+    255 = ignore box minus foreground, 0 = background; files are resized NEAREST. Empty ``ignore_path``
+    means no ignore region."""
+    root = Path(mask_root)
+    if not mask_paths:
+        raise ValueError("mask_paths is empty: an image needs at least one instance mask")
+    fg = np.stack([_read_mask(root / p, size) > 0.5 for p in mask_paths]).any(axis=0)
+    ignore = _read_mask(root / ignore_path, size) > 0.5 if ignore_path else np.zeros_like(fg)
+    ignore &= ~fg
+    return fg.astype(np.uint8) + 255 * ignore.astype(np.uint8)
+
+
+# --- Classic ACoL / CAM metrics -------------------------------------------------------------------------
+
+
+def topk_correct(class_scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """(N,) bool: the label is among the k highest scores of (N, C) ``class_scores``."""
+    scores = np.asarray(class_scores)
+    lab = np.asarray(labels)
+    if scores.ndim != 2 or lab.shape != (scores.shape[0],):
+        raise ValueError(f"class_scores must be (N, C) and labels (N,); got {scores.shape} and {lab.shape}")
+    if k < 1 or k > scores.shape[1]:
+        raise ValueError(f"k must be in [1, {scores.shape[1]}]; got {k}")
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return (top == lab[:, None]).any(axis=1)
+
+
+def gt_known_correct(
+    scoremaps: np.ndarray,
+    gt_boxes: Sequence[np.ndarray],
+    threshold: float,
+    iou_threshold: float = 0.5,
+    multi_contour: bool = False,
+) -> np.ndarray:
+    """(N,) bool: the box at CAM ``threshold`` of each GT-class map reaches ``iou_threshold`` with a GT."""
+    maps = _check_batch(scoremaps)
+    qmaps = quantize(maps)
+    t = np.array([threshold], dtype=np.float64)
+    return np.array(
+        [
+            best_iou_per_threshold(q, g, t, multi_contour)[0] >= iou_threshold
+            for q, g in zip(qmaps, gt_boxes, strict=True)
+        ],
+        dtype=bool,
+    )
+
+
+@dataclass(frozen=True)
+class ClassicResult:
+    """Classic ACoL/CAM numbers (%), at one CAM threshold and IoU >= 0.5."""
+
+    top1_cls_error: float
+    top5_cls_error: float
+    top1_loc_error: float
+    top5_loc_error: float
+    gt_known_loc_acc: float
+    cam_threshold: float
+    num_images: int
+
+
+class ClassicLocEvaluator:
+    """Top-1/5 classification and localization errors and GT-known localization, at a fixed CAM threshold.
+
+    A localization is right when the class is right and the box has IoU >= 0.5 with a GT box. Top-5 loc
+    in the CAM/ACoL papers checks the box of each of the top-5 classes; only the class equal to the label
+    can count, so it is "label in top-5 and the GT-class map's box is right": only the GT-class map is
+    needed. ``accumulate(class_scores (N, C), labels (N,), gt_class_maps (N, 224, 224), gt_boxes)``.
+    """
+
+    def __init__(self, cam_threshold: float, iou_threshold: float = 0.5, multi_contour: bool = False) -> None:
+        if not 0 <= cam_threshold < 1:
+            raise ValueError(f"cam_threshold must be in [0, 1); got {cam_threshold}")
+        self.cam_threshold = cam_threshold
+        self.iou_threshold = iou_threshold
+        self.multi_contour = multi_contour
+        self._top1: list[np.ndarray] = []
+        self._top5: list[np.ndarray] = []
+        self._loc: list[np.ndarray] = []
+
+    def accumulate(
+        self,
+        class_scores: np.ndarray,
+        labels: np.ndarray,
+        gt_class_maps: np.ndarray,
+        gt_boxes: Sequence[np.ndarray],
+    ) -> None:
+        """Add a batch; maps are the prepared maps of each image's ground-truth class."""
+        maps = _check_batch(gt_class_maps)
+        if not (len(maps) == len(gt_boxes) == len(labels)):
+            raise ValueError(
+                f"batch sizes differ: {len(maps)} maps, {len(gt_boxes)} boxes, {len(labels)} labels"
+            )
+        k5 = min(5, np.asarray(class_scores).shape[1])
+        self._top1.append(topk_correct(class_scores, labels, 1))
+        self._top5.append(topk_correct(class_scores, labels, k5))
+        self._loc.append(
+            gt_known_correct(maps, gt_boxes, self.cam_threshold, self.iou_threshold, self.multi_contour)
+        )
+
+    def compute(self) -> ClassicResult:
+        """Errors and accuracy in percent over all accumulated images."""
+        if not self._loc:
+            raise RuntimeError("ClassicLocEvaluator.compute() called before any accumulate()")
+        top1, top5, loc = (np.concatenate(x) for x in (self._top1, self._top5, self._loc))
+        return ClassicResult(
+            top1_cls_error=100.0 * (1 - top1.mean()),
+            top5_cls_error=100.0 * (1 - top5.mean()),
+            top1_loc_error=100.0 * (1 - (top1 & loc).mean()),
+            top5_loc_error=100.0 * (1 - (top5 & loc).mean()),
+            gt_known_loc_acc=100.0 * loc.mean(),
+            cam_threshold=self.cam_threshold,
+            num_images=len(loc),
+        )
+
+
+def select_cam_threshold(
+    scoremaps: np.ndarray,
+    gt_boxes: Sequence[np.ndarray],
+    interval: float = 0.01,
+    iou_threshold: int = 50,
+    multi_contour: bool = False,
+) -> float:
+    """The CAM threshold maximizing GT-known localization on a held-out split (to apply on another split)."""
+    evaluator = BoxEvaluator(iou_thresholds=(iou_threshold,), interval=interval, multi_contour=multi_contour)
+    evaluator.accumulate(scoremaps, gt_boxes)
+    return evaluator.compute().best_threshold[iou_threshold]

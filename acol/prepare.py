@@ -1,0 +1,106 @@
+"""Index a dataset into train/val manifests plus a summary: what the prepare stage does.
+
+The summary counts images, classes and boxes and lists every entry the readers skipped, so a report can say
+what was left out and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from acol.config import DataParams
+from acol.data.errors import DataProblem, count_problems
+from acol.data.manifest import manifest_classes, validate_manifest
+
+__all__ = ["attach_masks", "index_dataset", "manifest_stats", "prepare_summary"]
+
+# Problems listed by path in the summary; beyond this only their counts are kept.
+MAX_LISTED_PROBLEMS = 200
+
+
+def attach_masks(table: pa.Table, root: Path, mask_dir: str) -> pa.Table:
+    """Set `mask_path` to `<mask_dir>/<image file stem>.png` for the images whose mask file exists."""
+    paths = []
+    for image_id in table.column("image_id").to_pylist():
+        candidate = f"{mask_dir.rstrip('/')}/{Path(image_id).stem}.png"
+        paths.append(candidate if (root / candidate).is_file() else None)
+    index = table.schema.get_field_index("mask_path")
+    return table.set_column(index, table.schema.field(index), pa.array(paths, type=pa.string()))
+
+
+def index_dataset(data: DataParams) -> tuple[pa.Table, pa.Table, list[DataProblem]]:
+    """(train manifest, val manifest, problems) for the dataset described by `data`."""
+    root = Path(data.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: dataset folder {root} does not exist")
+    common: dict[str, Any] = {"verify_images": data.verify_images, "strict": data.strict}
+    if data.source in ("synthetic", "ilsvrc"):
+        from acol.data.ilsvrc import read_ilsvrc_train, read_ilsvrc_val
+
+        synsets = root / data.synsets
+        train, train_problems = read_ilsvrc_train(root, synsets, **common)
+        val, val_problems = read_ilsvrc_val(
+            root,
+            synsets,
+            solution_csv=root / data.val_solution if data.val_solution else None,
+            xml_dir=root / data.val_xml_dir if data.val_xml_dir else None,
+            **common,
+        )
+    else:
+        from acol.data.cub import read_cub
+
+        train, train_problems = read_cub(root, "train", **common)
+        val, val_problems = read_cub(root, "test", **common)
+    if data.mask_dir:
+        val = attach_masks(val, root, data.mask_dir)
+    for table in (train, val):
+        validate_manifest(table)
+    if manifest_classes(train) != manifest_classes(val):
+        raise ValueError("train and val manifests disagree on the class list")
+    return train, val, train_problems + val_problems
+
+
+def manifest_stats(table: pa.Table) -> dict[str, Any]:
+    """Images, boxes per image and box area fractions of one manifest."""
+    boxes = table.column("boxes").to_pylist()
+    widths = np.asarray(table.column("width"), dtype=np.float64)
+    heights = np.asarray(table.column("height"), dtype=np.float64)
+    counts = np.array([len(b) for b in boxes])
+    fractions = [
+        (x1 - x0 + 1) * (y1 - y0 + 1) / (w * h)
+        for image_boxes, w, h in zip(boxes, widths, heights, strict=True)
+        for x0, y0, x1, y1 in image_boxes
+    ]
+    stats: dict[str, Any] = {
+        "images": table.num_rows,
+        "images_per_class": (np.bincount(table.column("class_index"), minlength=1).tolist()),
+        "boxes": int(counts.sum()),
+        "images_with_masks": int(table.num_rows - table.column("mask_path").null_count),
+    }
+    if fractions:
+        stats["boxes_per_image_mean"] = round(float(counts[counts > 0].mean()), 4)
+        quantiles = np.quantile(fractions, [0.1, 0.5, 0.9])
+        stats["box_area_fraction"] = {
+            f"q{int(q * 100)}": round(float(v), 4) for q, v in zip((0.1, 0.5, 0.9), quantiles, strict=True)
+        }
+    return stats
+
+
+def prepare_summary(
+    train: pa.Table, val: pa.Table, problems: list[DataProblem], data: DataParams
+) -> dict[str, Any]:
+    return {
+        "source": data.source,
+        "root": str(data.root),
+        "num_classes": len(manifest_classes(train)),
+        "classes": manifest_classes(train),
+        "train": manifest_stats(train),
+        "val": manifest_stats(val),
+        "problems": len(problems),
+        "problems_by_kind": count_problems(problems),
+        "problem_list": [{"path": p.path, "reason": p.reason} for p in problems[:MAX_LISTED_PROBLEMS]],
+    }

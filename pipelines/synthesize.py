@@ -1,0 +1,27 @@
+"""Stage synthesize: write the synthetic ILSVRC-format dataset (the default data) under data.root."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.data.synthetic import generate_synthetic
+
+log = logging.getLogger("synthesize")
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--out", default=None, help="dataset folder (default: data.root)")
+    args = parser.parse_args()
+    setup_logging()
+    params = params_from_args(args)
+    out = args.out or params.data.root
+    log.info("generating %s", params.data.synthetic)
+    summary = generate_synthetic(out, params.data.synthetic, workers=min(4, os.cpu_count() or 1))
+    log.info("wrote %s: %s images, %s boxes", out, summary.images, summary.boxes)
+
+
+if __name__ == "__main__":
+    main()
