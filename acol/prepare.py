@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from acol.config import DataParams
 from acol.data.errors import DataProblem, count_problems
@@ -30,6 +31,11 @@ def attach_masks(table: pa.Table, root: Path, mask_dir: str) -> pa.Table:
         paths.append(candidate if (root / candidate).is_file() else None)
     index = table.schema.get_field_index("mask_path")
     return table.set_column(index, table.schema.field(index), pa.array(paths, type=pa.string()))
+
+
+def _prefixed(table: pa.Table, problems: list[DataProblem], prefix: str) -> tuple[pa.Table, list[DataProblem]]:
+    ids = pa.compute.binary_join_element_wise(prefix, table.column("image_id"), "")
+    return table.set_column(table.schema.get_field_index("image_id"), "image_id", ids), problems
 
 
 def index_dataset(data: DataParams) -> tuple[pa.Table, pa.Table, list[DataProblem]]:
@@ -53,8 +59,10 @@ def index_dataset(data: DataParams) -> tuple[pa.Table, pa.Table, list[DataProble
     else:
         from acol.data.cub import read_cub
 
-        train, train_problems = read_cub(root, "train", **common)
-        val, val_problems = read_cub(root, "test", **common)
+        # CUB ids are relative to CUB_200_2011/images (the WSOL convention); the pipeline keeps every id
+        # relative to data.root, so they get the images/ prefix here.
+        train, train_problems = _prefixed(*read_cub(root, "train", **common), "images/")
+        val, val_problems = _prefixed(*read_cub(root, "test", **common), "images/")
     if data.mask_dir:
         val = attach_masks(val, root, data.mask_dir)
     for table in (train, val):

@@ -1,0 +1,65 @@
+"""params.yaml parsing: defaults, overrides, and errors that name the key and the allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from acol.config import Params, ParamsError, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_file_is_valid_and_matches_the_synthetic_default() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "synthetic"
+    assert params.model.backbone == "small"
+    assert params.data.synthetic.num_classes == 10
+
+
+def test_missing_file_means_defaults() -> None:
+    assert load_params("/nonexistent/params.yaml") == Params()
+
+
+def test_overrides_are_parsed_as_yaml_and_nested() -> None:
+    params = load_params(
+        REPO / "params.yaml",
+        ["train.epochs=3", "train.amp=true", "evaluate.iou_thresholds=[50]", "data.synthetic.image_size=96"],
+    )
+    assert params.train.epochs == 3 and params.train.amp is True
+    assert params.evaluate.iou_thresholds == (50,)
+    assert params.data.synthetic.image_size == 96
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=0", r"train\.epochs: Input should be greater than or equal to 1"),
+        ("train.optimizer=rmsprop", r"train\.optimizer: Input should be 'sgd' or 'adam'"),
+        ("train.lr=fast", r"train\.lr: .*valid number"),
+        ("train.learning_rate=0.1", r"train\.learning_rate: unknown key"),
+        ("model.backbone=vgg19", r"model\.backbone: .*allowed: \['inception_v3', 'resnet50', 'small', 'vgg16'\]"),
+        ("evaluate.iou_thresholds=[0, 50]", r"evaluate\.iou_thresholds: .*percentage"),
+        ("data.synthetic.num_classes=1", r"data\.synthetic\.num_classes"),
+        ("nosuchsection.x=1", r"nosuchsection: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        load_params(REPO / "params.yaml", [override])
+
+
+def test_malformed_override_and_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="section.key=value"):
+        load_params(REPO / "params.yaml", ["train.epochs"])
+    bad = tmp_path / "params.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)
+
+
+def test_params_are_frozen() -> None:
+    params = load_params(REPO / "params.yaml")
+    with pytest.raises(Exception, match="frozen"):
+        params.train.epochs = 5  # type: ignore[misc]
