@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from acol.config import DataParams
 from acol.data.errors import DataProblem, count_problems
@@ -33,8 +33,10 @@ def attach_masks(table: pa.Table, root: Path, mask_dir: str) -> pa.Table:
     return table.set_column(index, table.schema.field(index), pa.array(paths, type=pa.string()))
 
 
-def _prefixed(table: pa.Table, problems: list[DataProblem], prefix: str) -> tuple[pa.Table, list[DataProblem]]:
-    ids = pa.compute.binary_join_element_wise(prefix, table.column("image_id"), "")
+def _prefixed(
+    table: pa.Table, problems: list[DataProblem], prefix: str
+) -> tuple[pa.Table, list[DataProblem]]:
+    ids = pc.binary_join_element_wise(prefix, table.column("image_id"), "")
     return table.set_column(table.schema.get_field_index("image_id"), "image_id", ids), problems
 
 

@@ -1,0 +1,691 @@
+"""The HTML report: one self-contained page comparing the methods (ACoL, CAM) from the pipeline's outputs.
+
+Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate stage's ``metrics.json``,
+``box_acc.csv`` (``threshold`` plus one column per curve, values in percent) and optional ``pr_curve.csv``
+(``threshold, precision, recall``); the train stage's ``history.csv``; the extract stage's map store folder
+(`acol.mapstore`); the val manifest, dataset root and prepare ``summary.json``. A path set to None leaves its
+section out; a path that is set but missing stops the report with a `ReportError` naming it, before any work.
+
+Output: ``index.html`` with every figure embedded as base64 PNG, the same PNGs next to it; the folder is built
+under a temp name and renamed into place (`acol.io.replace_dir`), so a reader never sees half a report.
+
+Published numbers are listed separately and labelled as published, each with its source; only figures that
+could be confirmed from a text source are included (`PUBLISHED`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from acol import plots
+from acol.boxes import iou
+from acol.io import replace_dir, write_bytes_atomic
+
+__all__ = [
+    "ReportError",
+    "MethodInputs",
+    "ReportInputs",
+    "PublishedNumber",
+    "PUBLISHED",
+    "metric_direction",
+    "best_methods",
+    "box_region_means",
+    "gallery_indices",
+    "best_ious",
+    "build_report",
+]
+
+log = logging.getLogger(__name__)
+
+_METRIC_ORDER = (
+    "num_images",
+    "top1_cls_error",
+    "top5_cls_error",
+    "top1_loc_error",
+    "top5_loc_error",
+    "gt_known_loc",
+    "maxboxacc",
+    "maxboxacc_v2",
+    "maxboxacc_v2_iou30",
+    "maxboxacc_v2_iou50",
+    "maxboxacc_v2_iou70",
+    "pxap",
+    "best_threshold",
+    "erase_threshold",
+    "backbone",
+)
+_HIGHER_IS_BETTER = ("maxboxacc", "gt_known_loc", "pxap", "acc", "top1", "top5")
+_PREFERRED_ORDER = ("acol", "cam")  # ranking and column order: ACoL first, then CAM, then the rest
+
+
+class ReportError(ValueError):
+    """A report input that is missing or unusable; the message names the file (and key or column)."""
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """One method's files; None leaves that part out (``pr_curve`` is optional in the pipeline too)."""
+
+    metrics: Path
+    box_acc: Path | None = None
+    pr_curve: Path | None = None
+    history: Path | None = None
+    maps: Path | None = None  # map store folder with part-*.parquet
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything `build_report` reads. ``methods`` maps a method name to its files, in display order."""
+
+    methods: Mapping[str, MethodInputs]
+    manifest: Path | None = None  # val manifest: GT boxes and image sizes for the galleries and coverage
+    dataset_root: Path | None = None  # where the manifest's image ids resolve
+    summary: Path | None = None  # prepare stage summary.json
+    gallery_size: int = 4  # images per gallery (best, worst, random)
+    seed: int = 0  # random gallery
+    max_stat_images: int = 500  # images sampled for the inside/outside map statistics (memory bound)
+
+    @classmethod
+    def from_dirs(
+        cls,
+        evaluate_dir: str | Path,
+        train_dir: str | Path,
+        extract_dir: str | Path,
+        manifest: str | Path | None,
+        summary: str | Path | None,
+        dataset_root: str | Path | None,
+        **options: Any,
+    ) -> ReportInputs:
+        """The pipeline layout: methods are the subfolders of ``evaluate_dir``; only pr_curve.csv may be absent."""
+        evaluate_dir, train_dir, extract_dir = Path(evaluate_dir), Path(train_dir), Path(extract_dir)
+        if not evaluate_dir.is_dir():
+            raise ReportError(f"{evaluate_dir}: evaluate folder not found")
+        names = sorted(p.name for p in evaluate_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not names:
+            raise ReportError(f"{evaluate_dir}: no method subfolders (expected e.g. acol/, cam/)")
+        names.sort(key=lambda n: (_PREFERRED_ORDER.index(n) if n in _PREFERRED_ORDER else 99, n))
+        methods = {}
+        for name in names:
+            pr = evaluate_dir / name / "pr_curve.csv"
+            methods[name] = MethodInputs(
+                metrics=evaluate_dir / name / "metrics.json",
+                box_acc=evaluate_dir / name / "box_acc.csv",
+                pr_curve=pr if pr.exists() else None,
+                history=train_dir / name / "history.csv",
+                maps=extract_dir / name / "maps",
+            )
+        return cls(
+            methods=methods,
+            manifest=Path(manifest) if manifest else None,
+            summary=Path(summary) if summary else None,
+            dataset_root=Path(dataset_root) if dataset_root else None,
+            **options,
+        )
+
+
+@dataclass(frozen=True)
+class PublishedNumber:
+    """A figure from a paper, shown only in the "published" table, never mixed with ours."""
+
+    paper: str
+    dataset: str
+    backbone: str
+    method: str
+    metric: str
+    value: float  # percent
+    source: str  # where the figure was read
+    note: str = ""
+
+
+# Only figures confirmed from a text source. Choe et al.'s per-backbone MaxBoxAccV2 / PxAP table is published
+# as an image (wsolevaluation README, main_table.png) and the ACoL paper's per-backbone table could not be read
+# as text here, so they are not transcribed: add entries with their source when they can be checked.
+PUBLISHED: tuple[PublishedNumber, ...] = (
+    PublishedNumber(
+        paper="Zhang et al., CVPR 2018 (ACoL)",
+        dataset="ILSVRC 2012 val",
+        backbone="not stated in the abstract",
+        method="ACoL",
+        metric="top1_loc_error",
+        value=45.14,
+        source="https://arxiv.org/abs/1804.06962",
+        note="abstract: the paper's best ILSVRC top-1 localization error; the paper's own protocol",
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------------- numbers
+
+
+def metric_direction(key: str) -> Literal["lower", "higher"] | None:
+    """Which way is better for a metric key: errors lower, accuracies/MaxBoxAcc/PxAP higher, others neither."""
+    if "error" in key or key.endswith("loss"):
+        return "lower"
+    if any(tag in key for tag in _HIGHER_IS_BETTER) and "threshold" not in key:
+        return "higher"
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def best_methods(key: str, values: Mapping[str, Any]) -> set[str]:
+    """Methods holding the better value of ``key``; empty when there is no direction, <2 numbers, or a tie."""
+    direction = metric_direction(key)
+    numbers = {m: v for m, v in ((m, _number(v)) for m, v in values.items()) if v is not None}
+    if direction is None or len(numbers) < 2 or len(set(numbers.values())) == 1:
+        return set()
+    target = min(numbers.values()) if direction == "lower" else max(numbers.values())
+    return {m for m, v in numbers.items() if v == target}
+
+
+def box_region_means(
+    maps: np.ndarray, boxes: Sequence[np.ndarray], widths: np.ndarray, heights: np.ndarray
+) -> tuple[float, float]:
+    """Mean map value inside and outside the GT boxes, pooled over all cells of all images.
+
+    maps: (N, h, w) float in [0, 1]; boxes[i]: (k, 4) x0y0x1y1 in original pixels of a widths[i] x heights[i]
+    image (inclusive pixel coordinates). A map cell is inside when its centre, mapped to original pixels
+    (``(c + 0.5) * W / w - 0.5``), lies in a box. Returns (nan, nan) parts where there are no such cells.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3 or len(maps) != len(boxes):
+        raise ValueError(f"maps must be (N, h, w) with one box array per map; got {maps.shape}, {len(boxes)}")
+    n, h, w = maps.shape
+    inside = np.zeros((n, h, w), dtype=bool)
+    for i, b in enumerate(boxes):
+        b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+        xs = (np.arange(w) + 0.5) * widths[i] / w - 0.5  # cell centres in original pixels
+        ys = (np.arange(h) + 0.5) * heights[i] / h - 0.5
+        in_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] <= b[:, 2:3])  # (k, w)
+        in_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] <= b[:, 3:4])  # (k, h)
+        inside[i] = (in_y[:, :, None] & in_x[:, None, :]).any(axis=0)
+    mean_in = float(maps[inside].mean()) if inside.any() else math.nan
+    mean_out = float(maps[~inside].mean()) if (~inside).any() else math.nan
+    return mean_in, mean_out
+
+
+def best_ious(pred_boxes: Sequence[np.ndarray | None], gt_boxes: Sequence[np.ndarray]) -> np.ndarray:
+    """(N,) float64: best IoU of each predicted box with the image's GT boxes; NaN without a prediction or GT.
+
+    Boxes are rounded to whole pixels and compared with the protocol's inclusive-pixel IoU (`acol.boxes.iou`).
+    """
+    out = np.full(len(gt_boxes), np.nan)
+    for i, (pred, gt) in enumerate(zip(pred_boxes, gt_boxes, strict=True)):
+        gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+        if pred is None or len(gt) == 0:
+            continue
+        p = np.clip(np.rint(np.asarray(pred, dtype=np.float64).reshape(1, 4)), 0, None).astype(np.int64)
+        out[i] = float(iou(p, np.clip(np.rint(gt), 0, None).astype(np.int64)).max())
+    return out
+
+
+def gallery_indices(ious: np.ndarray, k: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Indices of the ``k`` best, ``k`` worst and ``k`` random images by IoU; NaN IoUs are never chosen.
+
+    Ties keep the input order (stable sort), so the same inputs give the same galleries.
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    valid = np.flatnonzero(np.isfinite(ious))
+    k = min(k, len(valid))
+    order = valid[np.argsort(ious[valid], kind="stable")]
+    best = valid[np.argsort(-ious[valid], kind="stable")][:k]
+    rng = np.random.default_rng(seed)
+    return {"best": best, "worst": order[:k], "random": np.sort(rng.choice(valid, size=k, replace=False))}
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _require(path: Path | None) -> None:
+    if path is not None and not path.exists():
+        raise ReportError(f"{path}: required report input not found")
+
+
+def _check_inputs(inputs: ReportInputs) -> None:
+    if not inputs.methods:
+        raise ReportError("ReportInputs.methods is empty: nothing to report")
+    for m in inputs.methods.values():
+        for path in (m.metrics, m.box_acc, m.pr_curve, m.history, m.maps):
+            _require(path)
+    for path in (inputs.manifest, inputs.summary, inputs.dataset_root):
+        _require(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: cannot read JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path}: cannot read CSV: {e}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    return df
+
+
+@dataclass
+class _MapInfo:
+    """What the report uses from one method's map store, aligned with the manifest rows it shares."""
+
+    table: pa.Table  # image_id, pred_box, error (all rows)
+    ious: np.ndarray  # (N,) per row of `table`, NaN for errors / no GT
+    error_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _error_counts(errors: list[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {"rows": len(errors), "errors": sum(e is not None for e in errors)}
+    for e in errors:
+        if e is not None:
+            kind = "error: " + e.split(":", 1)[0].strip()[:60]
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _gt_lookup(manifest: pa.Table | None) -> dict[str, tuple[np.ndarray, int, int]]:
+    if manifest is None:
+        return {}
+    ids = manifest.column("image_id").to_pylist()
+    boxes = manifest.column("boxes").to_pylist()
+    ws = manifest.column("width").to_numpy()
+    hs = manifest.column("height").to_numpy()
+    return {
+        i: (np.asarray(b, dtype=np.float64).reshape(-1, 4), int(w), int(h))
+        for i, b, w, h in zip(ids, boxes, ws, hs, strict=True)
+    }
+
+
+def _read_map_info(folder: Path, gt: Mapping[str, tuple[np.ndarray, int, int]]) -> _MapInfo:
+    from acol.mapstore import MapStoreError, read_maps
+
+    try:
+        table = read_maps(folder, columns=["pred_box", "error"])
+    except MapStoreError as e:
+        raise ReportError(str(e)) from None
+    ids = table.column("image_id").to_pylist()
+    preds = table.column("pred_box").to_pylist()
+    gts = [gt[i][0] if i in gt else np.zeros((0, 4)) for i in ids]
+    return _MapInfo(table, best_ious(preds, gts), _error_counts(table.column("error").to_pylist()))
+
+
+def _maps_for(folder: Path, image_ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Maps of the given images: {image_id: {column: (h, w) float32 or None}}, only rows without error."""
+    from acol.mapstore import read_maps
+
+    table = read_maps(folder, columns=[*columns, "map_height", "map_width", "error"])
+    table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(list(image_ids), pa.string())))
+    out: dict[str, dict[str, Any]] = {}
+    for row in table.to_pylist():
+        if row["error"] is not None:
+            continue
+        shape = (row["map_height"], row["map_width"])
+        out[row["image_id"]] = {
+            c: None if row[c] is None else np.asarray(row[c], dtype=np.float32).reshape(shape)
+            for c in columns
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 10px;text-align:right}
+th{background:#f2f2f2}td.k{text-align:left;font-family:monospace}td.best{background:#d8f3d8;font-weight:bold}
+.published{border-left:4px solid #e0a000;padding-left:1em}.note{color:#666;font-size:90%}
+img{max-width:100%;border:1px solid #ddd;margin:0.3em 0}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "—" if not math.isfinite(value) else f"{value:.2f}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(_fmt(value))
+
+
+def _metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    keys = [k for k in _METRIC_ORDER if any(k in m for m in metrics.values())]
+    keys += sorted({k for m in metrics.values() for k in m} - set(keys) - {"method"})
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    rows = []
+    for key in keys:
+        values = {m: metrics[m].get(key) for m in metrics}
+        best = best_methods(key, values)
+        direction = metric_direction(key)
+        arrow = {"lower": " ↓", "higher": " ↑"}.get(direction or "", "")
+        cells = "".join(f"<td{' class=best' if m in best else ''}>{_esc(v)}</td>" for m, v in values.items())
+        rows.append(f"<tr><td class=k>{html.escape(key)}{arrow}</td>{cells}</tr>")
+    return f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _published_table() -> str:
+    rows = "".join(
+        f"<tr><td class='k'>{html.escape(p.paper)}</td><td class='k'>{html.escape(p.dataset)}</td>"
+        f"<td class='k'>{html.escape(p.backbone)}</td><td class='k'>{html.escape(p.method)}</td>"
+        f"<td class='k'>{html.escape(p.metric)}</td><td>{p.value:.2f}</td>"
+        f"<td class='k'><a href='{html.escape(p.source)}'>{html.escape(p.source)}</a>"
+        f"{'<br><span class=note>' + html.escape(p.note) + '</span>' if p.note else ''}</td></tr>"
+        for p in PUBLISHED
+    )
+    return (
+        "<div class='published'><h2>Published numbers (from the papers, not ours)</h2>"
+        "<p class='note'>Reported by the cited papers on the full datasets with their own protocol and "
+        "backbones; for orientation only, not comparable with the numbers above. Figures that could not be "
+        "confirmed from a text source are left out (Choe et al. CVPR 2020 publish their per-backbone "
+        "MaxBoxAccV2 / PxAP table as an image: see https://github.com/clovaai/wsolevaluation).</p>"
+        "<table><tr><th>paper</th><th>dataset</th><th>backbone</th><th>method</th><th>metric</th>"
+        f"<th>value (%)</th><th>source</th></tr>{rows}</table></div>"
+    )
+
+
+def _kv_table(pairs: Sequence[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><td class='k'>{html.escape(k)}</td><td>{_esc(v)}</td></tr>" for k, v in pairs)
+    return f"<table><tr><th>key</th><th>value</th></tr>{rows}</table>"
+
+
+def _flatten(data: Any, prefix: str = "", limit: int = 200) -> list[tuple[str, Any]]:
+    """Nested JSON as dotted (key, value) pairs; long lists become their length."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(data, dict) and not data and prefix:
+        out.append((prefix, "none"))
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k), limit)
+    elif isinstance(data, list) and (len(data) > 10 or any(isinstance(x, dict | list) for x in data)):
+        out.append((prefix, f"list of {len(data)} items"))
+    else:
+        out.append((prefix, ", ".join(map(str, data)) if isinstance(data, list) else data))
+    return out[:limit]
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def _diff_sentence(key: str, label: str, metrics: Mapping[str, Mapping[str, Any]]) -> str | None:
+    a, c = _number(metrics.get("acol", {}).get(key)), _number(metrics.get("cam", {}).get(key))
+    if a is None or c is None:
+        return None
+    delta = a - c
+    direction = metric_direction(key)
+    better = (delta < 0) if direction == "lower" else (delta > 0)
+    verdict = "equal to" if delta == 0 else ("better than" if better else "worse than")
+    return f"{label}: ACoL {a:.2f} vs CAM {c:.2f} ({delta:+.2f} points), ACoL is {verdict} CAM on this run."
+
+
+# --------------------------------------------------------------------------------------------------- build
+
+
+def _coverage_sentences(
+    folder: Path, gt: Mapping[str, tuple[np.ndarray, int, int]], erase: float | None, n_max: int, seed: int
+) -> list[str]:
+    """B vs A inside and outside the GT boxes, on up to ``n_max`` images of one ACoL map store."""
+    from acol.mapstore import maps_array, ok_rows, read_maps
+
+    table = ok_rows(read_maps(folder, columns=["map_a_gt", "map_b_gt", "map_height", "map_width", "error"]))
+    table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(list(gt), pa.string())))
+    if table.num_rows == 0 or table.column("map_b_gt").null_count == table.num_rows:
+        return []
+    if table.num_rows > n_max:
+        pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=n_max, replace=False))
+        table = table.take(pa.array(pick))
+    ids = table.column("image_id").to_pylist()
+    boxes = [gt[i][0] for i in ids]
+    ws = np.array([gt[i][1] for i in ids])
+    hs = np.array([gt[i][2] for i in ids])
+    map_a, map_b = maps_array(table, "map_a_gt"), maps_array(table, "map_b_gt")
+    a_in, a_out = box_region_means(map_a, boxes, ws, hs)
+    b_in, b_out = box_region_means(map_b, boxes, ws, hs)
+    lines = [
+        f"Over {len(ids)} ACoL images, branch A's map averages {a_in:.3f} inside the GT boxes and {a_out:.3f} "
+        f"outside; branch B's averages {b_in:.3f} inside and {b_out:.3f} outside."
+    ]
+    if erase is not None:
+        # mean of B over the cells A leaves (A < erase threshold): sum(B * kept) / sum(kept), inside and outside
+        kept = (map_a < erase).astype(np.float64)
+        b_kept_in, b_kept_out = box_region_means(map_b * kept, boxes, ws, hs)
+        kept_in, kept_out = box_region_means(kept, boxes, ws, hs)
+        if kept_in > 0 and kept_out > 0:
+            inside, outside = b_kept_in / kept_in, b_kept_out / kept_out
+            lines.append(
+                f"Where A is below the erase threshold ({erase:g}), B averages {inside:.3f} inside the GT boxes "
+                f"and {outside:.3f} outside: B {'does' if inside > outside else 'does not'} respond more to the "
+                "object parts that A leaves out than to the background."
+            )
+    return lines
+
+
+def _gallery_pngs(
+    infos: Mapping[str, _MapInfo],
+    folders: Mapping[str, Path],
+    root: Path,
+    gt: Mapping[str, tuple[np.ndarray, int, int]],
+    size: int,
+    seed: int,
+) -> dict[str, bytes]:
+    """Best / worst / random galleries ranked by ACoL's IoU (else the first method's), all methods side by side."""
+    from acol.data.images import ImageDecodeError, read_image
+    from acol.paths import resolve_inside
+
+    ranker = next((m for m in _PREFERRED_ORDER if m in infos), next(iter(infos)))
+    info = infos[ranker]
+    ids_all = info.table.column("image_id").to_pylist()
+    picks = gallery_indices(info.ious, size, seed)
+    chosen = sorted({ids_all[i] for idx in picks.values() for i in idx})
+    maps = {m: _maps_for(folders[m], chosen, ["map_gt", "map_a_gt", "map_b_gt"]) for m in infos}
+    pred = {
+        m: dict(
+            zip(i.table.column("image_id").to_pylist(), i.table.column("pred_box").to_pylist(), strict=True)
+        )
+        for m, i in infos.items()
+    }
+    iou_of = {
+        m: dict(zip(i.table.column("image_id").to_pylist(), i.ious, strict=True)) for m, i in infos.items()
+    }
+    has_b = {m: any(v.get("map_b_gt") is not None for v in maps[m].values()) for m in infos}
+    titles = ["image (GT green)"]
+    for m in infos:
+        titles += [f"{m} fused", f"{m} A", f"{m} B"] if has_b[m] else [f"{m} map"]
+    out = {}
+    for kind, idx in picks.items():
+        rows, labels = [], []
+        for image_id in (ids_all[i] for i in idx):
+            try:
+                image = read_image(resolve_inside(root, image_id))
+            except ImageDecodeError as e:
+                log.warning("gallery: skipping %s: %s", image_id, e)
+                continue
+            boxes = gt[image_id][0]
+            row = [plots.tile(image, None, boxes, None)]
+            for m in infos:
+                mm = maps[m].get(image_id, {})
+                box = pred[m].get(image_id)
+                cols = ["map_gt", "map_a_gt", "map_b_gt"] if has_b[m] else ["map_gt"]
+                row += [plots.tile(image, mm.get(c), boxes, box) for c in cols]
+            rows.append(row)
+            ious = ", ".join(f"{m} {iou_of[m].get(image_id, math.nan):.2f}" for m in infos)
+            labels.append(f"{Path(image_id).name[:28]}\nIoU {ious}")
+        if rows:
+            out[f"gallery_{kind}.png"] = plots.gallery_figure(
+                rows,
+                titles,
+                labels,
+                f"{kind} {len(rows)} by {ranker}'s IoU (pred box red: top-1 map at extract.box_threshold; "
+                "maps: GT class)",
+            )
+    return out
+
+
+def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
+    """Write ``out_dir/index.html`` and its PNGs (atomically, as one folder); return the HTML path."""
+    from acol.data.manifest import read_manifest
+
+    _check_inputs(inputs)
+    out_dir = Path(out_dir)
+    metrics = {m: _read_json(i.metrics) for m, i in inputs.methods.items()}
+    box_acc = {m: _read_csv(i.box_acc, ["threshold"]) for m, i in inputs.methods.items() if i.box_acc}
+    pr = {
+        m: _read_csv(i.pr_curve, ["threshold", "precision", "recall"])
+        for m, i in inputs.methods.items()
+        if i.pr_curve
+    }
+    history = {m: _read_csv(i.history, ["epoch"]) for m, i in inputs.methods.items() if i.history}
+    manifest = read_manifest(inputs.manifest) if inputs.manifest else None
+    gt = _gt_lookup(manifest)
+    folders = {m: i.maps for m, i in inputs.methods.items() if i.maps is not None}
+    infos = {m: _read_map_info(folder, gt) for m, folder in folders.items()}
+
+    pngs: dict[str, bytes] = {}
+    if box_acc:
+        pngs["box_accuracy.png"] = plots.box_accuracy_figure(box_acc)
+    if pr:
+        pngs["pr_curve.png"] = plots.pr_curve_figure(pr)
+    if history:
+        pngs["training.png"] = plots.training_figure(history)
+    if infos and gt and inputs.dataset_root is not None:
+        log.info("drawing galleries")
+        pngs.update(_gallery_pngs(infos, folders, inputs.dataset_root, gt, inputs.gallery_size, inputs.seed))
+
+    shows = _what_this_shows(inputs, metrics, gt)
+    _write_folder(out_dir, {**pngs, "index.html": _render_html(inputs, metrics, pngs, shows, infos).encode()})
+    log.info("report written to %s (%d figures)", out_dir / "index.html", len(pngs))
+    return out_dir / "index.html"
+
+
+def _what_this_shows(
+    inputs: ReportInputs,
+    metrics: Mapping[str, Mapping[str, Any]],
+    gt: Mapping[str, tuple[np.ndarray, int, int]],
+) -> list[str]:
+    """Factual sentences: ACoL vs CAM differences, and how B's map sits relative to A's and the GT boxes."""
+    shows = [
+        s
+        for s in (
+            _diff_sentence("maxboxacc_v2", "MaxBoxAccV2", metrics),
+            _diff_sentence("gt_known_loc", "GT-known localization", metrics),
+            _diff_sentence("top1_loc_error", "Top-1 localization error", metrics),
+            _diff_sentence("top1_cls_error", "Top-1 classification error", metrics),
+            _diff_sentence("pxap", "PxAP", metrics),
+        )
+        if s
+    ]
+    acol_maps = inputs.methods["acol"].maps if "acol" in inputs.methods else None
+    if acol_maps is not None and gt:
+        erase = _number(metrics["acol"].get("erase_threshold"))
+        shows += _coverage_sentences(acol_maps, gt, erase, inputs.max_stat_images, inputs.seed)
+    return shows or ["Only one method or too few numbers to compare; see the tables below."]
+
+
+_CAPTIONS = {
+    "box_accuracy.png": "Box accuracy per CAM threshold: iouNN columns count an image as correct when any "
+    "contour's box (multi-contour, MaxBoxAccV2) reaches NN% IoU; single_iou50 uses the largest contour only.",
+    "pr_curve.png": "Pixel precision-recall over the CAM thresholds; PxAP is the area under the curve.",
+    "training.png": "Training history per epoch (train stage history.csv).",
+}
+
+
+def _render_html(
+    inputs: ReportInputs,
+    metrics: Mapping[str, Mapping[str, Any]],
+    pngs: Mapping[str, bytes],
+    shows: Sequence[str],
+    infos: Mapping[str, _MapInfo],
+) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>ACoL vs CAM: WSOL report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>WSOL report: {html.escape(' vs '.join(inputs.methods))}</h1>",
+        "<h2>What this shows</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in shows) + "</ul>",
+        "<h2>Our metrics (this run)</h2><p class='note'>Percent; ↓ lower is better, ↑ higher is better; the "
+        "better method per metric is highlighted.</p>",
+        _metrics_table(metrics),
+        _published_table(),
+        "<h2>Curves</h2>",
+    ]
+    for name, caption in _CAPTIONS.items():
+        if name in pngs:
+            parts += [_img(pngs[name], name), f"<p class='note'>{html.escape(caption)}</p>"]
+    if "pr_curve.png" not in pngs:
+        parts.append("<p class='note'>No pixel PR curve (no masks: PxAP not computed).</p>")
+    parts.append("<h2>Galleries</h2>")
+    gallery = [_img(png, name) for name, png in pngs.items() if name.startswith("gallery_")]
+    if gallery:
+        parts.append(
+            "<p class='note'>Green: ground-truth boxes; red: the method's predicted box (pred_box of the map store, "
+            "from the top-1 class map at extract.box_threshold). Overlays: jet colour map of the normalized maps "
+            "of the ground-truth class (fused, branch A, branch B). Rows are ranked by the IoU shown at the left."
+            "</p>"
+        )
+    parts += gallery or ["<p class='note'>No galleries (maps, manifest or dataset root not given).</p>"]
+    if inputs.summary:
+        parts += ["<h2>Data summary</h2>", _kv_table(_flatten(_read_json(inputs.summary)))]
+    if infos:
+        kinds = [
+            "rows",
+            "errors",
+            *sorted({k for i in infos.values() for k in i.error_counts} - {"rows", "errors"}),
+        ]
+        head = "".join(f"<th>{html.escape(m)}</th>" for m in infos)
+        rows = "".join(
+            f"<tr><td class='k'>{html.escape(k)}</td>"
+            + "".join(f"<td>{i.error_counts.get(k, 0)}</td>" for i in infos.values())
+            + "</tr>"
+            for k in kinds
+        )
+        parts += ["<h2>Extraction</h2>", f"<table><tr><th>count</th>{head}</tr>{rows}</table>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _write_folder(out_dir: Path, files: Mapping[str, bytes]) -> None:
+    """Write ``files`` into a temp folder beside ``out_dir``, then swap it in (`acol.io.replace_dir`)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the report is meant to be read by others
+    try:
+        for name, data in files.items():
+            write_bytes_atomic(tmp / name, data)
+            (tmp / name).chmod(0o644)  # mkstemp files are private; the report is meant to be shared
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,266 @@
+"""The HTML report: built from fake stage outputs for the tiny dataset, plus hand-computed helper cases."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from acol.data.manifest import read_manifest
+from acol.mapstore import columns_to_table, part_name
+from acol.plots import overlay_map
+from acol.report import (
+    PUBLISHED,
+    MethodInputs,
+    ReportError,
+    ReportInputs,
+    best_ious,
+    best_methods,
+    box_region_means,
+    build_report,
+    gallery_indices,
+    metric_direction,
+)
+
+MAP = 12  # map grid of the fake maps (the tiny images are 48x48)
+
+METRICS = {
+    "acol": {"method": "acol", "num_images": 16, "top1_cls_error": 12.5, "top5_cls_error": 0.0,
+             "top1_loc_error": 31.25, "top5_loc_error": 25.0, "gt_known_loc": 81.25, "maxboxacc": 77.7,
+             "maxboxacc_v2": 61.23, "maxboxacc_v2_iou30": 90.0, "maxboxacc_v2_iou50": 62.5,
+             "maxboxacc_v2_iou70": 31.2, "pxap": 70.11, "best_threshold": 0.35, "erase_threshold": 0.6,
+             "backbone": "small"},
+    "cam": {"method": "cam", "num_images": 16, "top1_cls_error": 6.25, "top5_cls_error": 0.0,
+            "top1_loc_error": 43.75, "top5_loc_error": 37.5, "gt_known_loc": 68.75, "maxboxacc": 70.0,
+            "maxboxacc_v2": 55.1, "maxboxacc_v2_iou30": 85.0, "maxboxacc_v2_iou50": 56.2,
+            "maxboxacc_v2_iou70": 24.1, "pxap": 66.0, "best_threshold": 0.25, "erase_threshold": None,
+            "backbone": "small"},
+}  # fmt: skip
+
+
+def _fake_maps(manifest, method: str, shift: int) -> dict:
+    """Maps of one method: fused high on the GT box, A on its left half, B on its right half (ACoL only)."""
+    n = manifest.num_rows
+    boxes = [np.asarray(b[0]) for b in manifest.column("boxes").to_pylist()]
+    gt = np.full((n, MAP, MAP), 0.05, np.float32)
+    a = np.full((n, MAP, MAP), 0.05, np.float32)
+    b = np.full((n, MAP, MAP), 0.05, np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes) / 4):  # 48 px -> 12 cells
+        c0, r0, c1, r1 = int(x0), int(y0), int(x1) + 1, int(y1) + 1
+        mid = (c0 + c1) // 2
+        gt[i, r0:r1, c0:c1] = 1.0
+        a[i, r0:r1, c0:mid] = 1.0
+        b[i, r0:r1, mid:c1] = 0.8
+    pred = (
+        np.asarray(boxes, np.float32) + np.arange(n, dtype=np.float32)[:, None] * shift
+    )  # worse down the list
+    pred = np.clip(pred, 0, 47)
+    errors = [None] * n
+    errors[-1] = "truncated: image file is truncated"  # one unreadable image
+    return {
+        "image_id": manifest.column("image_id").to_pylist(),
+        "label": manifest.column("class_index").to_numpy(),
+        "error": errors,
+        "top5_classes": np.tile(np.arange(4, dtype=np.int32), (n, 1)),
+        "top5_scores": np.full((n, 4), 0.25, np.float32),
+        "map_height": np.full(n, MAP),
+        "map_width": np.full(n, MAP),
+        "map_gt": gt.reshape(n, -1),
+        "map_top1": gt.reshape(n, -1),
+        "map_a_gt": a.reshape(n, -1),
+        "map_b_gt": b.reshape(n, -1) if method == "acol" else None,
+        "pred_box": pred,
+    }
+
+
+def _write_outputs(tmp: Path, manifest_path: Path, with_pr: bool = True, with_pxap: bool = True) -> dict:
+    manifest = read_manifest(manifest_path)
+    thresholds = np.round(np.arange(0, 1, 0.05), 2)
+    dirs = {"evaluate": tmp / "evaluate", "train": tmp / "train", "extract": tmp / "extract"}
+    for k, method in enumerate(("acol", "cam")):
+        ev, tr, ex = (dirs[d] / method for d in ("evaluate", "train", "extract"))
+        for d in (ev, tr, ex / "maps"):
+            d.mkdir(parents=True)
+        metrics = dict(METRICS[method])
+        if not with_pxap:
+            metrics["pxap"] = None
+        (ev / "metrics.json").write_text(json.dumps(metrics))
+        bump = 1 - np.abs(thresholds - 0.3 - 0.05 * k)
+        pd.DataFrame({"threshold": thresholds, "iou30": 90 * bump, "iou50": 60 * bump, "iou70": 30 * bump,
+                      "single_iou50": 55 * bump}).to_csv(ev / "box_acc.csv", index=False)  # fmt: skip
+        if with_pr:
+            recall = np.linspace(1, 0, len(thresholds))
+            pd.DataFrame({"threshold": thresholds, "precision": 0.3 + 0.6 * (1 - recall) ** (0.5 + k),
+                          "recall": recall}).to_csv(ev / "pr_curve.csv", index=False)  # fmt: skip
+        epochs = np.arange(1, 6)
+        pd.DataFrame({"epoch": epochs, "loss": 2.0 / epochs, "acc_a": 20 + 10 * epochs,
+                      "acc_b": 15 + 10 * epochs if method == "acol" else np.nan, "val_top1": 25 + 9 * epochs,
+                      "val_top5": 60 + 7 * epochs, "val_loss": 2.2 / epochs, "lr": 0.01 / epochs,
+                      "seconds": 3.0}).to_csv(tr / "history.csv", index=False)  # fmt: skip
+        pq.write_table(
+            columns_to_table(_fake_maps(manifest, method, shift=1 + k)), ex / "maps" / part_name(0)
+        )
+    summary = tmp / "summary.json"
+    summary.write_text(json.dumps({"train_images": 32, "val_images": 16, "classes": ["a", "b", "c", "d"],
+                                   "boxes": {"mean_area_fraction": 0.11}, "problems_by_kind": {}}))  # fmt: skip
+    return {**dirs, "summary": summary}
+
+
+def _inputs(out: dict, tiny_dataset: dict, **kw) -> ReportInputs:
+    return ReportInputs.from_dirs(
+        out["evaluate"], out["train"], out["extract"], manifest=tiny_dataset["val"], summary=out["summary"],
+        dataset_root=tiny_dataset["root"], gallery_size=3, **kw,
+    )  # fmt: skip
+
+
+def _embedded_pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)]
+
+
+def test_full_report(tmp_path: Path, tiny_dataset: dict) -> None:
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    inputs = _inputs(out, tiny_dataset)
+    assert list(inputs.methods) == ["acol", "cam"]
+    index = build_report(inputs, tmp_path / "report")
+    text = index.read_text()
+    for method, metrics in METRICS.items():  # every number of both JSONs is in the table
+        for key, value in metrics.items():
+            if isinstance(value, float):
+                assert f">{value:.2f}</td>" in text, (method, key)
+    assert "<td class=best>61.23</td>" in text  # ACoL's MaxBoxAccV2 is higher
+    assert "<td class=best>6.25</td>" in text  # CAM's top-1 cls error is lower
+    assert "<td class=best>0.00</td>" not in text  # a tie is not highlighted
+    assert "not ours" in text and "45.14" in text and "arxiv.org/abs/1804.06962" in text
+    assert "ACoL 61.23 vs CAM 55.10 (+6.13 points), ACoL is better than CAM" in text
+    assert "Top-1 classification error: ACoL 12.50 vs CAM 6.25 (+6.25 points), ACoL is worse than CAM" in text
+    # B's fake map lies on the right half of each box, exactly where A (left half) is below 0.6
+    assert "B does respond more to the object parts that A leaves out" in text
+    assert "<td class='k'>boxes.mean_area_fraction</td><td>0.11</td>" in text
+    assert "<td class='k'>classes</td><td>a, b, c, d</td>" in text
+    assert "<td class='k'>problems_by_kind</td><td>none</td>" in text
+    pngs = _embedded_pngs(text)
+    names = sorted(p.name for p in index.parent.glob("*.png"))
+    assert names == ["box_accuracy.png", "gallery_best.png", "gallery_random.png", "gallery_worst.png",
+                     "pr_curve.png", "training.png"]  # fmt: skip
+    assert len(pngs) == len(names)
+    for data in pngs:
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[0] > 100
+    assert {(index.parent / n).read_bytes() for n in names} == set(pngs)  # the files are the embedded images
+    errors_row = re.search(r"<td class='k'>errors</td><td>(\d+)</td><td>(\d+)</td>", text)
+    assert errors_row and errors_row.groups() == ("1", "1")
+    assert "error: truncated" in text
+
+
+def test_rebuild_replaces_folder_and_optional_inputs(tmp_path: Path, tiny_dataset: dict) -> None:
+    out = _write_outputs(tmp_path, tiny_dataset["val"], with_pr=False, with_pxap=False)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "stale.png").write_bytes(b"old")
+    index = build_report(_inputs(out, tiny_dataset), report)
+    text = index.read_text()
+    assert not (report / "stale.png").exists() and not (report / "pr_curve.png").exists()
+    assert "No pixel PR curve" in text
+    row = re.search(r"<td class=k>pxap ↑</td>(.*?)</tr>", text)
+    assert row and row.group(1) == "<td>—</td><td>—</td>"
+    assert "PxAP:" not in text  # no comparison sentence without numbers
+    assert not list(tmp_path.glob(".report.*"))  # no temp folder left behind
+
+
+def test_missing_required_inputs_name_the_file(tmp_path: Path, tiny_dataset: dict) -> None:
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    (out["evaluate"] / "cam" / "metrics.json").unlink()
+    with pytest.raises(ReportError, match=r"cam/metrics\.json: required report input not found"):
+        build_report(_inputs(out, tiny_dataset), tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    (out["evaluate"] / "cam" / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ReportError, match=r"cam/metrics\.json: expected a JSON object"):
+        build_report(_inputs(out, tiny_dataset), tmp_path / "report")
+    bad = MethodInputs(metrics=out["evaluate"] / "acol" / "metrics.json", box_acc=tmp_path / "b.csv")
+    pd.DataFrame({"thr": [0.1], "iou50": [1.0]}).to_csv(bad.box_acc, index=False)
+    with pytest.raises(ReportError, match=r"b\.csv: missing column\(s\) \['threshold'\]"):
+        build_report(ReportInputs(methods={"acol": bad}), tmp_path / "report")
+    with pytest.raises(ReportError, match="no method subfolders"):
+        ReportInputs.from_dirs(tmp_path / "train" / "acol", tmp_path, tmp_path, None, None, None)
+
+
+def test_pipeline_main_logs_artifacts(tmp_path: Path, tiny_dataset: dict, monkeypatch) -> None:
+    import mlflow
+
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  root: {tiny_dataset['root']}\ntracking:\n  log_system_metrics: false\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("ACOL_PIPELINE_RUN", "test-report")
+    argv = ["report", "--params", str(params), "--evaluate-dir", str(out["evaluate"]), "--train-dir",
+            str(out["train"]), "--extract-dir", str(out["extract"]), "--manifest", str(tiny_dataset["val"]),
+            "--summary", str(out["summary"]), "--out", str(tmp_path / "report")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    spec = importlib.util.spec_from_file_location(
+        "pipelines_report", Path(__file__).parents[1] / "pipelines" / "report.py"
+    )
+    assert spec and spec.loader
+    report_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_cli)
+    report_cli.main()
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`acol.stage` = 'report'")
+    assert len(runs) == 1
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs.run_id[0], "report")}
+    assert {"report/index.html", "report/training.png"} <= artifacts
+
+
+def test_box_region_means_hand_computed() -> None:
+    # 4x4 map of an 8x8 image; cell centres at pixels 0.5, 2.5, 4.5, 6.5; box [0, 0, 3, 3] holds cells 0-1.
+    m = np.full((1, 4, 4), 0.25)
+    m[0, :2, :2] = 1.0
+    assert box_region_means(m, [np.array([[0, 0, 3, 3]])], np.array([8]), np.array([8])) == (1.0, 0.25)
+    # two boxes, non-square image: 4 rows x 2 cols map of a 4 (w) x 8 (h) image
+    m = np.arange(8, dtype=float).reshape(1, 4, 2)  # x centres 0.5, 2.5; y centres 0.5, 2.5, 4.5, 6.5
+    boxes = [np.array([[0, 0, 1, 1], [2, 6, 3, 7]])]  # cell (0, 0) and cell (3, 1)
+    inside, outside = box_region_means(m, boxes, np.array([4]), np.array([8]))
+    assert inside == pytest.approx((0 + 7) / 2) and outside == pytest.approx((1 + 2 + 3 + 4 + 5 + 6) / 6)
+
+
+def test_gallery_indices_and_ious() -> None:
+    ious = np.array([0.5, np.nan, 0.9, 0.1, 0.5, 0.7])
+    picks = gallery_indices(ious, 2, seed=3)
+    assert picks["best"].tolist() == [2, 5] and picks["worst"].tolist() == [3, 0]
+    assert len(picks["random"]) == 2 and 1 not in picks["random"]
+    assert all(1 not in gallery_indices(ious, 10)[k] for k in ("best", "worst", "random"))
+    # pred 10x10 at the origin vs GT 5x10 (inside it) and a far box: IoU 50 / 100
+    got = best_ious(
+        [np.array([0, 0, 9, 9]), None], [np.array([[0, 0, 4, 9], [50, 50, 60, 60]]), np.zeros((1, 4))]
+    )
+    assert got[0] == pytest.approx(0.5) and np.isnan(got[1])
+
+
+def test_metric_direction_and_best() -> None:
+    assert (
+        metric_direction("top1_loc_error") == "lower" and metric_direction("maxboxacc_v2_iou70") == "higher"
+    )
+    assert metric_direction("best_threshold") is None and metric_direction("num_images") is None
+    assert best_methods("gt_known_loc", {"acol": 70.0, "cam": 60.0}) == {"acol"}
+    assert best_methods("top5_loc_error", {"acol": 40.0, "cam": 30.0}) == {"cam"}
+    assert best_methods("pxap", {"acol": None, "cam": 30.0}) == set()
+    assert best_methods("erase_threshold", {"acol": 0.6, "cam": 0.7}) == set()
+    assert all(p.source.startswith("https://") and 0 < p.value < 100 for p in PUBLISHED)
+
+
+def test_overlay_map_blends_jet() -> None:
+    black = np.zeros((6, 8, 3), np.uint8)
+    out = overlay_map(black, np.zeros((3, 4)))
+    # jet(0) is RGB (0, 0, 128); half of it over black
+    assert out.shape == (6, 8, 3) and out.dtype == np.uint8 and out[0, 0].tolist() == [0, 0, 64]
+    hot = overlay_map(black, np.ones((3, 4)), alpha=1.0)
+    assert hot[0, 0].tolist() == [128, 0, 0]  # jet(1) is dark red
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        overlay_map(black.astype(np.float32), np.zeros((3, 4)))
