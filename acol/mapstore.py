@@ -1,0 +1,293 @@
+"""The map store: localization maps and predictions of one model over a manifest, as Parquet parts.
+
+One row per manifest image, sorted by ``image_id``, in files ``part-00000.parquet``, ``part-00001.parquet``...
+Columns (`MAPSTORE_SCHEMA`):
+
+- ``image_id`` (string), ``label`` (int32): from the manifest (``class_index``).
+- ``top5_classes`` (list<int32>), ``top5_scores`` (list<float32>): the softmax top-k of branch A's logits,
+  best first, k = min(5, number of classes).
+- ``map_height``, ``map_width`` (int32): the feature-map grid (h, w) of the maps below.
+- ``map_gt``, ``map_top1`` (list<float16>): the fused localization map (`WSOLModel.localization_maps`,
+  min-max normalized to [0, 1]) of the ground-truth and of the top-1 class, row-major h*w.
+- ``map_a_gt``, ``map_b_gt`` (list<float16>): branch A's and B's normalized map of the ground-truth class;
+  ``map_b_gt`` is null for CAM.
+- ``pred_box`` (list<float32>): ``[x0, y0, x1, y1]`` in original image pixels, from ``map_top1`` as the WSOL
+  protocol does it (Choe et al. 2020): bicubic resize to 224x224, min-max normalize, threshold at
+  ``box_threshold``, the largest contour's inclusive box in that 224 frame, then scaled by ``width / 224``
+  and ``height / 224``. It is computed from the float16 map as stored, so a reader can reproduce it.
+- ``error`` (string): null when fine; an image that could not be read or decoded has its reason here, and null
+  maps, scores and box.
+
+The schema metadata ``acol.mapstore`` holds a JSON object (method, classes, box threshold, image size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from acol.boxes import boxes_at_thresholds
+from acol.maps import RESIZE_LENGTH, prepare_scoremap
+from acol.models import WSOLModel, normalize_maps, select_class_maps
+
+__all__ = [
+    "MAPSTORE_SCHEMA",
+    "MAP_COLUMNS",
+    "METADATA_KEY",
+    "MapStoreError",
+    "predict_batch",
+    "boxes_from_maps",
+    "columns_to_table",
+    "part_name",
+    "read_maps",
+    "read_metadata",
+    "maps_array",
+    "ok_rows",
+]
+
+METADATA_KEY = b"acol.mapstore"
+MAP_COLUMNS = ("map_gt", "map_top1", "map_a_gt", "map_b_gt")
+TOP_K = 5
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "write_statistics": False}
+
+MAPSTORE_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("top5_classes", pa.list_(pa.int32())),
+        pa.field("top5_scores", pa.list_(pa.float32())),
+        pa.field("map_height", pa.int32()),
+        pa.field("map_width", pa.int32()),
+        pa.field("map_gt", pa.list_(pa.float16())),
+        pa.field("map_top1", pa.list_(pa.float16())),
+        pa.field("map_a_gt", pa.list_(pa.float16())),
+        pa.field("map_b_gt", pa.list_(pa.float16())),
+        pa.field("pred_box", pa.list_(pa.float32())),
+        pa.field("error", pa.string()),
+    ]
+)
+
+
+class MapStoreError(ValueError):
+    """A map store folder or table that cannot be used; the message names the file or column."""
+
+
+def _flat_f16(maps: torch.Tensor) -> np.ndarray:
+    """(B, h, w) float maps -> (B, h*w) float16 NumPy, the stored precision."""
+    return maps.float().flatten(1).to(torch.float16).cpu().numpy()
+
+
+def boxes_from_maps(
+    maps: np.ndarray, widths: np.ndarray, heights: np.ndarray, box_threshold: float
+) -> np.ndarray:
+    """Boxes (B, 4) float32 in original pixels from normalized (B, h, w) maps, the protocol's way.
+
+    Each map is resized bicubic to 224x224 and min-max normalized (`acol.maps.prepare_scoremap`); the box of
+    the largest contour at ``box_threshold`` (inclusive x0y0x1y1 in the 224 frame, (0, 0, 0, 0) when nothing
+    is above it) is scaled to the original ``width`` x ``height`` image by ``x * width / 224``.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must have shape (B, h, w); got {maps.shape}")
+    scale = np.stack([widths, heights, widths, heights], axis=1).astype(np.float64) / RESIZE_LENGTH
+    thresholds = np.array([box_threshold], dtype=np.float64)
+    boxes224 = (
+        np.stack(
+            [boxes_at_thresholds(prepare_scoremap(m), thresholds, multi_contour=False)[0][0] for m in maps]
+        )
+        if len(maps)
+        else np.zeros((0, 4))
+    )
+    return (boxes224 * scale).astype(np.float32)
+
+
+def predict_batch(
+    model: WSOLModel,
+    images: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    widths: np.ndarray | Sequence[int],
+    heights: np.ndarray | Sequence[int],
+    box_threshold: float,
+    *,
+    amp: bool = False,
+) -> dict[str, np.ndarray | None]:
+    """Run the model once (eval mode, inference mode) and return the map-store columns of a batch.
+
+    images: (B, 3, S, S) float, normalized, on the model's device (or moved there); labels (B,) ground-truth
+    class indices; widths/heights (B,) original image sizes. ``amp`` runs the forward under bf16 autocast.
+    Returns NumPy arrays: ``top5_classes`` (B, k) int32, ``top5_scores`` (B, k) float32, ``map_height``,
+    ``map_width`` (B,) int32, ``map_gt``, ``map_top1``, ``map_a_gt`` (B, h*w) float16, ``map_b_gt`` the same
+    or None (CAM), ``pred_box`` (B, 4) float32 (see `boxes_from_maps`).
+    """
+    model.eval()  # ACoL then erases with A's top-1 class, never the label: no label leaks into the maps
+    device = next(model.parameters()).device
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    with torch.inference_mode():
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(images, labels_t)
+        out.logits = out.logits.float()
+        out.maps_a = out.maps_a.float()
+        if out.maps_b is not None:
+            out.maps_b = out.maps_b.float()
+        probs = torch.softmax(out.logits, dim=1)
+        scores, classes = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
+        map_gt = model.localization_maps(out, labels_t)  # (B, h, w)
+        map_top1 = model.localization_maps(out, classes[:, 0])
+        map_a = normalize_maps(select_class_maps(out.maps_a, labels_t))
+        map_b = None if out.maps_b is None else normalize_maps(select_class_maps(out.maps_b, labels_t))
+    b, h, w = map_gt.shape
+    top1_f16 = _flat_f16(map_top1)
+    return {
+        "top5_classes": classes.to(torch.int32).cpu().numpy(),
+        "top5_scores": scores.cpu().numpy().astype(np.float32),
+        "map_height": np.full(b, h, dtype=np.int32),
+        "map_width": np.full(b, w, dtype=np.int32),
+        "map_gt": _flat_f16(map_gt),
+        "map_top1": top1_f16,
+        "map_a_gt": _flat_f16(map_a),
+        "map_b_gt": None if map_b is None else _flat_f16(map_b),
+        "pred_box": boxes_from_maps(
+            top1_f16.reshape(b, h, w), np.asarray(widths), np.asarray(heights), box_threshold
+        ),
+    }
+
+
+def _list_column(values: np.ndarray | None, ok: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """(N, L) rows -> list<value_type>, null (and zero-length) where not ``ok`` or ``values`` is None."""
+    n = len(ok)
+    if values is None:
+        return pa.nulls(n, type=pa.list_(value_type))
+    values = np.asarray(values).reshape(n, -1)
+    lengths = np.where(ok, values.shape[1], 0)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = pa.array(np.ascontiguousarray(values[ok]).reshape(-1), type=value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat, mask=pa.array(~ok))
+
+
+def columns_to_table(columns: dict[str, Any], metadata: dict[str, Any] | None = None) -> pa.Table:
+    """Build a `MAPSTORE_SCHEMA` table from a dict of NumPy columns (as `predict_batch` returns plus ids).
+
+    ``columns`` holds ``image_id``, ``label``, ``error`` (str, "" or None when fine) and the prediction
+    columns; rows with an error get null predictions whatever their (placeholder) values are.
+    """
+    ids = [str(i) for i in np.asarray(columns["image_id"]).tolist()]
+    errors = [e if e else None for e in np.asarray(columns["error"], dtype=object).tolist()]
+    ok = np.array([e is None for e in errors], dtype=bool)
+    n = len(ids)
+
+    def scalar(name: str) -> pa.Array:
+        return pa.array(np.asarray(columns[name], dtype=np.int32).reshape(n), mask=~ok)
+
+    arrays = [
+        pa.array(ids, type=pa.string()),
+        pa.array(np.asarray(columns["label"], dtype=np.int32).reshape(n)),
+        _list_column(columns["top5_classes"], ok, pa.int32()),
+        _list_column(columns["top5_scores"], ok, pa.float32()),
+        scalar("map_height"),
+        scalar("map_width"),
+        *(_list_column(columns.get(name), ok, pa.float16()) for name in MAP_COLUMNS),
+        _list_column(columns["pred_box"], ok, pa.float32()),
+        pa.array(errors, type=pa.string()),
+    ]
+    schema = MAPSTORE_SCHEMA
+    if metadata is not None:
+        schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def part_name(index: int) -> str:
+    """Deterministic part file name: ``part-00000.parquet``."""
+    return f"part-{index:05d}.parquet"
+
+
+def _parts(folder: str | os.PathLike[str]) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MapStoreError(f"map store folder not found: {folder}")
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        raise MapStoreError(f"{folder}: no part-*.parquet files")
+    return parts
+
+
+def read_maps(folder: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """Read every part of a map store folder into one table sorted by ``image_id``; errors name the file.
+
+    ``columns`` selects a subset (``image_id`` is always read, for the sort).
+    """
+    wanted = None if columns is None else list(dict.fromkeys(["image_id", *columns]))
+    tables = []
+    for part in _parts(folder):
+        try:
+            table = pq.read_table(part, columns=wanted)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise MapStoreError(f"{part}: cannot read map store part: {e}") from None
+        except KeyError as e:
+            raise MapStoreError(f"{part}: missing column {e}") from None
+        for name in table.column_names:
+            expected = MAPSTORE_SCHEMA.field(name).type if name in MAPSTORE_SCHEMA.names else None
+            if expected is None or table.schema.field(name).type != expected:
+                raise MapStoreError(
+                    f"{part}: column {name!r} has type {table.schema.field(name).type}, expected {expected}"
+                )
+        missing = set(wanted or MAPSTORE_SCHEMA.names) - set(table.column_names)
+        if missing:
+            raise MapStoreError(f"{part}: missing columns {sorted(missing)}")
+        tables.append(table)
+    table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
+    indices = pc.sort_indices(table, sort_keys=[("image_id", "ascending")])
+    return table.take(indices)
+
+
+def read_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``acol.mapstore`` JSON metadata (method, classes, box_threshold, image_size) of the first part."""
+    part = _parts(folder)[0]
+    meta = pq.read_schema(part).metadata or {}
+    if METADATA_KEY not in meta:
+        raise MapStoreError(f"{part}: missing schema metadata {METADATA_KEY.decode()!r}")
+    return json.loads(meta[METADATA_KEY])
+
+
+def ok_rows(table: pa.Table) -> pa.Table:
+    """The rows without an error (the ones that have maps)."""
+    return table.filter(pc.is_null(table.column("error")))
+
+
+def maps_array(table: pa.Table, column: str) -> np.ndarray:
+    """A map column as an (N, h, w) float32 array; raises if a row is null (filter with `ok_rows` first).
+
+    All rows must share one grid (``map_height``, ``map_width``), as one model's maps do.
+    """
+    if column not in MAP_COLUMNS:
+        raise MapStoreError(f"{column!r} is not a map column; choose one of {list(MAP_COLUMNS)}")
+    for name in (column, "map_height", "map_width"):
+        if name not in table.column_names:
+            raise MapStoreError(f"map table has no column {name!r}")
+    col = table.column(column)
+    if col.null_count:
+        raise MapStoreError(
+            f"column {column!r} has {col.null_count} null rows (errors, or branch B of CAM); "
+            "select rows with ok_rows(table) first"
+        )
+    n = table.num_rows
+    if n == 0:
+        return np.zeros((0, 0, 0), dtype=np.float32)
+    hs = np.unique(table.column("map_height").to_numpy())
+    ws = np.unique(table.column("map_width").to_numpy())
+    if len(hs) != 1 or len(ws) != 1:
+        raise MapStoreError(f"rows have different map grids: heights {hs.tolist()}, widths {ws.tolist()}")
+    flat = pc.list_flatten(col.combine_chunks()).to_numpy(zero_copy_only=False)
+    if flat.size != n * int(hs[0]) * int(ws[0]):
+        raise MapStoreError(f"column {column!r}: a map's length differs from map_height * map_width")
+    return flat.reshape(n, int(hs[0]), int(ws[0])).astype(np.float32)

@@ -1,0 +1,207 @@
+"""Benchmark extraction: Ray Data vs the plain DataLoader loop on the same images, model and batch.
+
+Reports images/s of each engine (the ratio Ray / plain), peak resident memory while each runs (the driver
+alone, and the driver with every process it started: Ray's raylet and workers) at two or more dataset sizes,
+to show that it stays flat as the dataset grows, and the Parquet bytes per image. Writes JSON to
+benchmarks/results/. Images are random-noise JPEGs and the model is randomly initialized: speed and memory do
+not depend on what the model learned.
+
+    python benchmarks/bench_extract.py --sizes 128 512 --batch-size 32
+    python benchmarks/bench_extract.py --device cuda --channels-last --bf16 --backbone vgg16 --image-size 224
+
+Memory note: the sum of RSS counts shared pages (Ray's object store is shared memory) once per process that
+maps them, so it over-states use; what matters is whether it grows with the dataset size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import psutil
+import torch
+
+from acol.config import load_params
+from acol.data.manifest import manifest_from_records, write_manifest
+from acol.distributed.extract import extract, extract_plain
+from acol.models import build_model
+
+log = logging.getLogger("bench_extract")
+
+
+class PeakMemory:
+    """Samples RSS every `interval` s in a thread: peak of this process, and of it plus all descendants."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.driver = 0
+        self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = driver = me.memory_info().rss
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # exited between listing and reading
+                    total += child.memory_info().rss
+            self.driver, self.total = max(self.driver, driver), max(self.total, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_dataset(
+    root: Path, count: int, size: int, classes: list[str], seed: int = 0
+) -> list[dict[str, Any]]:
+    """`count` random-noise JPEGs of size x size with a bright square (so maps are not flat)."""
+    rng = np.random.default_rng(seed)
+    (root / "val").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(count):
+        image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        x, y = rng.integers(0, size // 2, 2)
+        image[y : y + size // 3, x : x + size // 3] = 250
+        image_id = f"val/img_{i:07d}.JPEG"
+        cv2.imwrite(str(root / image_id), image)
+        records.append(
+            {
+                "image_id": image_id,
+                "class_index": i % len(classes),
+                "width": size,
+                "height": size,
+                "boxes": [],
+            }
+        )
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512], help="dataset sizes (images)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=64, help="model input size S")
+    parser.add_argument("--source-size", type=int, default=96, help="side of the generated JPEGs")
+    parser.add_argument("--backbone", default="small")
+    parser.add_argument("--head-channels", type=int, default=256)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--num-actors", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (Ray then gives each actor one GPU)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    parser.add_argument("--engines", nargs="+", default=["plain", "ray"], choices=["plain", "ray"])
+    parser.add_argument("--out", default="benchmarks/results/extract.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    use_gpu = args.device.startswith("cuda")
+    classes = [f"n{i:08d}" for i in range(args.num_classes)]
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+        work = Path(tmp)
+        records = make_dataset(work / "data", max(args.sizes), args.source_size, classes)
+        torch.manual_seed(0)
+        model = build_model(args.backbone, len(classes), "acol", head_channels=args.head_channels)
+        torch.save(model.state_dict(), work / "model.pt")
+        card = {
+            "method": "acol",
+            "backbone": args.backbone,
+            "num_classes": len(classes),
+            "classes": classes,
+            "model": {"head_channels": args.head_channels},
+        }
+        params = load_params(
+            work / "none.yaml",
+            [
+                f"model.backbone={args.backbone}",
+                f"train.image_size={args.image_size}",
+                f"extract.batch_size={args.batch_size}",
+                f"extract.num_actors={args.num_actors}",
+                f"extract.use_gpu={str(use_gpu).lower()}",
+            ],
+        )
+        options = {"amp": args.bf16, "channels_last": args.channels_last}
+        for engine in args.engines:
+            if engine == "ray":
+                import ray
+
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            for n in args.sizes:
+                manifest = work / f"val_{n}.parquet"
+                write_manifest(manifest_from_records(records[:n], classes, "synthetic"), manifest)
+                out = work / "out" / f"{engine}_{n}"
+                run_args = (params, "acol", manifest, work / "data", work / "model.pt", card, out)
+                with PeakMemory() as memory:
+                    if engine == "ray":
+                        summary = extract(*run_args, **options)
+                    else:
+                        summary = extract_plain(*run_args, device=args.device, **options)
+                row = {
+                    "engine": engine,
+                    "images": n,
+                    "images_per_s": summary.images_per_s,
+                    "seconds": summary.seconds,
+                    "bytes_per_image": summary.bytes_per_image,
+                    "peak_rss_driver_mb": round(memory.driver / 2**20, 1),
+                    "peak_rss_total_mb": round(memory.total / 2**20, 1),
+                }
+                log.info("%s", row)
+                results.append(row)
+            if engine == "ray":
+                ray.shutdown()
+
+    by_key = {(r["engine"], r["images"]): r for r in results}
+    ratios = {
+        n: round(by_key["ray", n]["images_per_s"] / by_key["plain", n]["images_per_s"], 3)
+        for n in args.sizes
+        if ("ray", n) in by_key and ("plain", n) in by_key
+    }
+    report = {
+        "config": vars(args),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if use_gpu and torch.cuda.is_available() else None,
+        },
+        "results": results,
+        "ray_over_plain_images_per_s": ratios,
+        "note": "Ray times include starting the actor and loading the model (a fixed cost); "
+        "RSS sums count shared memory once per process.",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp_out, out)
+    for row in results:
+        print(
+            f"{row['engine']:>5} {row['images']:>6} images: {row['images_per_s']:8.1f} images/s, "
+            f"peak RSS driver {row['peak_rss_driver_mb']:7.1f} MB, total {row['peak_rss_total_mb']:7.1f} MB, "
+            f"{row['bytes_per_image']:.0f} bytes/image"
+        )
+    print("Ray / plain images/s:", ratios, "->", out)
+
+
+if __name__ == "__main__":
+    main()

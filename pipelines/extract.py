@@ -1,0 +1,67 @@
+"""Stage extract: maps, top-5 and boxes of one trained method over the val manifest, as Parquet parts.
+
+Runs on the current Ray cluster (``ray job submit ... -- python pipelines/extract.py --method acol`` connects to
+it; run directly, it starts a local one). Every node must see the dataset root and the model at these paths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from acol import tracking
+from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.distributed.extract import extract, extract_plain
+
+log = logging.getLogger("extract")
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--method", required=True, choices=["acol", "cam"])
+    parser.add_argument("--manifest", default="outputs/prepare/val.parquet")
+    parser.add_argument("--root", default=None, help="dataset root (default: params data.root)")
+    parser.add_argument("--model", default=None, help="default outputs/train/<method>/model.pt")
+    parser.add_argument("--model-card", default=None, help="default outputs/train/<method>/model_card.json")
+    parser.add_argument("--out", default=None, help="default outputs/extract/<method> (maps/, summary.json)")
+    parser.add_argument(
+        "--engine", default="ray", choices=["ray", "plain"], help="plain: one process, no Ray (debugging)"
+    )
+    args = parser.parse_args()
+    setup_logging()
+    params = params_from_args(args)
+    train_dir = Path("outputs/train") / args.method
+    model = Path(args.model or train_dir / "model.pt")
+    card_path = Path(args.model_card or train_dir / "model_card.json")
+    out = Path(args.out or Path("outputs/extract") / args.method)
+    root = args.root or params.data.root
+    tracking.check_tracking_server()
+
+    run = extract if args.engine == "ray" else extract_plain
+    summary = run(params, args.method, args.manifest, root, model, card_path, out)
+
+    card = json.loads(card_path.read_text())
+    with tracking.stage_run("extract", params, method=args.method, data_paths=[args.manifest]) as mlrun:
+        import mlflow
+
+        mlflow.log_metrics(
+            {
+                "rows": summary.rows,
+                "errors": summary.errors,
+                "images_per_s": summary.images_per_s,
+                "bytes_per_image": summary.bytes_per_image,
+            }
+        )
+        model_info = card.get("registered_model") or {}
+        if model_info.get("name"):
+            mlflow.set_tags(
+                {"model_name": model_info["name"], "model_version": str(model_info.get("version"))}
+            )
+        mlflow.set_tag("engine", args.engine)
+        mlflow.log_artifact(str(out / "summary.json"))
+        log.info("MLflow run %s", mlrun.info.run_id)
+
+
+if __name__ == "__main__":
+    main()
