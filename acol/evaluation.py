@@ -69,14 +69,16 @@ def evaluate_method(
     """All metrics of one method; `maps_table` follows `acol.mapstore`, `manifest` the prepare stage's val."""
     ok = maps_table.filter(pc.is_null(maps_table.column("error")))
     failed = maps_table.num_rows - ok.num_rows
-    rows = manifest.join(ok.select(["image_id"]), "image_id", join_type="inner").sort_by("image_id")
     ok = ok.sort_by("image_id")
-    if rows.num_rows != ok.num_rows:
-        raise ValueError(
-            f"{ok.num_rows} extracted maps but only {rows.num_rows} of their ids are in the manifest"
-        )
-    if rows.num_rows == 0:
+    if ok.num_rows == 0:
         raise ValueError("no image has a map to evaluate")
+    positions = pc.index_in(ok.column("image_id"), value_set=manifest.column("image_id"))
+    if positions.null_count:
+        raise ValueError(
+            f"{ok.num_rows} extracted maps but only {ok.num_rows - positions.null_count} of their ids are in the "
+            "manifest: were the maps extracted from another dataset?"
+        )
+    rows = manifest.take(positions)  # manifest rows in the order of the maps
     missing_boxes = [
         i
         for i, b in zip(rows.column("image_id").to_pylist(), rows.column("boxes").to_pylist(), strict=True)
