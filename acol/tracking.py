@@ -1,0 +1,283 @@
+"""MLflow helpers shared by every stage: one parent run per pipeline run, one child run per stage.
+
+Conventions (the pipeline contract):
+
+- Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db`` (MLflow's own default, made
+  absolute so that Ray workers, whose working directory differs, write to the same database).
+- Experiment: ``params.tracking.experiment``.
+- Parent run: one per pipeline id, which is ``ACOL_PIPELINE_RUN`` if set, else ``<git commit>-<sha256 of
+  params.yaml>`` (12 hex digits each); found by the tag ``acol.pipeline_run`` or created.
+- Stage runs (`stage_run`) are children of it, tagged ``acol.stage``, ``acol.method``, ``acol.git_commit``,
+  ``acol.data_version``, ``acol.pipeline_run`` and logging the params flattened (``model.backbone``, ...).
+- Registered model name: ``f"{params.tracking.registered_model}-{method}"``.
+
+Importing this module starts nothing: MLflow is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from acol.config import Params
+
+if TYPE_CHECKING:
+    import mlflow
+    from torch import nn
+
+__all__ = [
+    "PIPELINE_RUN_ENV",
+    "PIPELINE_TAG",
+    "TrackingServerError",
+    "check_tracking_server",
+    "configure",
+    "data_version",
+    "flatten_params",
+    "git_commit",
+    "log_model",
+    "pipeline_run_id",
+    "registered_model_name",
+    "stage_run",
+    "tracking_uri",
+]
+
+PIPELINE_RUN_ENV = "ACOL_PIPELINE_RUN"
+PIPELINE_TAG = "acol.pipeline_run"
+_SHORT = 12  # hex digits kept of each hash: plenty to tell runs apart, short enough to read
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server cannot be reached; raised before any expensive work starts."""
+
+
+def tracking_uri() -> str:
+    """The pipeline's tracking URI; a relative sqlite path is made absolute (Ray workers have another cwd)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or "sqlite:///mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def configure(params: Params) -> str:
+    """Point MLflow at `tracking_uri()` and the experiment of `params`; returns the experiment id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.set_experiment(params.tracking.experiment).experiment_id
+
+
+def registered_model_name(params: Params, method: str) -> str:
+    return f"{params.tracking.registered_model}-{method}"
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """HEAD of the repository at `cwd`, ``-dirty`` when tracked files changed; "unknown" outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def _sha256_file(path: Path, digest: Any) -> None:
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
+def data_version(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """Short sha256 of the contents of `paths` (in the given order): equal manifests give equal versions."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"data_version: manifest not found: {path}")
+        file_digest = hashlib.sha256()
+        _sha256_file(path, file_digest)
+        digest.update(file_digest.digest())  # fixed-size per-file digests: ["ab"] and ["a", "b"] differ
+    return digest.hexdigest()[:_SHORT]
+
+
+def pipeline_run_id(params_file: str | os.PathLike[str] = "params.yaml") -> str:
+    """``ACOL_PIPELINE_RUN`` if set, else ``<commit[:12]>-<sha256(params.yaml)[:12]>`` (one per pipeline)."""
+    explicit = os.environ.get(PIPELINE_RUN_ENV, "").strip()
+    if explicit:
+        return explicit
+    path = Path(params_file)
+    digest = hashlib.sha256()
+    if path.is_file():
+        _sha256_file(path, digest)
+    commit = git_commit(path.resolve().parent if path.is_file() else None)
+    return f"{commit[:_SHORT]}-{digest.hexdigest()[:_SHORT]}"
+
+
+def flatten_params(params: Params | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys (``model.backbone``) to strings, as MLflow params want; lists become JSON."""
+    raw = params.model_dump(mode="json") if isinstance(params, Params) else params
+    flat: dict[str, str] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = json.dumps(list(value))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _parent_run(experiment_id: str, pipeline_id: str) -> str:
+    """The id of the pipeline's parent run, created (and marked finished) the first time a stage asks."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_id}' and tags.`acol.role` = 'pipeline'",
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline-{pipeline_id}",
+        tags={PIPELINE_TAG: pipeline_id, "acol.role": "pipeline"},
+    )
+    # Children only need the parent not to be deleted; a finished parent does not look stuck in the UI.
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    params: Params,
+    *,
+    method: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    data_paths: Sequence[str | os.PathLike[str]] = (),
+    params_file: str | os.PathLike[str] = "params.yaml",
+) -> Iterator[mlflow.ActiveRun]:
+    """A child run of the pipeline's parent for one stage; failed (and re-raised) if the body raises.
+
+    `data_paths` (the stage's input manifests) set the ``acol.data_version`` tag. System metrics (CPU, memory,
+    GPU) are sampled when ``params.tracking.log_system_metrics``.
+    """
+    import mlflow
+
+    experiment_id = configure(params)
+    pipeline_id = pipeline_run_id(params_file)
+    parent = _parent_run(experiment_id, pipeline_id)
+    all_tags = {
+        "acol.stage": stage,
+        "acol.role": "stage",
+        PIPELINE_TAG: pipeline_id,
+        "acol.git_commit": git_commit(),
+    }
+    if method is not None:
+        all_tags["acol.method"] = method
+    if data_paths:
+        all_tags["acol.data_version"] = data_version(data_paths)
+    all_tags.update(tags or {})
+    name = f"{stage}@{method}" if method else stage
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=parent,
+        tags=all_tags,
+        log_system_metrics=params.tracking.log_system_metrics,
+    ) as run:
+        mlflow.log_params(flatten_params(params))
+        yield run
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned requirements of the logged model, given so that MLflow does not infer them in a subprocess."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("torch", "torchvision", "numpy"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def log_model(model: nn.Module, method: str, params: Params, example_input: Any) -> str:
+    """Log `model` to the active run as ``model`` and register it; returns the new registered version.
+
+    `example_input` is a (B, 3, S, S) float32 tensor of normalized images; the signature records it and the
+    (B, K) logits of branch A. The logged object is the whole `WSOLModel`, pickled (load it with
+    `mlflow.pytorch.load_model` and `acol` importable); localization maps come from its `localization_maps`.
+    """
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.module if hasattr(model, "module") else model
+    model = model.cpu().eval()
+    example = torch.as_tensor(example_input, dtype=torch.float32).cpu()
+    if example.ndim != 4 or example.shape[1] != 3:
+        raise ValueError(f"log_model: example_input must be (B, 3, H, W), got {tuple(example.shape)}")
+    with torch.inference_mode():
+        logits = model(example).logits
+    signature = infer_signature(example.numpy(), logits.numpy())
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        registered_model_name=registered_model_name(params, method),
+        pip_requirements=_pip_requirements(),
+        # pickle keeps the WSOLModel (with `localization_maps`); MLflow's default "pt2" would keep a traced
+        # graph of `forward` only. Loading needs `acol` importable; the safe state dict is logged beside it.
+        serialization_format="pickle",
+    )
+    if info.registered_model_version is None:
+        raise RuntimeError(f"MLflow did not register {registered_model_name(params, method)}")
+    return str(info.registered_model_version)
+
+
+def check_tracking_server(timeout: float = 5.0) -> str:
+    """Fail fast (within about `timeout` seconds) when the tracking server cannot be reached; returns the URI.
+
+    HTTP(S) URIs are probed once (any HTTP answer, even 401 or 404, means the server is there); a sqlite URI
+    needs its folder to exist. Other schemes (databricks, ...) are left to MLflow.
+    """
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        probe = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answered
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingServerError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix "
+                "MLFLOW_TRACKING_URI (unset, it means sqlite:///mlflow.db in the working directory)"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir():
+            raise TrackingServerError(f"MLflow tracking database folder {folder} does not exist (URI {uri})")
+    return uri

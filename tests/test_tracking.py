@@ -1,0 +1,195 @@
+"""acol.tracking: parent/child stage runs, flattened params, data versions, model registry, server checks."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+from acol import tracking
+from acol.config import Params, load_params
+
+pytest.importorskip("mlflow")
+
+
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the module: creating the schema costs seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def params(mlflow_db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Params:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
+    monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, f"test-{tmp_path.name}")  # a fresh pipeline per test
+    return load_params(
+        tmp_path / "absent.yaml", ["tracking.log_system_metrics=false", "tracking.experiment=t"]
+    )
+
+
+def test_stage_runs_share_one_parent_per_pipeline(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with tracking.stage_run("prepare", params) as prepare:
+        pass
+    with tracking.stage_run("train", params, method="acol", tags={"extra": "x"}) as train:
+        pass
+    client = MlflowClient()
+    first, second = client.get_run(prepare.info.run_id), client.get_run(train.info.run_id)
+    parent_id = first.data.tags["mlflow.parentRunId"]
+    assert second.data.tags["mlflow.parentRunId"] == parent_id
+    parent = client.get_run(parent_id)
+    assert parent.data.tags[tracking.PIPELINE_TAG] == first.data.tags[tracking.PIPELINE_TAG]
+    assert second.data.tags["acol.stage"] == "train"
+    assert second.data.tags["acol.method"] == "acol"
+    assert second.data.tags["extra"] == "x"
+    assert second.info.run_name == "train@acol"
+    assert "acol.git_commit" in second.data.tags
+
+    monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, "another-pipeline")
+    with tracking.stage_run("prepare", params) as other:
+        pass
+    assert client.get_run(other.info.run_id).data.tags["mlflow.parentRunId"] != parent_id
+
+
+def test_stage_run_logs_flat_params_and_data_version(params: Params, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(b"manifest bytes")
+    with tracking.stage_run("prepare", params, data_paths=[manifest]) as run:
+        pass
+    logged = MlflowClient().get_run(run.info.run_id).data
+    assert logged.params == tracking.flatten_params(params)
+    assert logged.tags["acol.data_version"] == tracking.data_version([manifest])
+
+
+def test_stage_run_marks_failed_and_reraises(params: Params) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with pytest.raises(RuntimeError, match="boom"), tracking.stage_run("train", params, method="cam") as run:
+        raise RuntimeError("boom")
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_flatten_params_dotted_strings() -> None:
+    flat = tracking.flatten_params(Params())
+    assert flat["model.backbone"] == "small"
+    assert flat["train.lr"] == "0.01"
+    assert flat["data.synthetic.num_classes"] == "10"
+    assert flat["data.mask_dir"] == "None"
+    assert flat["evaluate.iou_thresholds"] == "[30, 50, 70]"
+    assert all(isinstance(v, str) for v in flat.values())
+
+    def leaves(model) -> int:  # a plain count of the leaf fields of the pydantic tree
+        return sum(leaves(v) if isinstance(v, BaseModel) else 1 for v in dict(model).values())
+
+    assert len(flat) == leaves(Params())
+
+
+def test_data_version_stable_and_content_based(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(b"train rows")
+    b.write_bytes(b"val rows")
+    c.write_bytes(b"train rows")  # same content as a, other name
+    version = tracking.data_version([a, b])
+    reference = hashlib.sha256(
+        hashlib.sha256(b"train rows").digest() + hashlib.sha256(b"val rows").digest()
+    ).hexdigest()[:12]
+    assert version == reference
+    assert tracking.data_version([a, b]) == version
+    assert tracking.data_version([c, b]) == version
+    assert tracking.data_version([b, a]) != version
+    b.write_bytes(b"val rowz")
+    assert tracking.data_version([a, b]) != version
+    with pytest.raises(FileNotFoundError, match=r"missing\.parquet"):
+        tracking.data_version([tmp_path / "missing.parquet"])
+
+
+def test_pipeline_run_id_from_env_or_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, "nightly-42")
+    assert tracking.pipeline_run_id() == "nightly-42"
+    monkeypatch.delenv(tracking.PIPELINE_RUN_ENV)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("train:\n  epochs: 2\n")
+    first = tracking.pipeline_run_id(params_file)
+    assert first == tracking.pipeline_run_id(params_file)
+    assert first.endswith(hashlib.sha256(params_file.read_bytes()).hexdigest()[:12])
+    params_file.write_text("train:\n  epochs: 3\n")
+    assert tracking.pipeline_run_id(params_file) != first
+
+
+def test_tracking_uri_default_is_absolute_sqlite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert tracking.tracking_uri() == "http://tracking:5000"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_with_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(tracking.TrackingServerError, match=f"{uri}.*unreachable"):
+        tracking.check_tracking_server(timeout=2)
+
+
+def test_any_http_answer_counts_as_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert tracking.check_tracking_server(timeout=5) == uri
+    finally:
+        server.shutdown()
+
+
+def test_sqlite_in_missing_folder_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/nowhere/mlflow.db")
+    with pytest.raises(tracking.TrackingServerError, match="nowhere"):
+        tracking.check_tracking_server()
+
+
+def test_log_model_registers_new_versions(params: Params) -> None:
+    import mlflow.pytorch
+
+    from acol.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small", 3, "cam", head_channels=8)
+    example = torch.randn(2, 3, 32, 32)
+    versions = []
+    for _ in range(2):
+        with tracking.stage_run("train", params, method="cam"):
+            versions.append(tracking.log_model(model, "cam", params, example))
+    assert versions[1] == str(int(versions[0]) + 1)
+    name = tracking.registered_model_name(params, "cam")
+    assert name == f"{params.tracking.registered_model}-cam"
+    loaded = mlflow.pytorch.load_model(f"models:/{name}/{versions[1]}")
+    with torch.inference_mode():
+        assert torch.allclose(loaded(example).logits, model(example).logits)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        tracking.log_model(model, "cam", params, torch.zeros(3, 32, 32))
