@@ -56,7 +56,7 @@ def main() -> None:
              metrics["gt_known_loc"], metrics["top1_loc_error"])  # fmt: skip
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    with tracking.stage_run("evaluate", params, method=args.method) as run:
+    with tracking.stage_run("evaluate", params, method=args.method, data_paths=[args.manifest]) as run:
         import mlflow
 
         mlflow.log_metrics(numbers)

@@ -32,7 +32,9 @@ def main() -> None:
     write_json_atomic(out / "summary.json", summary)
     log.info("%d train, %d val images, %d problems %s", train.num_rows, val.num_rows, len(problems),
              summary["problems_by_kind"])  # fmt: skip
-    with tracking.stage_run("prepare", params) as run:
+    with tracking.stage_run(
+        "prepare", params, data_paths=[out / "train.parquet", out / "val.parquet"]
+    ) as run:
         import mlflow
 
         mlflow.log_metrics(
