@@ -16,15 +16,13 @@ the first line of an image only), paths relative to ``--masks``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from acol.boxes import scale_boxes
+from acol.io import write_json_atomic
 from acol.maps import RESIZE_LENGTH, prepare_scoremap
 
 
@@ -107,20 +105,6 @@ def load_scoremap(root: str | Path, image_id: str) -> np.ndarray:
     return prepare_scoremap(raw.astype(np.float64))
 
 
-def write_json_atomic(data: dict, out: str | Path) -> None:
-    """Write JSON to a temp file in the same folder, then rename it over ``out``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def evaluate(
     metadata: str | Path,
     scoremaps: str | Path,
@@ -191,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{result['metric']} mean over IoU {result['iou_thresholds']}: {result['mean_max_box_acc']:.4f}"
         )
     if args.json:
-        write_json_atomic(result, args.json)
+        write_json_atomic(args.json, result)
     return result
 
 

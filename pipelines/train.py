@@ -8,9 +8,7 @@ temporary copy, so relative outputs and ``sqlite:///mlflow.db`` would land there
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
 from acol import tracking
@@ -19,15 +17,10 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
 from acol.distributed.train import fit
+from acol.io import write_json_atomic
 from acol.models import build_model, load_model_weights
 
 log = logging.getLogger("train")
-
-
-def _write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                 "version": version,
             },
         }
-        _write_json(card, out / "model_card.json")
+        write_json_atomic(out / "model_card.json", card)
         mlflow.log_artifact(str(out / "model_card.json"))
         mlflow.log_artifact(str(outcome.history_path))
         mlflow.log_artifact(str(outcome.model_path), artifact_path="weights")  # safe to load: weights_only

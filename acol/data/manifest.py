@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from acol.data.errors import DataError, DataProblem, ProblemLog, count_problems
+from acol.io import atomic_path
 from acol.paths import resolve_inside
 
 __all__ = [
@@ -256,15 +256,8 @@ def write_manifest(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Validate ``table`` and write it as Parquet atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     validate_manifest(table, where=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table.select(MANIFEST_SCHEMA.names), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_manifest(path: str | os.PathLike[str]) -> pa.Table:

@@ -15,7 +15,6 @@ Parsing goes through pyarrow's CSV reader and NumPy, no Python loop per line (50
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pyarrow.csv as pcsv
 from acol.data.errors import DataError, DataProblem, ProblemLog
 from acol.data.images import ImageDecodeError, image_size
 from acol.data.manifest import manifest_classes, manifest_from_columns
+from acol.io import write_text_atomic
 from acol.paths import UnsafePathError, resolve_inside
 
 __all__ = ["read_wsol_metadata", "write_wsol_metadata"]
@@ -164,17 +164,6 @@ def read_wsol_metadata(
     return table, log.problems
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _format_coords(values: np.ndarray) -> list[str]:
     """Integers as ``12``, other values in their shortest float32 form (``12.5``): lossless round trip."""
     if np.all(values == np.round(values)):
@@ -198,15 +187,15 @@ def write_wsol_metadata(table: pa.Table, folder: str | os.PathLike[str]) -> None
     owner = pc.list_parent_indices(boxes).to_numpy()
     xy = pc.list_flatten(pc.list_flatten(boxes)).to_numpy(zero_copy_only=False).reshape(-1, 4)
     coords = np.asarray(_format_coords(xy.reshape(-1)), dtype=object).reshape(-1, 4)
-    _atomic_write_text(folder / "image_ids.txt", "".join(f"{p}\n" for p in ids))
-    _atomic_write_text(
+    write_text_atomic(folder / "image_ids.txt", "".join(f"{p}\n" for p in ids))
+    write_text_atomic(
         folder / "class_labels.txt", "".join(f"{p},{c}\n" for p, c in zip(ids, labels, strict=True))
     )
-    _atomic_write_text(
+    write_text_atomic(
         folder / "image_sizes.txt",
         "".join(f"{p},{w},{h}\n" for p, w, h in zip(ids, widths, heights, strict=True)),
     )
-    _atomic_write_text(
+    write_text_atomic(
         folder / "localization.txt",
         "".join(f"{ids[o]},{','.join(c)}\n" for o, c in zip(owner.tolist(), coords.tolist(), strict=True)),
     )

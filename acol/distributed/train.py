@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from acol.config import Params
 from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, train_transform
+from acol.io import atomic_path
 from acol.models import build_model
 from acol.training import (
     build_optimizer,
@@ -283,14 +285,11 @@ def run_name(params: Params, method: str, data: str) -> str:
 def write_history_csv(history: list[dict[str, float]], path: str | os.PathLike[str]) -> Path:
     """One row per epoch with `HISTORY_COLUMNS` (acc_b empty for CAM), written to a temp file and renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, restval="", extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
-    os.replace(tmp, path)
     return path
 
 
@@ -357,6 +356,13 @@ def fit(
         # code) is trained afresh; only an unfinished one (a crashed driver relaunched) is resumed.
         log.info("Ray Train run %s already finished: training it again from scratch", name)
         shutil.rmtree(storage / name)
+    # A bad backbone weights file fails here, named, instead of in every worker after Ray has started.
+    if params.model.backbone_weights:
+        with torch.device("meta"), warnings.catch_warnings():  # meta: no memory; copies into it are no-ops
+            warnings.simplefilter("ignore", UserWarning)
+            build_model(
+                params.model.backbone, len(classes), method, backbone_weights=params.model.backbone_weights
+            )
     _ensure_ray(tp.num_workers * tp.cpus_per_worker)
     log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, storage / name)
     trainer = TorchTrainer(
@@ -383,9 +389,8 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / _STATE_FILE).read_text())
-        tmp = out_dir / f".{_MODEL_FILE}.tmp"
-        shutil.copyfile(Path(folder) / _MODEL_FILE, tmp)
-        os.replace(tmp, out_dir / _MODEL_FILE)
+        with atomic_path(out_dir / _MODEL_FILE) as tmp:
+            shutil.copyfile(Path(folder) / _MODEL_FILE, tmp)
     history = state["history"]
     history_path = write_history_csv(history, out_dir / "history.csv")
     return TrainOutcome(
