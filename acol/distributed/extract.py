@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from acol.paths import resolve_inside
 __all__ = [
     "ExtractSummary",
     "MapPredictor",
+    "check_weights",
     "decode_batch",
     "extract",
     "extract_plain",
@@ -125,6 +127,20 @@ def _model_kwargs(card: dict[str, Any], params: Params, method: str, classes: li
         "head_channels": int(model_section.get("head_channels", params.model.head_channels)),
         "erase_threshold": float(model_section.get("erase_threshold", params.model.erase_threshold)),
     }
+
+
+def check_weights(model_kwargs: dict[str, Any], model_path: str | os.PathLike[str]) -> None:
+    """Raise `WeightsError` naming `model_path` unless it holds a state dict of exactly this architecture.
+
+    Run on the driver before Ray starts: in a `MapPredictor` actor the same error would only surface as an
+    actor-construction failure after the cluster and the decode tasks are up. The model is built on the meta
+    device (no memory, no init), so the check costs one read of the file.
+    """
+    with torch.device("meta"):
+        model = build_model(**model_kwargs)
+    with warnings.catch_warnings():  # copying real tensors into meta ones is a no-op, which is the point
+        warnings.simplefilter("ignore", UserWarning)
+        load_model_weights(model, model_path)
 
 
 def model_from_card(
@@ -391,8 +407,6 @@ def extract(
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
     cfg = params.extract
     size = params.train.image_size
     root_str, model_str = str(Path(root).resolve()), str(Path(model_path).resolve())
@@ -400,6 +414,9 @@ def extract(
         raise FileNotFoundError(f"model weights not found: {model_path}")
 
     def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        check_weights(model_kwargs, model_str)  # a bad model.pt fails here, named, before Ray starts
+        if not ray.is_initialized():
+            ray.init()
         ctx = ray.data.DataContext.get_current()
         old_order = ctx.execution_options.preserve_order
         ctx.execution_options.preserve_order = True  # results in manifest order: deterministic parts
