@@ -8,11 +8,14 @@ quantized form is ``q = (map * 255).astype(uint8)``. At a threshold ``t`` the fo
 gives ``x0, y0, x1, y1 = x, y, x + w, y + h`` from
 ``cv2.boundingRect`` with x1, y1 clipped to 223; no contour gives the box (0, 0, 0, 0).
 
-Speed: a quantized map has at most 256 distinct masks, so thresholds are mapped to integer cuts and each
-needed cut is solved once. A cut whose mask is provably one 8-connected component without holes (at most one
-regional maximum above the cut, and Euler number 1 from 2x2 bit-quad counts) has exactly one contour whose
-box is the mask's extent: no ``findContours`` call. Other cuts call ``findContours`` on the mask cropped
-to its extent (same contours, fewer pixels); the boxes and areas of all contours are then computed with NumPy.
+Speed: a quantized map has at most 256 distinct masks, so thresholds are mapped to integer cuts. With
+``multi_contour`` (MaxBoxAccV2) the boxes of all cuts come from one union-find sweep per map
+(``acol.components``: outer borders = 8-connected components, hole borders = enclosed 4-connected background
+components grown by one pixel), without ``findContours``. The single largest contour (MaxBoxAcc, classic
+metrics) needs OpenCV's contour areas: each needed cut is solved once; a cut whose mask is provably one
+8-connected component without holes (at most one regional maximum above the cut, and Euler number 1 from
+2x2 bit-quad counts) has exactly one contour whose box is the mask's extent; other cuts call
+``findContours`` on the mask cropped to its extent (same contours, fewer pixels).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from acol.components import best_iou_per_cut
 from acol.maps import RESIZE_LENGTH, quantize
 
 EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)  # what the protocol returns where no contour is found
@@ -181,7 +185,7 @@ def best_iou_per_threshold(
     """Best IoU (T,) float64 of the estimated box(es) with any GT box, at each threshold of the grid.
 
     ``scoremap`` is a normalized (H, W) float map or its quantized uint8 form; ``gt_boxes`` (k, 4) in the
-    same frame. Identical to the per-threshold protocol loop (see ``acol.metrics_reference``).
+    same frame; thresholds >= 0. Identical to the per-threshold protocol loop (``acol.metrics_reference``).
     """
     q = scoremap if np.asarray(scoremap).dtype == np.uint8 else quantize(scoremap)
     if q.ndim != 2:
@@ -189,9 +193,13 @@ def best_iou_per_threshold(
     gt = check_boxes(gt_boxes, "gt_boxes")
     if len(gt) == 0:
         raise ValueError("gt_boxes must hold at least one box")
+    if (np.asarray(thresholds) < 0).any():
+        raise ValueError("thresholds must be >= 0 (the protocol's grid is [0, 1))")
     h, w = q.shape
     qmax = int(q.max())
     cuts = threshold_cuts(qmax, thresholds)
+    if multi_contour:  # one union-find sweep gives every cut; cuts >= qmax hold the empty box's IoU
+        return best_iou_per_cut(q, gt, cuts)[np.minimum(cuts, 255)]
     empty_iou = float(iou(EMPTY_BOX, gt).max())
     needed = np.unique(cuts[cuts < qmax])
     best = np.full(257, empty_iou)  # best IoU per cut; cuts >= qmax keep the empty-box value
@@ -223,12 +231,8 @@ def best_iou_per_threshold(
             boxes[:, 2] = np.minimum(boxes[:, 2], w - 1)
             boxes[:, 3] = np.minimum(boxes[:, 3], h - 1)
             # Contours are grouped by cut in order; groups start where the owner changes.
+            # First largest contour per cut: sort by (cut group, -area); stable keeps OpenCV's order.
             starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-            if multi_contour:
-                best[needed[offsets]] = np.maximum.reduceat(iou(boxes, gt).max(axis=1), starts)
-            else:
-                # First largest contour per cut: sort by (cut group, -area); stable keeps OpenCV's order.
-                order = np.lexsort((-areas, owner))
-                pick = order[starts]
-                best[needed[offsets]] = iou(boxes[pick], gt).max(axis=1)
+            order = np.lexsort((-areas, owner))
+            best[needed[offsets]] = iou(boxes[order[starts]], gt).max(axis=1)
     return best[np.minimum(cuts, 256)]

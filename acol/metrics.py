@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from acol.boxes import best_iou_per_threshold, check_boxes
+from acol.components import box_hits
 from acol.maps import RESIZE_LENGTH, quantize
 
 
@@ -45,6 +47,13 @@ def _hits_for_images(args: tuple) -> np.ndarray:
         best = best_iou_per_threshold(q, gt, thresholds, multi_contour)
         hits += best[None, :] >= iou_fracs[:, None]
     return hits
+
+
+def _multi_contour_hits(
+    maps: np.ndarray, gt_flat: np.ndarray, offsets: np.ndarray, thresholds: np.ndarray, iou_fracs: np.ndarray
+) -> np.ndarray:
+    """Thread worker: quantize a chunk of maps and count hits with the GIL-free union-find kernel."""
+    return box_hits(quantize(maps), gt_flat, offsets - offsets[0], thresholds, iou_fracs)
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,8 @@ class BoxEvaluator:
     ``accumulate(scoremaps (N, 224, 224) float in [0, 1], gt_boxes: N arrays (k_i, 4))``; ``compute()`` ->
     ``BoxResult``. MaxBoxAccV2 = ``multi_contour=True``, IoU (30, 50, 70), mean; the original MaxBoxAcc =
     ``multi_contour=False``, IoU 50. ``n_workers > 1`` spreads images over a process pool (use as a context
-    manager or call ``close()``).
+    manager or call ``close()``): threads over the GIL-free kernel of ``acol.components`` when multi-contour,
+    a process pool over the OpenCV path for the single largest contour.
     """
 
     def __init__(
@@ -89,6 +99,7 @@ class BoxEvaluator:
         interval: float = 0.01,
         multi_contour: bool = True,
         n_workers: int = 1,
+        chunk_size: int = 256,
     ) -> None:
         if not iou_thresholds or any(not 0 < int(k) <= 100 for k in iou_thresholds):
             raise ValueError(f"iou_thresholds must be percentages in (0, 100]; got {iou_thresholds}")
@@ -96,10 +107,14 @@ class BoxEvaluator:
         self.thresholds = threshold_grid(interval)
         self.multi_contour = multi_contour
         self.n_workers = max(1, int(n_workers))
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+        self.chunk_size = int(chunk_size)  # maps per thread task (multi-contour): bounds the uint8 copies
         self._iou_fracs = np.array([k / 100 for k in self.iou_thresholds])  # same floats as `k / 100`
         self._hits = np.zeros((len(self.iou_thresholds), len(self.thresholds)), dtype=np.int64)
         self._count = 0
         self._pool: mp.pool.Pool | None = None
+        self._threads: ThreadPoolExecutor | None = None
 
     def accumulate(self, scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray]) -> None:
         """Add a batch: maps (N, H, W) normalized to [0, 1], N GT box arrays (k_i >= 1, 4) in map pixels."""
@@ -110,6 +125,10 @@ class BoxEvaluator:
         for i, g in enumerate(gts):
             if len(g) == 0:
                 raise ValueError(f"gt_boxes[{i}] is empty: every image needs at least one GT box")
+        if self.multi_contour:
+            self._hits += self._accumulate_multi(maps, gts)
+            self._count += len(maps)
+            return
         qmaps = quantize(maps)  # (N, H, W) uint8, in the maps' own precision
         n_chunks = self.n_workers * 4 if self.n_workers > 1 and len(maps) >= 8 * self.n_workers else 1
         bounds = np.linspace(0, len(maps), n_chunks + 1).astype(int)
@@ -127,6 +146,29 @@ class BoxEvaluator:
         for r in results:
             self._hits += r
         self._count += len(maps)
+
+    def _accumulate_multi(self, maps: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
+        """(n_iou, T) hits of a batch, in chunks over ``n_workers`` threads (quantized inside each chunk)."""
+        if not gts:
+            return np.zeros_like(self._hits)
+        offsets = np.concatenate(([0], np.cumsum([len(g) for g in gts]))).astype(np.int64)
+        gt_flat = np.concatenate(gts).astype(np.int64)
+        bounds = [*range(0, len(maps), self.chunk_size), len(maps)]
+        jobs = [
+            (
+                maps[a:b],
+                gt_flat[offsets[a] : offsets[b]],
+                offsets[a : b + 1],
+                self.thresholds,
+                self._iou_fracs,
+            )
+            for a, b in itertools.pairwise(bounds)
+        ]
+        if self.n_workers > 1 and len(jobs) > 1:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(self.n_workers, thread_name_prefix="box-evaluator")
+            return sum(self._threads.map(lambda job: _multi_contour_hits(*job), jobs))
+        return sum(_multi_contour_hits(*job) for job in jobs)
 
     def compute(self) -> BoxResult:
         """MaxBoxAcc per IoU threshold (%), their mean, curves and best thresholds over all images so far."""
@@ -146,10 +188,13 @@ class BoxEvaluator:
         )
 
     def close(self) -> None:
-        """Stop the worker pool, if one was started."""
+        """Stop the worker pool or threads, if started."""
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
 
     def __enter__(self) -> BoxEvaluator:
         return self

@@ -51,7 +51,7 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
 
 
 def test_malformed_override_and_file(tmp_path: Path) -> None:
-    with pytest.raises(ParamsError, match="section.key=value"):
+    with pytest.raises(ParamsError, match=r"section\.key=value"):
         load_params(REPO / "params.yaml", ["train.epochs"])
     bad = tmp_path / "params.yaml"
     bad.write_text("- just\n- a list\n")

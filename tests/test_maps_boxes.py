@@ -131,3 +131,21 @@ def test_empty_box_can_match_tiny_gt_at_origin() -> None:
     # The protocol's empty box (0, 0, 0, 0) covers one pixel; against GT (0, 0, 0, 1) IoU = 1/2.
     best = best_iou_per_threshold(np.zeros((224, 224)), np.array([[0, 0, 0, 1]]), np.array([0.0, 0.5]), True)
     np.testing.assert_array_equal(best, [0.5, 0.5])
+
+
+def test_multi_contour_noisy_and_ring_maps_identical_at_fine_step() -> None:
+    # Many components and nested holes at the full protocol step: the union-find path must still agree.
+    rng = np.random.default_rng(12)
+    thresholds = np.arange(0, 1, 0.001)
+    noisy = normalize_maps(cv2.resize(rng.random((75, 75)), (224, 224), interpolation=cv2.INTER_NEAREST))
+    yy, xx = np.mgrid[:224, :224]
+    rings = normalize_maps(np.cos(np.hypot(yy - 90.0, xx - 130.0) / 6.0) + 0.2 * rng.random((224, 224)))
+    for m in (noisy, rings):
+        gt = random_gt(rng)
+        ref = np.array([reference_iou(b, gt).max() for b in reference_boxes(m, thresholds, True)])
+        np.testing.assert_array_equal(best_iou_per_threshold(m, gt, thresholds, True), ref)
+
+
+def test_best_iou_rejects_negative_thresholds() -> None:
+    with pytest.raises(ValueError, match="thresholds must be >= 0"):
+        best_iou_per_threshold(np.zeros((8, 8)), np.array([[0, 0, 1, 1]]), np.array([-0.1, 0.5]), True)

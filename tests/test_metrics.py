@@ -52,16 +52,34 @@ def test_box_evaluator_identical_to_reference(multi: bool, interval: float) -> N
     assert res.num_images == 10
 
 
-def test_box_evaluator_with_workers_matches_serial() -> None:
+@pytest.mark.parametrize("multi", [True, False])
+def test_box_evaluator_with_workers_matches_serial(multi: bool) -> None:
     rng = np.random.default_rng(11)
     maps, gts = smooth_maps(rng, 24), random_gts(rng, 24)
-    serial = BoxEvaluator(interval=0.02)
+    serial = BoxEvaluator(interval=0.02, multi_contour=multi)
     serial.accumulate(maps, gts)
-    with BoxEvaluator(interval=0.02, n_workers=2) as parallel:
-        parallel.accumulate(maps, gts)
+    # Threads over chunks of 5 maps (multi-contour) or a process pool (single contour).
+    with BoxEvaluator(interval=0.02, multi_contour=multi, n_workers=2, chunk_size=5) as parallel:
+        parallel.accumulate(maps[:13], gts[:13])
+        parallel.accumulate(maps[13:], gts[13:])
         got = parallel.compute()
     for k in (30, 50, 70):
         np.testing.assert_array_equal(got.curves[k], serial.compute().curves[k])
+    with pytest.raises(ValueError, match="chunk_size"):
+        BoxEvaluator(chunk_size=0)
+
+
+def test_box_evaluator_noisy_float32_maps_identical_to_reference() -> None:
+    # Many small components and holes, float32 maps (quantized in float32 arithmetic), fine step.
+    rng = np.random.default_rng(2)
+    noise = [cv2.resize(rng.random((k, k)), (224, 224), interpolation=cv2.INTER_NEAREST) for k in (40, 112)]
+    maps = normalize_maps(np.stack(noise + list(smooth_maps(rng, 2))).astype(np.float32))
+    gts = random_gts(rng, 4)
+    ev = BoxEvaluator(interval=0.002, multi_contour=True)
+    ev.accumulate(maps, gts)
+    ref = reference_box_accuracy(maps, gts, 0.002, (30, 50, 70), True)
+    for k in (30, 50, 70):
+        np.testing.assert_array_equal(ev.compute().curves[k], ref[k])
 
 
 def test_box_evaluator_hand_case_and_errors() -> None:

@@ -1,0 +1,416 @@
+"""Numba kernels: the multi-contour WSOL boxes of a quantized map at every cut, in one union-find sweep.
+
+Why: the protocol (``acol.metrics_reference``) calls ``cv2.findContours(q > c, RETR_TREE,
+CHAIN_APPROX_SIMPLE)`` once per CAM threshold. For a uint8 map ``q`` (H, W) the contours of ``q > c`` are,
+as checked against OpenCV 5 on thousands of maps in ``tests/test_components.py``:
+
+* one outer border per 8-connected foreground component; its bounding rect is the component's pixel
+  extent ``[x0, x1] x [y0, y1]`` (OpenCV pads the image with zeros, so foreground on the image border is
+  traced like any other), giving the box ``(x0, y0, min(x1 + 1, W - 1), min(y1 + 1, H - 1))``;
+* one hole border per hole, a 4-connected background component (``q <= c``) not touching the image
+  border; the border runs through the foreground pixels 4-adjacent to the hole, so its rect is the hole's
+  extent grown by one pixel: box ``(x0 - 1, y0 - 1, min(x1 + 2, W - 1), min(y1 + 2, H - 1))``.
+
+Foreground components only grow and merge as the cut decreases, holes only grow and merge as it increases,
+so one sweep of each over the pixels sorted by value (union-find with per-root bounding boxes) gives the
+boxes at all 256 cuts. Boxes are ``(x0, y0, x1, y1)`` int, inclusive, as in ``acol.boxes``; IoUs are
+computed with the same integer areas and one float64 division as the reference, so they are bit-identical.
+
+Cost (what makes it fast): pixels are counting-sorted by value; each added pixel reads its 8 neighbours into
+a ring mask and joins one neighbour per run of consecutive "in" neighbours around the ring (a lookup table),
+usually one ``find``; only roots carry a size and a box. About 1.7 ms of CPU per 224x224 map for both sweeps
+and 1,000 thresholds, against 40-90 ms for the per-threshold ``findContours`` loop.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_NJIT = {"cache": True, "nogil": True}
+_RING_DY = np.array([0, -1, -1, -1, 0, 1, 1, 1], np.int64)  # ring index -> dy (E, NE, N, NW, W, SW, S, SE)
+_RING_DX = np.array([1, 1, 0, -1, -1, -1, 0, 1], np.int64)  # ring index -> dx
+_RING_LATER = np.array([1, 0, 0, 0, 0, 1, 1, 1], np.int64)  # 1: after the pixel in raster order
+
+
+@numba.njit(**_NJIT)
+def _find(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:  # path halving
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@numba.njit(**_NJIT)
+def _join(parent: np.ndarray, size: np.ndarray, box: np.ndarray, rp: int, nb: int) -> int:
+    """Merge the set of root ``rp`` with the set of ``nb`` (union by size); return the surviving root."""
+    rn = _find(parent, nb)
+    if rn == rp:
+        return rp
+    if size[rp] < size[rn]:
+        rp, rn = rn, rp
+    parent[rn] = rp
+    size[rp] += size[rn]
+    box[rp, 0] = min(box[rp, 0], box[rn, 0])
+    box[rp, 1] = min(box[rp, 1], box[rn, 1])
+    box[rp, 2] = max(box[rp, 2], box[rn, 2])
+    box[rp, 3] = max(box[rp, 3], box[rn, 3])
+    return rp
+
+
+@numba.njit(**_NJIT)
+def _box_iou_max(x0: int, y0: int, x1: int, y1: int, gt: np.ndarray) -> float:
+    """Max IoU of one inclusive box with the (k, 4) GT boxes, the reference's arithmetic (0 if degenerate)."""
+    best = 0.0
+    area = (x1 - x0 + 1) * (y1 - y0 + 1)
+    for g in range(gt.shape[0]):
+        iw = min(x1, gt[g, 2]) - max(x0, gt[g, 0]) + 1
+        ih = min(y1, gt[g, 3]) - max(y0, gt[g, 1]) + 1
+        inter = max(iw, 0) * max(ih, 0)
+        denom = area + (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1) - inter
+        v = 0.0 if denom <= 0 else inter / float(denom)
+        if v > best:
+            best = v
+    return best
+
+
+@numba.njit(**_NJIT)
+def _grow(rec_cut: np.ndarray, rec_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    new_cut = np.empty(2 * len(rec_cut) + 16, np.int64)
+    new_box = np.empty((2 * len(rec_cut) + 16, 4), np.int64)
+    new_cut[: len(rec_cut)] = rec_cut
+    new_box[: len(rec_cut)] = rec_box
+    return new_cut, new_box
+
+
+@numba.njit(**_NJIT)
+def _ring_lut(four: bool) -> np.ndarray:
+    """(256, 5) int64: for an 8-bit mask of the neighbours already in, the count and ring indices (0..7) of
+    the neighbours to join, one per run of consecutive set bits around the ring.
+
+    Ring order (dy, dx): 0 E (0, 1), 1 NE (-1, 1), 2 N (-1, 0), 3 NW (-1, -1), 4 W (0, -1), 5 SW (1, -1),
+    6 S (1, 0), 7 SE (1, 1). Ring neighbours are 4-adjacent to each other, so the neighbours of one run are
+    already in one set: joining one of them joins all. With ``four`` (4-connectivity) only the 4-neighbours
+    (even indices) are joined: a run with none, only diagonals, is not connected to the pixel.
+    """
+    lut = np.zeros((256, 5), np.int64)
+    for m in range(256):
+        if m == 255:
+            lut[m, 0], lut[m, 1] = 1, 0
+            continue
+        for k in range(8):
+            if not (m >> k) & 1 or (m >> ((k + 7) % 8)) & 1:
+                continue  # not the first set bit of a run
+            j = k
+            while (m >> j) & 1:
+                if not four or j % 2 == 0:
+                    lut[m, 0] += 1
+                    lut[m, lut[m, 0]] = j
+                    break
+                j = (j + 1) % 8
+    return lut
+
+
+@numba.njit(**_NJIT)
+def _in_mask(qf: np.ndarray, h: int, w: int, y: int, x: int, v: int, holes: bool) -> int:
+    """8-bit ring mask of the neighbours of pixel (y, x) (value v) already in the growing set.
+
+    Pixels are added level by level, in raster order within a level, so a neighbour is in when its value is
+    strictly on the "in" side of v, or equal to v and earlier in raster order (the N row and W: ring 1..4).
+    Foreground: q >= v is in; holes: q <= v is in. Outside the image nothing is in. Branch-free inside.
+    """
+    m = 0
+    interior = 0 < y < h - 1 and 0 < x < w - 1
+    for k in range(8):
+        yy, xx = y + _RING_DY[k], x + _RING_DX[k]
+        if interior or (0 <= yy < h and 0 <= xx < w):
+            val = np.int64(qf[yy * w + xx])
+            inside = val <= v - _RING_LATER[k] if holes else val >= v + _RING_LATER[k]
+            m |= np.int64(inside) << k
+    return m
+
+
+@numba.njit(**_NJIT)
+def _sweep(
+    qf: np.ndarray,
+    h: int,
+    w: int,
+    order: np.ndarray,
+    starts: np.ndarray,
+    qmax: int,
+    holes: bool,
+    gt: np.ndarray,
+    needed: np.ndarray,
+    best: np.ndarray,
+    parent: np.ndarray,
+    size: np.ndarray,
+    box: np.ndarray,
+    roots: np.ndarray,
+    lut: np.ndarray,
+    record: bool,
+    rec_cut: np.ndarray,
+    rec_box: np.ndarray,
+    n_rec: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One sweep over the cuts c = 0..qmax-1: foreground (8-conn., c descending) or holes (4-conn., ascending).
+
+    Foreground uses 8-connectivity, holes 4-connectivity plus the virtual outside node ``h * w``, which all
+    border pixels join (it wins every union, so it stays a root and is never listed in ``roots``).
+
+    ``qf`` is the map flattened (H*W,); ``order`` its pixels (``y << 16 | x``) sorted by value, raster order
+    within a value, value v at ``order[starts[v]:starts[v + 1]]``. At each needed cut, ``best[c]`` is raised to the best IoU of any box
+    with ``gt``; with ``record`` the boxes are appended to ``rec_cut`` / ``rec_box`` (grown as needed).
+    """
+    outside = h * w
+    parent[outside] = outside
+    size[outside] = 1 << 30  # always wins a union, so it stays its own root and never is in `roots`
+    n_roots = 0  # roots[:n_roots]: every set created so far that may still be a root
+    for step in range(qmax):
+        v = step if holes else qmax - step  # holes: background q <= c, c = v; foreground: q >= v, c = v - 1
+        cut = v if holes else v - 1
+        for k in range(starts[v], starts[v + 1]):
+            # Add pixel p, then merge it with the sets of its neighbours already in (one per ring run).
+            # Written inline: a call per pixel with array arguments costs more than the work (refcounts).
+            y, x = order[k] >> 16, order[k] & 0xFFFF
+            p = y * w + x
+            m = _in_mask(qf, h, w, y, x, v, holes)
+            n_join = lut[m, 0]
+            first = 1
+            if holes and (y == 0 or x == 0 or y == h - 1 or x == w - 1):
+                root = outside  # border background joins the outside node
+            elif n_join == 0:  # a new set; only roots carry a size and a box
+                parent[p] = p
+                size[p] = 1
+                box[p, 0], box[p, 1], box[p, 2], box[p, 3] = x, y, x, y
+                roots[n_roots] = p
+                n_roots += 1
+                continue
+            else:
+                root = _find(parent, p + (_RING_DY[lut[m, 1]] * w + _RING_DX[lut[m, 1]]))
+                first = 2
+            parent[p] = root
+            size[root] += 1
+            box[root, 0], box[root, 1] = min(box[root, 0], x), min(box[root, 1], y)
+            box[root, 2], box[root, 3] = max(box[root, 2], x), max(box[root, 3], y)
+            for j in range(first, n_join + 1):
+                root = _join(parent, size, box, root, p + (_RING_DY[lut[m, j]] * w + _RING_DX[lut[m, j]]))
+        if not (needed[cut] or record):
+            continue
+        m = 0
+        for k in range(n_roots):  # a set merged into another never becomes a root again
+            r = roots[k]
+            if parent[r] == r:
+                roots[m] = r
+                m += 1
+        n_roots = m
+        score = best[cut]
+        for k in range(n_roots):
+            r = roots[k]
+            if holes:
+                x0, y0 = box[r, 0] - 1, box[r, 1] - 1
+                x1, y1 = min(box[r, 2] + 2, w - 1), min(box[r, 3] + 2, h - 1)
+            else:
+                x0, y0 = box[r, 0], box[r, 1]
+                x1, y1 = min(box[r, 2] + 1, w - 1), min(box[r, 3] + 1, h - 1)
+            if gt.shape[0] > 0:
+                score = max(score, _box_iou_max(x0, y0, x1, y1, gt))
+            if record:
+                if n_rec == len(rec_cut):
+                    rec_cut, rec_box = _grow(rec_cut, rec_box)
+                rec_cut[n_rec] = cut
+                rec_box[n_rec, 0], rec_box[n_rec, 1], rec_box[n_rec, 2], rec_box[n_rec, 3] = x0, y0, x1, y1
+                n_rec += 1
+        best[cut] = score
+    return rec_cut, rec_box, n_rec
+
+
+@numba.njit(**_NJIT)
+def _sort_by_value(q: np.ndarray, order: np.ndarray, starts: np.ndarray) -> int:
+    """Counting sort of the pixels of (H, W) ``q`` by value into ``order`` as ``y << 16 | x`` (raster order
+    within a value: the sweeps rely on it; packed coordinates spare a division per pixel); returns q.max()."""
+    counts = np.zeros(256, np.int64)
+    h, w = q.shape
+    for y in range(h):
+        for x in range(w):
+            counts[q[y, x]] += 1
+    starts[0] = 0
+    qmax = 0
+    for v in range(256):
+        starts[v + 1] = starts[v] + counts[v]
+        if counts[v]:
+            qmax = v
+    fill = starts[:256].copy()
+    for y in range(h):
+        for x in range(w):
+            v = q[y, x]
+            order[fill[v]] = y << 16 | x
+            fill[v] += 1
+    return qmax
+
+
+@numba.njit(**_NJIT)
+def _best_per_cut(
+    q: np.ndarray,
+    gt: np.ndarray,
+    needed: np.ndarray,
+    best: np.ndarray,
+    work: tuple,
+    record: bool,
+) -> tuple[int, np.ndarray, np.ndarray, int]:
+    """Fill ``best`` (256,) with the best multi-contour IoU at each needed cut c < qmax; return qmax."""
+    order, starts, parent, size, box, roots, lut8, lut4 = work
+    h, w = q.shape
+    qf = q.ravel()
+    qmax = _sort_by_value(q, order, starts)
+    best[:] = -1.0
+    rec_cut = np.empty(0, np.int64)
+    rec_box = np.empty((0, 4), np.int64)
+    n_rec = 0
+    for holes in (False, True):
+        rec_cut, rec_box, n_rec = _sweep(
+            qf, h, w, order, starts, qmax, holes, gt, needed, best,
+            parent, size, box, roots, lut4 if holes else lut8, record, rec_cut, rec_box, n_rec,
+        )  # fmt: skip
+    return qmax, rec_cut, rec_box, n_rec
+
+
+@numba.njit(**_NJIT)
+def _workspace(n: int) -> tuple:
+    return (
+        np.empty(n, np.int32),  # order: pixel indices sorted by value
+        np.empty(257, np.int64),  # starts: order[starts[v]:starts[v + 1]] holds value v
+        np.empty(n + 1, np.int32),  # parent (union-find), index n = outside
+        np.empty(n + 1, np.int32),  # size of each root's set
+        np.empty((n + 1, 4), np.int32),  # box: x0, y0, x1, y1 pixel extent of each root's set
+        np.empty(n, np.int32),  # roots: sets created so far that may still be roots
+        _ring_lut(False),  # 8-connectivity joins per ring mask
+        _ring_lut(True),  # 4-connectivity joins per ring mask
+    )
+
+
+@numba.njit(**_NJIT)
+def _empty_iou(gt: np.ndarray) -> float:
+    return _box_iou_max(0, 0, 0, 0, gt)  # the protocol's box where no contour is found
+
+
+@numba.njit(**_NJIT)
+def _best_iou_per_cut_kernel(q: np.ndarray, gt: np.ndarray, needed: np.ndarray) -> np.ndarray:
+    best = np.empty(256, np.float64)
+    qmax, _, _, _ = _best_per_cut(q, gt, needed, best, _workspace(q.size), False)
+    best[qmax:] = _empty_iou(gt)
+    return best
+
+
+@numba.njit(**_NJIT)
+def _boxes_all_cuts_kernel(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    best = np.empty(256, np.float64)
+    needed = np.zeros(256, np.bool_)
+    gt = np.empty((0, 4), np.int64)
+    _, rec_cut, rec_box, n_rec = _best_per_cut(q, gt, needed, best, _workspace(q.size), True)
+    return rec_cut[:n_rec].copy(), rec_box[:n_rec].copy()
+
+
+@numba.njit(**_NJIT)
+def _box_hits_kernel(
+    qmaps: np.ndarray, gt_flat: np.ndarray, gt_offsets: np.ndarray, thresholds: np.ndarray, fracs: np.ndarray
+) -> np.ndarray:
+    n_img, h, w = qmaps.shape
+    hits = np.zeros((len(fracs), len(thresholds)), np.int64)
+    work = _workspace(h * w)
+    best = np.empty(256, np.float64)
+    needed = np.empty(256, np.bool_)
+    cuts = np.empty(len(thresholds), np.int64)
+    for i in range(n_img):
+        q = qmaps[i]
+        qmax = 0
+        for v in q.ravel():
+            qmax = max(qmax, int(v))
+        needed[:] = False
+        for t in range(len(thresholds)):
+            c = int(np.floor(thresholds[t] * float(qmax)))  # the protocol's int(t * max(image))
+            cuts[t] = c
+            if c < qmax:
+                needed[c] = True
+        gt = gt_flat[gt_offsets[i] : gt_offsets[i + 1]]
+        _best_per_cut(q, gt, needed, best, work, False)
+        empty = _empty_iou(gt)
+        for t in range(len(thresholds)):
+            b = best[cuts[t]] if cuts[t] < qmax else empty
+            for k in range(len(fracs)):
+                if b >= fracs[k]:
+                    hits[k, t] += 1
+    return hits
+
+
+def _check_gt(gt_boxes: np.ndarray, name: str) -> np.ndarray:
+    gt = np.ascontiguousarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
+    if (gt < 0).any() or (gt[:, 2] < gt[:, 0]).any() or (gt[:, 3] < gt[:, 1]).any():
+        raise ValueError(f"{name} must be non-negative x0y0x1y1 boxes with x0 <= x1 and y0 <= y1")
+    return gt
+
+
+def _check_q(q: np.ndarray, ndim: int) -> np.ndarray:
+    arr = np.asarray(q)
+    if arr.dtype != np.uint8 or arr.ndim != ndim or 0 in arr.shape or max(arr.shape[-2:]) >= 1 << 15:
+        raise ValueError(
+            f"quantized maps must be uint8 with {ndim} dims, sides in [1, 32767]; got {arr.dtype} {arr.shape}"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def best_iou_per_cut(q: np.ndarray, gt_boxes: np.ndarray, cuts: np.ndarray | None = None) -> np.ndarray:
+    """Best IoU (256,) float64 of any multi-contour box of ``q > c`` with a GT box, for c = 0..255.
+
+    ``q`` (H, W) uint8; ``gt_boxes`` (k >= 1, 4) int x0y0x1y1 inclusive. Cuts c >= q.max() (empty mask) hold
+    the IoU of the protocol's (0, 0, 0, 0) box. With ``cuts`` given, only those cuts are filled (the others
+    below q.max() are left at -1), which saves the IoU work of unused cuts.
+    """
+    arr = _check_q(q, 2)
+    gt = _check_gt(gt_boxes, "gt_boxes")
+    if len(gt) == 0:
+        raise ValueError("gt_boxes must hold at least one box")
+    needed = np.ones(256, dtype=bool)
+    if cuts is not None:
+        needed[:] = False
+        c = np.asarray(cuts, dtype=np.int64)
+        needed[c[(c >= 0) & (c < 256)]] = True
+    return _best_iou_per_cut_kernel(arr, gt, needed)
+
+
+def contour_boxes_all_cuts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All multi-contour boxes of ``q > c`` for every cut c < q.max(): cuts (M,) int64 and boxes (M, 4) int64.
+
+    Order within a cut is not OpenCV's (compare as sets); for tests and inspection.
+    """
+    return _boxes_all_cuts_kernel(_check_q(q, 2))
+
+
+def box_hits(
+    qmaps: np.ndarray,
+    gt_flat: np.ndarray,
+    gt_offsets: np.ndarray,
+    thresholds: np.ndarray,
+    iou_fracs: np.ndarray,
+) -> np.ndarray:
+    """(K, T) int64: number of maps whose best multi-contour IoU at CAM threshold t reaches ``iou_fracs[k]``.
+
+    ``qmaps`` (N, H, W) uint8; GT boxes of map i are ``gt_flat[gt_offsets[i]:gt_offsets[i + 1]]`` ((G, 4)
+    int, each map >= 1 box); the cut of threshold t is ``floor(t * q.max())`` as in the protocol. Releases
+    the GIL, so threads can share a batch.
+    """
+    arr = _check_q(qmaps, 3)
+    offsets = np.ascontiguousarray(gt_offsets, dtype=np.int64)
+    if offsets.shape != (len(arr) + 1,) or (np.diff(offsets) < 1).any() or offsets[0] != 0:
+        raise ValueError(
+            f"gt_offsets must be (N + 1,) increasing from 0 with >= 1 box per map; got {offsets}"
+        )
+    gt = _check_gt(gt_flat, "gt_flat")
+    if offsets[-1] != len(gt):
+        raise ValueError(f"gt_offsets end at {offsets[-1]} but gt_flat holds {len(gt)} boxes")
+    return _box_hits_kernel(
+        arr,
+        gt,
+        offsets,
+        np.ascontiguousarray(thresholds, dtype=np.float64),
+        np.ascontiguousarray(iou_fracs, dtype=np.float64),
+    )

@@ -1,0 +1,151 @@
+"""The union-find contour boxes of acol.components against OpenCV's findContours, cut by cut."""
+
+import cv2
+import numpy as np
+import pytest
+
+from acol.components import best_iou_per_cut, box_hits, contour_boxes_all_cuts
+from acol.maps import normalize_maps, quantize
+from acol.metrics_reference import reference_boxes, reference_iou
+
+
+def opencv_boxes(q: np.ndarray, cut: int) -> list[tuple[int, ...]]:
+    """Sorted boxes of all contours of q > cut, the protocol's way (cv2.threshold + RETR_TREE)."""
+    h, w = q.shape
+    binary = cv2.threshold(q, cut, 255, cv2.THRESH_BINARY)[1]
+    out = []
+    for c in cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]:
+        x, y, bw, bh = cv2.boundingRect(c)
+        out.append((x, y, min(x + bw, w - 1), min(y + bh, h - 1)))
+    return sorted(out)
+
+
+def ours_by_cut(q: np.ndarray) -> dict[int, list[tuple[int, ...]]]:
+    cuts, boxes = contour_boxes_all_cuts(q)
+    out: dict[int, list] = {}
+    for c, b in zip(cuts.tolist(), boxes.tolist(), strict=True):
+        out.setdefault(c, []).append(tuple(b))
+    return {c: sorted(v) for c, v in out.items()}
+
+
+def random_small_map(rng: np.random.Generator, i: int) -> np.ndarray:
+    """Families that stress the contour rules: few-level noise (holes, diagonal touches, one-pixel holes),
+    full-range noise, smooth blobs, sparse spikes, rings with islands; all touch the border often."""
+    h, w = (int(s) for s in rng.integers(1, 33, 2))
+    kind = i % 5
+    if kind == 0:
+        return (rng.integers(0, int(rng.integers(2, 5)), (h, w)) * 60).astype(np.uint8)
+    if kind == 1:
+        return rng.integers(0, 256, (h, w)).astype(np.uint8)
+    if kind == 2:
+        k = int(rng.integers(2, 8))
+        m = cv2.resize(rng.random((k, k)), (w, h), interpolation=cv2.INTER_CUBIC)
+        return quantize(normalize_maps(m))
+    if kind == 3:
+        return ((rng.random((h, w)) < rng.random()) * rng.integers(1, 256, (h, w))).astype(np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(yy - rng.uniform(0, h), xx - rng.uniform(0, w))
+    ring = np.cos(r * rng.uniform(0.5, 2.5)) + 0.3 * rng.random((h, w))  # concentric rings: nested holes
+    return quantize(normalize_maps(ring))
+
+
+def test_hand_cases() -> None:
+    # A 3x3 square with a one-pixel hole in a 7x7 map: outer box (x + w, y + h) = (2, 2, 5, 5);
+    # the hole border is its 4 neighbours (2..4 on each axis): (2, 2, 4 + 1, 4 + 1) too.
+    q = np.zeros((7, 7), np.uint8)
+    q[2:5, 2:5] = 9
+    q[3, 3] = 0
+    assert ours_by_cut(q)[0] == [(2, 2, 5, 5), (2, 2, 5, 5)] == opencv_boxes(q, 0)
+    # Two holes touching diagonally are two holes (background is 4-connected): 3 contours.
+    q = np.full((6, 6), 5, np.uint8)
+    q[2, 2] = q[3, 3] = 0
+    assert ours_by_cut(q)[0] == [(0, 0, 5, 5), (1, 1, 4, 4), (2, 2, 5, 5)] == opencv_boxes(q, 0)
+    # Foreground touching diagonally is one component (8-connected); it touches the border: clipped to 3.
+    q = np.array([[7, 0, 0, 0], [0, 7, 0, 0], [0, 0, 7, 0], [0, 0, 0, 7]], np.uint8)
+    assert ours_by_cut(q)[0] == [(0, 0, 3, 3)] == opencv_boxes(q, 0)
+    # An island inside a hole: outer ring, hole, island; at cut 5 only the island remains.
+    q = np.zeros((9, 9), np.uint8)
+    q[1:8, 1:8], q[2:7, 2:7], q[4, 4] = 3, 0, 8
+    assert ours_by_cut(q)[0] == [(1, 1, 8, 8), (1, 1, 8, 8), (4, 4, 5, 5)] == opencv_boxes(q, 0)
+    assert ours_by_cut(q)[5] == [(4, 4, 5, 5)]
+    # A constant or all-zero map has no contour at any cut below its maximum.
+    assert contour_boxes_all_cuts(np.zeros((4, 4), np.uint8))[0].size == 0
+    assert ours_by_cut(np.full((3, 5), 4, np.uint8)) == {c: [(0, 0, 4, 2)] for c in range(4)}
+
+
+def test_boxes_identical_to_opencv_at_every_cut() -> None:
+    rng = np.random.default_rng(0)
+    checked = 0
+    for i in range(1000):
+        q = random_small_map(rng, i)
+        ours = ours_by_cut(q)
+        qmax = int(q.max())
+        assert set(ours) == set(range(qmax)), "one entry per cut below the maximum"
+        # Masks only change at the values present; check those cuts and one in between.
+        values = np.unique(q)
+        cuts = set(values[values < qmax].tolist()) | {int(rng.integers(0, max(qmax, 1)))} if qmax else set()
+        for c in cuts:
+            assert ours[c] == opencv_boxes(q, c), (i, c, q)
+            checked += 1
+    assert checked > 5_000
+
+
+@pytest.mark.parametrize("interval", [0.001, 0.01, 0.03])
+def test_best_iou_per_cut_matches_protocol_loop(interval: float) -> None:
+    rng = np.random.default_rng(int(interval * 1000))
+    thresholds = np.arange(0, 1, interval)
+    n = 4 if interval == 0.001 else 8
+    maps = [
+        normalize_maps(cv2.resize(rng.random((k, k)), (224, 224), interpolation=cv2.INTER_CUBIC))
+        for k in rng.integers(2, 29, n)
+    ]
+    maps.append(normalize_maps(cv2.resize(rng.random((56, 56)), (224, 224), interpolation=cv2.INTER_NEAREST)))
+    maps.append(np.zeros((224, 224)))
+    for m in maps:
+        gt = np.sort(rng.integers(0, 224, (int(rng.integers(1, 4)), 2, 2)), axis=2)
+        gt = np.stack([gt[:, 0, 0], gt[:, 1, 0], gt[:, 0, 1], gt[:, 1, 1]], axis=1)
+        ref = np.array([reference_iou(b, gt).max() for b in reference_boxes(m, thresholds, True)])
+        q = quantize(m)
+        cuts = np.floor(thresholds * float(q.max())).astype(np.int64)
+        np.testing.assert_array_equal(best_iou_per_cut(q, gt)[cuts], ref)  # bit-identical floats
+
+
+def test_empty_mask_uses_the_protocol_box() -> None:
+    # Cuts >= max give the box (0, 0, 0, 0), one pixel: IoU 1/2 with GT (0, 0, 0, 1).
+    q = np.zeros((10, 10), np.uint8)
+    q[5, 5] = 4
+    best = best_iou_per_cut(q, np.array([[0, 0, 0, 1]]))
+    np.testing.assert_array_equal(best[:4], 0.0)  # box (5, 5, 6, 6) does not touch the GT
+    np.testing.assert_array_equal(best[4:], 0.5)
+    # Only the cuts asked for are filled below the maximum.
+    part = best_iou_per_cut(q, np.array([[5, 5, 6, 6]]), cuts=np.array([2]))
+    assert part[2] == 1.0 and part[0] == -1.0 and part[4] == 0.0
+
+
+def test_box_hits_counts_per_threshold() -> None:
+    rng = np.random.default_rng(3)
+    maps = normalize_maps(
+        np.stack(
+            [cv2.resize(rng.random((6, 6)), (224, 224), interpolation=cv2.INTER_CUBIC) for _ in range(5)]
+        )
+    )
+    q = quantize(maps)
+    gts = [np.array([[30, 40, 150, 200]]), np.array([[0, 0, 223, 223], [10, 10, 20, 20]])] * 2
+    gts.append(np.array([[100, 0, 223, 120]]))
+    offsets = np.concatenate(([0], np.cumsum([len(g) for g in gts])))
+    thresholds, fracs = np.arange(0, 1, 0.01), np.array([0.3, 0.5, 0.7])
+    hits = box_hits(q, np.concatenate(gts), offsets, thresholds, fracs)
+    expected = np.zeros((3, len(thresholds)), np.int64)
+    for m, g in zip(maps, gts, strict=True):
+        ref = np.array([reference_iou(b, g).max() for b in reference_boxes(m, thresholds, True)])
+        expected += ref[None, :] >= fracs[:, None]
+    np.testing.assert_array_equal(hits, expected)
+    assert hits[0, 0] >= hits[2, 0]
+    with pytest.raises(ValueError, match="gt_offsets"):
+        box_hits(q, np.concatenate(gts), offsets[:-1], thresholds, fracs)
+    with pytest.raises(ValueError, match="uint8"):
+        box_hits(maps, np.concatenate(gts), offsets, thresholds, fracs)
+    with pytest.raises(ValueError, match="at least one box"):
+        best_iou_per_cut(q[0], np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="gt_boxes must be non-negative"):
+        best_iou_per_cut(q[0], np.array([[5, 5, 2, 9]]))
