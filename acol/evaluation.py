@@ -102,7 +102,9 @@ def evaluate_method(
         return prepare_scoremap(maps_array(ok.take(pa.array(index)), column))
 
     # multi-contour runs in threads (numba kernels release the GIL); single-contour calls OpenCV per cut
-    v2 = BoxEvaluator(params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1)
+    v2 = BoxEvaluator(
+        params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1
+    )
     v1 = BoxEvaluator((50,), params.interval, multi_contour=False)
     holdout_maps = prepared("map_gt", hold_idx) if len(hold_idx) else None
     threshold = (

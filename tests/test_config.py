@@ -39,7 +39,10 @@ def test_overrides_are_parsed_as_yaml_and_nested() -> None:
         ("train.optimizer=rmsprop", r"train\.optimizer: Input should be 'sgd' or 'adam'"),
         ("train.lr=fast", r"train\.lr: .*valid number"),
         ("train.learning_rate=0.1", r"train\.learning_rate: unknown key"),
-        ("model.backbone=vgg19", r"model\.backbone: .*allowed: \['inception_v3', 'resnet50', 'small', 'vgg16'\]"),
+        (
+            "model.backbone=vgg19",
+            r"model\.backbone: .*allowed: \['inception_v3', 'resnet50', 'small', 'vgg16'\]",
+        ),
         ("evaluate.iou_thresholds=[0, 50]", r"evaluate\.iou_thresholds: .*percentage"),
         ("data.synthetic.num_classes=1", r"data\.synthetic\.num_classes"),
         ("nosuchsection.x=1", r"nosuchsection: unknown key"),
