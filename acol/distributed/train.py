@@ -216,9 +216,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _log_epochs(config, history, restarts=restarts)
     model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world_size > 1
 
-    fault_marker = Path(config["run_dir"]) / FAULT_MARKER
+    fault_marker = Path(config["run_dir"] or ".") / FAULT_MARKER
     for epoch in range(start_epoch + 1, params.train.epochs + 1):
-        if rank == 0 and config.get("fail_at_epoch") == epoch and not fault_marker.exists():
+        if (
+            rank == 0
+            and config["run_dir"]
+            and config.get("fail_at_epoch") == epoch
+            and not fault_marker.exists()
+        ):
             fault_marker.parent.mkdir(parents=True, exist_ok=True)
             fault_marker.write_text(f"fault injected at epoch {epoch}\n")
             # Reports reach the controller by polling: wait until the last checkpoint is registered, so the
@@ -338,7 +343,10 @@ def fit(
     )  # fails here, naming the file, before Ray starts
     read_manifest(val_manifest)
     name = run_name(params, method, data_version([train_manifest, val_manifest]))
-    storage = Path(tp.storage_path).resolve()
+    # A shared folder (made absolute: workers run elsewhere) or an object store URI such as s3://bucket/ray.
+    remote = "://" in tp.storage_path
+    storage = tp.storage_path.rstrip("/") if remote else str(Path(tp.storage_path).resolve())
+    run_dir = f"{storage}/{name}"
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV, "").strip()
     config = {
         "params": params.model_dump(mode="json"),
@@ -348,14 +356,14 @@ def fit(
         "root": str(Path(root).resolve()),
         "run_id": run_id,
         "tracking_uri": tracking_uri(),
-        "run_dir": str(storage / name),
+        "run_dir": None if remote else run_dir,  # fault injection (tests) needs a local folder
         "fail_at_epoch": int(fail_at) if fail_at else None,
     }
-    if _finished_epochs(storage / name) >= tp.epochs:
+    if not remote and _finished_epochs(Path(run_dir)) >= tp.epochs:
         # The same name means the same params and data. A finished run asked for again (dvc repro -f, or changed
         # code) is trained afresh; only an unfinished one (a crashed driver relaunched) is resumed.
         log.info("Ray Train run %s already finished: training it again from scratch", name)
-        shutil.rmtree(storage / name)
+        shutil.rmtree(run_dir)
     # A bad backbone weights file fails here, named, instead of in every worker after Ray has started.
     if params.model.backbone_weights:
         with torch.device("meta"), warnings.catch_warnings():  # meta: no memory; copies into it are no-ops
@@ -364,7 +372,7 @@ def fit(
                 params.model.backbone, len(classes), method, backbone_weights=params.model.backbone_weights
             )
     _ensure_ray(tp.num_workers * tp.cpus_per_worker)
-    log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, storage / name)
+    log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, run_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -376,14 +384,14 @@ def fit(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=tp.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tp.checkpoints_to_keep),
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {name} ended without a checkpoint (see {storage / name})")
+        raise RuntimeError(f"Ray Train run {name} ended without a checkpoint (see {run_dir})")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

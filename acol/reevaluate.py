@@ -1,0 +1,302 @@
+"""Scheduled re-evaluation: does the registered model (by alias) still localize as well as when it was promoted?
+
+A cron job (Kubernetes CronJob, or a crontab line on one machine) runs `reevaluate` on the *current* validation
+manifest: it resolves ``models:/<registered_model>-<method>@<alias>`` to a version, fetches that version's
+weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.evaluation.evaluate_method`) and
+compares with the metrics recorded on the version's tags when the evaluate stage promoted it
+(`acol.registry.version_metrics`). A metric that got worse by more than ``params.reevaluate.tolerance`` points
+is a regression: the report says which, and ``pipelines/reevaluate.py`` exits with `REGRESSION_EXIT_CODE`.
+
+Why: the data drifts (a new val manifest, re-annotated boxes, a changed decoder), the model does not; this
+catches the day the champion stops being good without retraining anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from acol.config import Params
+from acol.io import write_json_atomic, write_text_atomic
+
+__all__ = [
+    "COMPARED_METRICS",
+    "REGRESSION_EXIT_CODE",
+    "MetricComparison",
+    "ReevaluationError",
+    "ReevaluationReport",
+    "compare_metrics",
+    "fetch_model",
+    "lower_is_better",
+    "reevaluate",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+REGRESSION_EXIT_CODE = 3  # distinct from 1 (a crash) and 2 (bad command line): "the model got worse"
+# Metrics in percent points that say how good the model is; counts, thresholds and map means are not compared.
+COMPARED_METRICS = (
+    "maxboxacc",
+    "maxboxacc_v2",
+    "gt_known_loc",
+    "pxap",
+    "top1_loc_error",
+    "top5_loc_error",
+    "top1_cls_error",
+    "top5_cls_error",
+)
+_COMPARED_PREFIXES = ("maxboxacc_v2_iou",)  # one per IoU threshold: maxboxacc_v2_iou30, ...
+
+
+class ReevaluationError(RuntimeError):
+    """Re-evaluation cannot run (no such alias, no recorded metrics, weights missing); the message says which."""
+
+
+def lower_is_better(name: str) -> bool:
+    """Error rates (``*_error``) improve downwards; every other compared metric is an accuracy."""
+    return name.endswith("_error")
+
+
+def _compared(name: str) -> bool:
+    return name in COMPARED_METRICS or name.startswith(_COMPARED_PREFIXES)
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """One metric, recorded at promotion vs now; ``drop`` > 0 means worse (points, whatever the direction)."""
+
+    name: str
+    recorded: float
+    current: float
+    drop: float
+    regressed: bool
+
+
+def compare_metrics(
+    recorded: Mapping[str, float], current: Mapping[str, Any], tolerance: float
+) -> list[MetricComparison]:
+    """Compare the metrics both sides have (sorted by name); a drop above `tolerance` points is a regression.
+
+    A current value that is NaN (e.g. nothing left to evaluate) counts as a regression of infinite size.
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 points, got {tolerance}")
+    out = []
+    for name in sorted(set(recorded) & set(current)):
+        if not _compared(name) or not isinstance(current[name], int | float):
+            continue
+        old, new = float(recorded[name]), float(current[name])
+        drop = (new - old) if lower_is_better(name) else (old - new)
+        if math.isnan(drop):
+            drop = math.inf
+        # The tolerance is compared with a rounded drop: 1.0000000001 is float noise, not a regression.
+        out.append(MetricComparison(name, old, new, drop, round(drop, 9) > tolerance))
+    return out
+
+
+@dataclass
+class ReevaluationReport:
+    """What one re-evaluation found; `passed` is what the exit code reports."""
+
+    model_name: str
+    model_version: str
+    alias: str
+    method: str
+    tolerance: float
+    manifest: str
+    data_version: str  # of the manifest evaluated now
+    trained_data_version: str | None  # of the manifests the version was trained on (model card), if known
+    metrics: dict[str, Any]  # everything evaluate_method reported now
+    comparisons: list[MetricComparison] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+    @property
+    def regressions(self) -> list[MetricComparison]:
+        return [c for c in self.comparisons if c.regressed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+    def summary(self) -> str:
+        """One line for logs and exit messages, naming every regressed metric."""
+        head = f"{self.model_name} v{self.model_version} (@{self.alias})"
+        if self.passed:
+            return f"{head}: no metric fell by more than {self.tolerance:g} points ({len(self.comparisons)} compared)"
+        worse = ", ".join(
+            f"{c.name} {c.recorded:.2f} -> {c.current:.2f} (-{c.drop:.2f})" for c in self.regressions
+        )
+        return f"{head}: REGRESSION beyond {self.tolerance:g} points: {worse}"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        data["summary"] = self.summary()
+        data["comparisons"] = [
+            {**asdict(c), "drop": None if math.isinf(c.drop) else c.drop} for c in self.comparisons
+        ]
+        return data
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Re-evaluation of {self.model_name} v{self.model_version} (@{self.alias})",
+            "",
+            f"**{'PASSED' if self.passed else 'FAILED'}**: {self.summary()}",
+            "",
+            f"- method: {self.method}; manifest: `{self.manifest}` (data version {self.data_version}; "
+            f"trained on {self.trained_data_version or 'unknown'})",
+            f"- images evaluated: {self.metrics.get('num_images')}, failed to read: "
+            f"{self.metrics.get('failed_images')}",
+            f"- MLflow run: {self.mlflow_run_id or '-'}",
+            "",
+            "| metric | recorded | now | drop (points) | |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
+        for c in self.comparisons:
+            flag = "REGRESSED" if c.regressed else "ok"
+            lines.append(f"| {c.name} | {c.recorded:.2f} | {c.current:.2f} | {c.drop:+.2f} | {flag} |")
+        return "\n".join(lines) + "\n"
+
+
+def write_report(report: ReevaluationReport, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``report.json`` and ``report.md`` in `out_dir` (atomic writes); returns both paths."""
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "report.json", report.to_json())
+    write_text_atomic(out_dir / "report.md", report.to_markdown())
+    return out_dir / "report.json", out_dir / "report.md"
+
+
+def _resolve(name: str, alias: str) -> Any:
+    """The ModelVersion behind ``name@alias``; a missing model or alias is a `ReevaluationError`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        raise ReevaluationError(
+            f"models:/{name}@{alias} does not resolve ({e.message}); train and evaluate the method first, "
+            "or set reevaluate.alias"
+        ) from None
+
+
+def fetch_model(
+    name: str, version: str, run_id: str, dest: str | os.PathLike[str]
+) -> tuple[Path, dict[str, Any]]:
+    """Weights (state dict, ``dest/model.pt``) and model card of a registered version.
+
+    The training stage logs ``model_card.json`` and ``weights/model.pt`` beside the MLflow model; those are
+    used when present (a state dict loads with ``weights_only=True``, no pickled code). Otherwise the MLflow
+    model itself is loaded (`mlflow.pytorch.load_model`, unpickles the module: trusted registries only) and
+    its state dict saved, with an empty card (the params then give the architecture).
+    """
+    import mlflow
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from acol.distributed.extract import load_model_card
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    model_path = dest / "model.pt"
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        try:
+            card_file = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="model_card.json", dst_path=tmp
+            )
+            weights = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="weights/model.pt", dst_path=tmp
+            )
+        except (MlflowException, OSError):
+            card_file = weights = None
+        if weights is not None and card_file is not None:
+            os.replace(weights, model_path)
+            return model_path, load_model_card(card_file)
+    log.info("%s v%s has no weights/model.pt artifact: loading the MLflow model", name, version)
+    try:
+        model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+    except MlflowException as e:
+        raise ReevaluationError(f"cannot load models:/{name}/{version}: {e.message}") from None
+    tmp_path = model_path.with_name(".model.pt.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp_path)
+    os.replace(tmp_path, model_path)
+    return model_path, {}
+
+
+def reevaluate(
+    params: Params,
+    method: str,
+    manifest: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    engine: Literal["ray", "plain"] = "ray",
+) -> ReevaluationReport:
+    """Re-evaluate ``<registered_model>-<method>@<reevaluate.alias>`` on `manifest`; log and report it.
+
+    Writes ``out_dir/model/`` (fetched weights), ``out_dir/extract/`` (maps, as the extract stage),
+    ``out_dir/report.json`` and ``report.md``. Logs an MLflow stage run ``reevaluate@<method>`` tagged
+    ``model_name`` / ``model_version`` (the link to the version) with the metrics, ``drop.<metric>`` per
+    compared metric, ``regression`` true/false and the report as artifacts. With ``engine="ray"`` on a
+    cluster, `out_dir`, `manifest` and `root` must be on storage every node sees.
+    """
+    from acol import tracking
+    from acol.data.manifest import read_manifest
+    from acol.distributed.extract import extract, extract_plain
+    from acol.evaluation import evaluate_method
+    from acol.mapstore import read_maps
+    from acol.registry import version_metrics
+
+    tracking.configure(params)
+    name = tracking.registered_model_name(params, method)
+    alias = params.reevaluate.alias
+    version = _resolve(name, alias)
+    recorded = version_metrics(name, version.version)
+    if not any(_compared(k) for k in recorded):
+        raise ReevaluationError(
+            f"{name} v{version.version} has no recorded metrics (model version tags metric.<name>); "
+            "the evaluate stage records them when it promotes a version"
+        )
+    out_dir = Path(out_dir)
+    log.info("re-evaluating %s v%s (@%s) on %s", name, version.version, alias, manifest)
+    model_path, card = fetch_model(name, str(version.version), version.run_id, out_dir / "model")
+    card = {**card, "method": card.get("method") or method}
+    run = extract if engine == "ray" else extract_plain
+    run(params, method, manifest, root, model_path, card, out_dir / "extract")
+    result = evaluate_method(
+        read_maps(out_dir / "extract" / "maps"), read_manifest(manifest), root, params.evaluate
+    )
+    report = ReevaluationReport(
+        model_name=name,
+        model_version=str(version.version),
+        alias=alias,
+        method=method,
+        tolerance=params.reevaluate.tolerance,
+        manifest=str(manifest),
+        data_version=tracking.data_version([manifest]),
+        trained_data_version=card.get("data_version"),
+        metrics=result.metrics,
+        comparisons=compare_metrics(recorded, result.metrics, params.reevaluate.tolerance),
+    )
+    tags = {"model_name": name, "model_version": report.model_version, "model_alias": alias}
+    with tracking.stage_run("reevaluate", params, method=method, tags=tags, data_paths=[manifest]) as mlrun:
+        import mlflow
+
+        report.mlflow_run_id = mlrun.info.run_id
+        numbers = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+        numbers.update({f"drop.{c.name}": c.drop for c in report.comparisons if math.isfinite(c.drop)})
+        mlflow.log_metrics(numbers)
+        mlflow.set_tag("regression", str(not report.passed).lower())
+        json_path, md_path = write_report(report, out_dir)
+        mlflow.log_artifact(str(json_path))
+        mlflow.log_artifact(str(md_path))
+        mlflow.log_artifact(str(out_dir / "extract" / "summary.json"), artifact_path="extract")
+    (log.info if report.passed else log.error)("%s", report.summary())
+    return report

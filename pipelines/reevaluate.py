@@ -1,0 +1,48 @@
+"""Scheduled re-evaluation: the registered model (``<tracking.registered_model>-<method>@<reevaluate.alias>``) on
+the current val manifest, compared with the metrics recorded when it was promoted.
+
+Exit status: 0 when no metric fell by more than ``reevaluate.tolerance`` points, 3 on a regression (the report
+names the metrics), 1 when it could not run. Run from cron, a Kubernetes CronJob, or ``ray job submit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from acol import tracking
+from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.reevaluate import REGRESSION_EXIT_CODE, ReevaluationError, reevaluate
+
+log = logging.getLogger("reevaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--method", required=True, choices=["acol", "cam"])
+    parser.add_argument(
+        "--manifest", default="outputs/prepare/val.parquet", help="the val manifest to use now"
+    )
+    parser.add_argument("--root", default=None, help="dataset root (default: params data.root)")
+    parser.add_argument("--out", default=None, help="default outputs/reevaluate/<method>")
+    parser.add_argument("--engine", default="ray", choices=["ray", "plain"], help="extraction engine")
+    args = parser.parse_args(argv)
+    setup_logging()
+    params = params_from_args(args)
+    out = Path(args.out or Path("outputs/reevaluate") / args.method)
+    tracking.check_tracking_server()
+    try:
+        report = reevaluate(
+            params, args.method, args.manifest, args.root or params.data.root, out, engine=args.engine
+        )
+    except ReevaluationError as e:
+        log.error("%s", e)
+        return 1
+    print(report.summary())
+    print(f"report: {out / 'report.md'}")
+    return 0 if report.passed else REGRESSION_EXIT_CODE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
