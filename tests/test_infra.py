@@ -24,7 +24,7 @@ INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
 BASE = K8S / "base"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
-DOCS = REPO / "docs" / "cluster.md"
+DOCS = REPO / "README.md"  # its "Running on a cluster" section
 # `python pipelines/X.py` (or /app/pipelines/X.py) and its arguments up to the end of the line
 COMMAND = re.compile(r"python[ \t]+(?:/app/)?(pipelines/[\w-]+\.py)((?:[ \t]+(?:--[\w-]+|[^\s-]\S*))*)")
 
