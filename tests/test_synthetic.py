@@ -18,6 +18,7 @@ from acol.data.synthetic import (
     generate_synthetic,
     render_image,
     split_labels,
+    texture_of_class,
 )
 
 TINY = dict(num_classes=4, train_per_class=3, val_per_class=4, holdout_per_class=2, image_size=48)
@@ -194,3 +195,57 @@ def test_config_rejects_bad_values() -> None:
         SyntheticConfig(num_clases=3)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
         SyntheticConfig(body_mode="part")  # type: ignore[arg-type]
+
+
+def _texture_spectrum(config: SyntheticConfig, index: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Label, median body HSV and the 2-D power spectrum of the body's value (V) channel of a train image."""
+    rendered = render_image(config, "train", index)
+    body = rendered.mask & ~rendered.part_mask
+    hsv = cv2.cvtColor(rendered.image, cv2.COLOR_BGR2HSV).astype(np.float64)
+    value = np.where(body, hsv[..., 2] - hsv[..., 2][body].mean(), 0.0)
+    power = np.abs(np.fft.fft2(value)) ** 2
+    return rendered.label, np.median(hsv[body], axis=0), power
+
+
+def test_texture_mode_same_colour_class_specific_texture() -> None:
+    """Texture bodies: one colour for every class; the pattern (orientation x period) tells the class."""
+    config = SyntheticConfig(num_classes=10, train_per_class=2, noise_std=0.0, jpeg_quality=100)
+    assert config.body_mode == "texture"  # the default
+    assert len({texture_of_class(config, k) for k in range(10)}) == 10
+    size = config.image_size
+    freqs = np.fft.fftfreq(size)
+    fy, fx = np.meshgrid(freqs, freqs, indexing="ij")
+    colours = []
+    for label in range(10):
+        pattern, period = texture_of_class(config, label)
+        for index in (2 * label, 2 * label + 1):
+            got, hsv, power = _texture_spectrum(config, index)
+            assert got == label
+            colours.append(hsv)
+            power[0, 0] = 0
+            peak_y, peak_x = np.unravel_index(np.argmax(power), power.shape)
+            py, px = abs(fy[peak_y, peak_x]), abs(fx[peak_y, peak_x])
+            # The strongest frequency of a stripe pattern lies on its axis at 1/period cycles per pixel.
+            if pattern == "stripes-0":  # horizontal stripes: the value changes along y only
+                assert px == 0 and py == pytest.approx(1 / period, abs=1.5 / size)
+            elif pattern == "stripes-90":
+                assert py == 0 and px == pytest.approx(1 / period, abs=1.5 / size)
+            elif pattern == "stripes-45":
+                assert px == pytest.approx(py, abs=1.5 / size)
+                assert np.hypot(px, py) == pytest.approx(1 / period, abs=2 / size)
+    colours_arr = np.array(colours)
+    # Hue and saturation of the body are the same whatever the class (to JPEG/rounding error).
+    hue, sat = config.texture_body_hsv[:2]
+    assert np.all(np.abs(colours_arr[:, 0] - hue) <= 3), colours_arr[:, 0]
+    assert np.all(np.abs(colours_arr[:, 1] - sat) <= 20), colours_arr[:, 1]
+    # Two images of one class share the pattern but not the phase: the texture is not a fixed template.
+    a = render_image(config, "train", 0)
+    b = render_image(config, "train", 1)
+    assert not np.array_equal(a.image[a.mask & b.mask], b.image[a.mask & b.mask])
+
+
+def test_texture_mode_needs_enough_textures() -> None:
+    with pytest.raises(ValidationError, match="texture_periods_px"):
+        SyntheticConfig(num_classes=12)  # 5 patterns x 2 periods = 10 textures
+    assert SyntheticConfig(num_classes=12, texture_periods_px=(4.0, 6.0, 9.0)).num_classes == 12
+    assert SyntheticConfig(num_classes=12, body_mode="pair").num_classes == 12

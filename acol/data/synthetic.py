@@ -1,9 +1,12 @@
 """A synthetic dataset in the real ILSVRC 2012 on-disk layout, designed to test the ACoL mechanism.
 
 Each object is a textured *body* (an ellipse) carrying a small, saturated *part* (a square "head") at one end:
-- the part's colour alone tells the class (one colour per class): the easy, most discriminative region;
-- the body's hue is shared by a pair of classes (classes 2p and 2p+1), so once the part is seen the body adds
-  little, yet when the part is erased the body is the only evidence left (it narrows 10 classes down to 2);
+- the part's colour alone tells the class (one saturated hue per class): the easy, most discriminative region;
+- body_mode="texture" (default): every body has the same muted colour; its class cue is a texture (one of 5
+  flip-invariant stripe/checker patterns x one of 2 periods), fully class-specific but harder to learn than
+  the part's hue, so a CAM classifier has little reason to develop it once the part is learnt, while ACoL's
+  branch B, with the part erased, must (see docs/synthetic.md for what was measured);
+- body_mode="pair": the body's hue is shared by a pair of classes (2p, 2p+1); "class": one body hue per class;
 - the background is grey (no hue) low-frequency noise with grey clutter, so nothing outside an object
   carries a class signal (clutter in body colours would send branch B to the background; see docs/synthetic.md).
 
@@ -43,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "SPLITS",
+    "TEXTURE_PATTERNS",
     "SyntheticConfig",
     "SyntheticObject",
     "RenderedImage",
@@ -50,6 +54,7 @@ __all__ = [
     "class_wnids",
     "image_name",
     "render_image",
+    "texture_of_class",
     "split_labels",
     "generate_synthetic",
 ]
@@ -59,6 +64,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "holdout")
 _SPLIT_CODE = {"train": 0, "val": 1, "holdout": 2}
 _MARKER = "synthetic.json"
 _WNID_BASE = 90_000_000  # made-up wnids n90000000, n90000001, ... (no clash with real ImageNet synsets)
+# Texture mode: 5 stripe patterns, each the same distribution under a horizontal flip (training flips images,
+# so a pattern and its mirror image must be one class): horizontal stripes, vertical stripes, diagonal stripes
+# (+-45 degrees, sign drawn per image), a checkerboard and a 45-degree checkerboard.
+TEXTURE_PATTERNS: tuple[str, ...] = ("stripes-0", "stripes-90", "stripes-45", "checker", "checker-45")
+_TEXTURE_PATTERNS = len(TEXTURE_PATTERNS)
 
 
 class SyntheticConfig(BaseModel):
@@ -85,13 +95,21 @@ class SyntheticConfig(BaseModel):
     # enough that erasing the top cells of A's map removes it rather than leaking it into neighbouring cells,
     # small enough (about 10-20% of the box) that a box around the part alone has IoU < 0.5.
     part_size: float = Field(0.22, gt=0.0, lt=0.5)
-    # "pair": body hue shared by classes 2p, 2p+1 (the body narrows to 2 classes: needed only without the
-    # part); "class": one body hue per class (the body alone suffices: a control where CAM has every reason
+    # "texture" (default): every body has ONE neutral colour (hue/saturation/value below, the same for all
+    # classes) and a class-specific texture: one of 5 flip-invariant stripe patterns x one of
+    # `texture_periods_px` (10 classes = 5 x 2). The part is the easy cue; the body's cue is hard but fully
+    # class-specific (what branch B must learn once the part is erased; see docs/synthetic.md).
+    # "pair": body hue shared by classes 2p, 2p+1 with random-orientation stripes (the body narrows 10 classes
+    # to 2); "class": one body hue per class (the body alone suffices: a control where CAM has every reason
     # to use it).
-    body_mode: Literal["pair", "class"] = "pair"
-    body_saturation: int = Field(110, ge=0, le=255)  # muted next to the parts (255): parts stay the easy cue
-    stripe_period_px: int = Field(6, ge=2)  # body texture (value stripes); 0 contrast disables it
-    stripe_contrast: int = Field(40, ge=0, le=120)
+    body_mode: Literal["texture", "pair", "class"] = "texture"
+    body_saturation: int = Field(110, ge=0, le=255)  # pair/class: muted next to the parts (255)
+    stripe_period_px: int = Field(6, ge=2)  # pair/class body texture (value stripes, random orientation)
+    stripe_contrast: int = Field(40, ge=0, le=120)  # pair/class: peak-to-peak value; 0 disables the stripes
+    # texture mode: the shared body colour (OpenCV HSV, hue in [0, 180)): a muted brown, no class hue.
+    texture_body_hsv: tuple[int, int, int] = (15, 70, 140)
+    texture_periods_px: tuple[float, ...] = (4.0, 8.0)  # > 8/7 apart: training upscales images by 8/7
+    texture_contrast: int = Field(60, ge=0, le=120)  # texture mode: peak-to-peak value of the pattern
     clutter_count: tuple[int, int] = (2, 6)  # grey (saturation 0) rectangles/ellipses: no class signal
     noise_std: float = Field(6.0, ge=0.0)  # per-pixel Gaussian noise, so no region is a flat colour
     object_gap_px: int = Field(2, ge=0)  # minimum gap between the boxes of two objects of one image
@@ -106,6 +124,21 @@ class SyntheticConfig(BaseModel):
             low, high = getattr(self, name)
             if not 0.0 < low <= high < 0.5:
                 raise ValueError(f"{name} must satisfy 0 < low <= high < 0.5, got {(low, high)}")
+        if self.body_mode == "texture":
+            periods = self.texture_periods_px
+            if not periods or any(p < 2 for p in periods):
+                raise ValueError(f"texture_periods_px must be non-empty, each >= 2 px, got {periods}")
+            if self.num_classes > _TEXTURE_PATTERNS * len(periods):
+                raise ValueError(
+                    f"body_mode='texture' gives {_TEXTURE_PATTERNS} patterns x {len(periods)} periods = "
+                    f"{_TEXTURE_PATTERNS * len(periods)} distinct textures < num_classes={self.num_classes}; "
+                    "add texture_periods_px"
+                )
+            hue, sat, val = self.texture_body_hsv
+            if not (0 <= hue < 180 and 0 <= sat <= 255 and 0 <= val <= 255):
+                raise ValueError(
+                    f"texture_body_hsv must be (hue < 180, sat, val <= 255), got {(hue, sat, val)}"
+                )
         if self.clutter_count[0] < 0 or self.clutter_count[0] > self.clutter_count[1]:
             raise ValueError(f"clutter_count must be 0 <= low <= high, got {self.clutter_count}")
         return self
@@ -192,6 +225,31 @@ def _body_hue(config: SyntheticConfig, label: int) -> float:
     return 180.0 * (first + 0.5) / config.num_classes
 
 
+def texture_of_class(config: SyntheticConfig, label: int) -> tuple[str, float]:
+    """Texture mode: (pattern name, period in px) of class `label`; distinct for every class."""
+    return TEXTURE_PATTERNS[label % _TEXTURE_PATTERNS], float(
+        config.texture_periods_px[label // _TEXTURE_PATTERNS]
+    )
+
+
+def _texture_wave(rng: np.random.Generator, pattern: str, period: float, size: int) -> np.ndarray:
+    """(size, size) float32 in [-1, 1]: the class pattern at a random phase (and diagonal sign)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    phase_u, phase_v = rng.uniform(0, 2 * np.pi, size=2)
+    if pattern in ("stripes-45", "checker-45"):
+        sign = 1.0 if (pattern == "checker-45" or rng.random() < 0.5) else -1.0
+        u, v = (xx + sign * yy) / np.sqrt(2), (xx - sign * yy) / np.sqrt(2)
+    else:
+        u, v = xx, yy
+    wave_u = np.sin(2 * np.pi * u / period + phase_u)
+    wave_v = np.sin(2 * np.pi * v / period + phase_v)
+    if pattern == "stripes-0":  # horizontal stripes: the value varies along y
+        return wave_v
+    if pattern in ("stripes-90", "stripes-45"):
+        return wave_u
+    return np.sign(wave_u * wave_v).astype(np.float32)  # checkerboards: square cells
+
+
 def _background(rng: np.random.Generator, config: SyntheticConfig) -> np.ndarray:
     """(H, W, 3) float32 grey: smooth low-frequency brightness noise plus grey clutter shapes (no hue)."""
     size = config.image_size
@@ -253,6 +311,29 @@ def _boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap
     return a[2] + gap < b[0] or b[2] + gap < a[0] or a[3] + gap < b[1] or b[3] + gap < a[1]
 
 
+def _body_texture(rng: np.random.Generator, config: SyntheticConfig, label: int) -> np.ndarray:
+    """(H, W, 3) float32 BGR body appearance over the whole canvas (masked by the caller)."""
+    size = config.image_size
+    if config.body_mode == "texture":
+        # One colour for every class: the class is in the pattern only, never in hue or mean brightness.
+        hue, saturation, value = config.texture_body_hsv
+        wave = _texture_wave(rng, *texture_of_class(config, label), size)
+        dark, bright = (
+            _hsv_to_bgr(hue, saturation, value + s * config.texture_contrast / 2) for s in (-1, 1)
+        )
+        return dark + (bright - dark) * ((wave + 1) / 2)[..., None]
+    # Stripes across the body (one random orientation per image): a texture, not a class cue.
+    body_hue = _body_hue(config, label)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    theta = rng.uniform(0, np.pi)
+    phase = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / config.stripe_period_px)
+    dark, bright = (
+        _hsv_to_bgr(body_hue, config.body_saturation, 165 + sign * config.stripe_contrast / 2)
+        for sign in (-1, 1)
+    )
+    return dark + (bright - dark) * ((phase + 1) / 2)[..., None]
+
+
 def render_image(config: SyntheticConfig, split: Split, index: int) -> RenderedImage:
     """Draw image `index` of `split` (deterministic in (seed, split, index)); nothing is written."""
     label = int(split_labels(config, split)[index])
@@ -264,17 +345,8 @@ def render_image(config: SyntheticConfig, split: Split, index: int) -> RenderedI
     objects: list[SyntheticObject] = []
     mask = np.zeros((size, size), bool)
     part_mask = np.zeros((size, size), bool)
-    body_hue = _body_hue(config, label)
     part_colour = _part_colour(config, label)
-    # Stripes across the body (one random orientation per image): a texture, not a class cue.
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    theta = rng.uniform(0, np.pi)
-    phase = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / config.stripe_period_px)
-    dark, bright = (
-        _hsv_to_bgr(body_hue, config.body_saturation, 165 + sign * config.stripe_contrast / 2)
-        for sign in (-1, 1)
-    )
-    body_texture = dark + (bright - dark) * ((phase + 1) / 2)[..., None]  # (H, W, 3) float32
+    body_texture = _body_texture(rng, config, label)  # (H, W, 3) float32
     for _ in range(150 * wanted):  # rejection sampling of non-overlapping placements
         if len(objects) == wanted:
             break
