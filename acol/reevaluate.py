@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from acol.config import Params
-from acol.io import write_json_atomic, write_text_atomic
+from acol.io import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = [
     "COMPARED_METRICS",
@@ -224,9 +224,8 @@ def fetch_model(
         model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
     except MlflowException as e:
         raise ReevaluationError(f"cannot load models:/{name}/{version}: {e.message}") from None
-    tmp_path = model_path.with_name(".model.pt.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp_path)
-    os.replace(tmp_path, model_path)
+    with atomic_path(model_path) as tmp_path:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp_path)
     return model_path, {}
 
 

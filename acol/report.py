@@ -322,15 +322,36 @@ def _gt_lookup(manifest: pa.Table | None) -> dict[str, tuple[np.ndarray, int, in
     }
 
 
-def _read_map_info(folder: Path, gt: Mapping[str, tuple[np.ndarray, int, int]]) -> _MapInfo:
-    from acol.mapstore import MapStoreError, read_maps
+def _read_map_info(
+    folder: Path, gt: Mapping[str, tuple[np.ndarray, int, int]], threshold: float | None = None
+) -> _MapInfo:
+    """Predicted boxes and their IoUs for one method.
 
+    With ``threshold`` (the method's best threshold from the evaluate stage) the boxes are recomputed from the
+    top-1 class maps at that threshold, so the galleries show the boxes the metrics scored; without it, the
+    map store's ``pred_box`` (drawn at ``extract.box_threshold``) is used.
+    """
+    from acol.mapstore import MapStoreError, boxes_from_maps, read_maps
+
+    columns = ["pred_box", "error"] if threshold is None else ["map_top1", "map_height", "map_width", "error"]
     try:
-        table = read_maps(folder, columns=["pred_box", "error"])
+        table = read_maps(folder, columns=columns)
     except MapStoreError as e:
         raise ReportError(str(e)) from None
     ids = table.column("image_id").to_pylist()
-    preds = table.column("pred_box").to_pylist()
+    if threshold is None:
+        preds = table.column("pred_box").to_pylist()
+    else:
+        preds = []
+        rows = zip(ids, *(table.column(c).to_pylist() for c in columns[:3]), strict=True)
+        for image_id, flat, h, w in rows:
+            if flat is None or image_id not in gt:
+                preds.append(None)
+                continue
+            _, width, height = gt[image_id]
+            maps = np.asarray(flat, dtype=np.float32).reshape(1, h, w)
+            preds.append(boxes_from_maps(maps, np.array([width]), np.array([height]), threshold)[0])
+        table = table.append_column("pred_box", pa.array([None if b is None else b.tolist() for b in preds]))
     gts = [gt[i][0] if i in gt else np.zeros((0, 4)) for i in ids]
     return _MapInfo(table, best_ious(preds, gts), _error_counts(table.column("error").to_pylist()))
 
@@ -549,7 +570,7 @@ def _gallery_pngs(
                 rows,
                 titles,
                 labels,
-                f"{kind} {len(rows)} by {ranker}'s IoU (pred box red: top-1 map at extract.box_threshold; "
+                f"{kind} {len(rows)} by {ranker}'s IoU (pred box red: top-1 map at the method's best threshold; "
                 "maps: GT class)",
             )
     return out
@@ -572,7 +593,10 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     manifest = read_manifest(inputs.manifest) if inputs.manifest else None
     gt = _gt_lookup(manifest)
     folders = {m: i.maps for m, i in inputs.methods.items() if i.maps is not None}
-    infos = {m: _read_map_info(folder, gt) for m, folder in folders.items()}
+    infos = {
+        m: _read_map_info(folder, gt, _number(metrics[m].get("best_threshold")))
+        for m, folder in folders.items()
+    }
 
     pngs: dict[str, bytes] = {}
     if box_acc:
@@ -650,8 +674,9 @@ def _render_html(
     gallery = [_img(png, name) for name, png in pngs.items() if name.startswith("gallery_")]
     if gallery:
         parts.append(
-            "<p class='note'>Green: ground-truth boxes; red: the method's predicted box (pred_box of the map store, "
-            "from the top-1 class map at extract.box_threshold). Overlays: jet colour map of the normalized maps "
+            "<p class='note'>Green: ground-truth boxes; red: the method's predicted box (largest contour of the "
+            "top-1 class map at the method's best threshold, chosen on the held-out split; extract.box_threshold "
+            "when there is none). Overlays: jet colour map of the normalized maps "
             "of the ground-truth class (fused, branch A, branch B). Rows are ranked by the IoU shown at the left."
             "</p>"
         )

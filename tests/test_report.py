@@ -264,3 +264,33 @@ def test_overlay_map_blends_jet() -> None:
     assert hot[0, 0].tolist() == [128, 0, 0]  # jet(1) is dark red
     with pytest.raises(ValueError, match="uint8 RGB"):
         overlay_map(black.astype(np.float32), np.zeros((3, 4)))
+
+
+def test_gallery_boxes_at_best_threshold(tmp_path: Path, tiny_dataset: dict) -> None:
+    """With a best threshold, the report's boxes come from the top-1 maps at it, not the stored pred_box."""
+    from acol.mapstore import boxes_from_maps
+    from acol.report import _gt_lookup, _read_map_info
+
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    gt = _gt_lookup(read_manifest(tiny_dataset["val"]))
+    folder = out["extract"] / "acol" / "maps"
+    stored = _read_map_info(folder, gt)
+    redrawn = _read_map_info(folder, gt, 0.5)
+    table = pq.read_table(folder / part_name(0))
+    first = table.slice(0, 1).to_pylist()[0]
+    _, width, height = gt[first["image_id"]]
+    want = boxes_from_maps(
+        np.asarray(first["map_top1"], np.float32).reshape(1, MAP, MAP),
+        np.array([width]),
+        np.array([height]),
+        0.5,
+    )[0]
+    got = np.asarray(redrawn.table.column("pred_box").to_pylist()[0])
+    np.testing.assert_allclose(got, want)
+    assert not np.allclose(
+        got, stored.table.column("pred_box").to_pylist()[0]
+    )  # the fake pred_box is shifted
+    assert redrawn.table.column("pred_box").to_pylist()[-1] is None  # the unreadable image has no box
+    assert np.isnan(redrawn.ious[-1])
+    # the stored boxes drift further off down the list; the redrawn ones follow the maps (the GT boxes)
+    assert np.nanmean(redrawn.ious) > np.nanmean(stored.ious)
