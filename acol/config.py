@@ -93,7 +93,10 @@ class ExtractParams(_Section):
     batch_size: int = Field(64, ge=1)
     num_actors: int = Field(1, ge=1)  # inference actors in the Ray Data pool
     use_gpu: bool = False
-    cpus_per_actor: float = Field(1.0, gt=0.0)
+    # CPUs Ray reserves per inference actor (its torch threads: the value rounded up) and per decode task.
+    # On one machine, cpus_per_actor + decode_cpus <= the machine's CPUs keeps both stages running at once.
+    cpus_per_actor: float = Field(1.5, gt=0.0)
+    decode_cpus: float = Field(0.5, gt=0.0)
     box_threshold: float = Field(0.2, ge=0.0, lt=1.0)  # CAM threshold for the boxes written with the maps
     rows_per_file: int = Field(2048, ge=1)
 

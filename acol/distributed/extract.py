@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -77,6 +78,9 @@ class ExtractSummary:
     error_list: list[tuple[str, str]] = field(default_factory=list)  # (image_id, reason)
     seconds: float = 0.0
     images_per_s: float = 0.0
+    # Start-up (model load, Ray actors) vs throughput: time to the first result batch, and images/s after it.
+    first_batch_seconds: float = 0.0
+    steady_images_per_s: float = 0.0
     parquet_bytes: int = 0
     bytes_per_image: float = 0.0
     parts: list[str] = field(default_factory=list)
@@ -199,7 +203,10 @@ class MapPredictor:
         device: str = "cpu",
         amp: bool = False,
         channels_last: bool = False,
+        num_threads: int | None = None,
     ) -> None:
+        if num_threads is not None:  # Ray sets OMP_NUM_THREADS to the actor's whole CPUs (1 for 1.5)
+            torch.set_num_threads(num_threads)
         self.device = torch.device(device)
         self.model = model_from_card(model_kwargs, model_path, self.device, channels_last)
         self.normalize = _split_eval_transform(size)[1]
@@ -337,11 +344,14 @@ def _run(
         log.info("%s extraction of %d images (%s) -> %s", engine, inputs.num_rows, method, out_dir)
         start = time.perf_counter()
         last_log = start
+        first: tuple[float, int] | None = None  # (seconds, rows) when the first batch was written
         progress = tqdm(total=inputs.num_rows, unit="img", desc=f"extract {method}", disable=None)
         for columns in stream(inputs, model_kwargs):
             writer.add(columns)
             progress.update(len(columns["image_id"]))
             now = time.perf_counter()
+            if first is None:
+                first = (now - start, writer.rows)
             if now - last_log > 10:
                 rate = writer.rows / (now - start)
                 log.info("%d / %d images (%.1f images/s)", writer.rows, inputs.num_rows, rate)
@@ -349,6 +359,8 @@ def _run(
         progress.close()
         writer.close()
         seconds = time.perf_counter() - start
+        first_seconds, first_rows = first or (seconds, writer.rows)
+        steady_seconds = seconds - first_seconds
         if writer.rows != inputs.num_rows:
             raise RuntimeError(f"extraction wrote {writer.rows} rows for {inputs.num_rows} manifest rows")
         summary = ExtractSummary(
@@ -359,6 +371,10 @@ def _run(
             error_list=writer.errors,
             seconds=round(seconds, 3),
             images_per_s=round(writer.rows / seconds, 2) if seconds > 0 else 0.0,
+            first_batch_seconds=round(first_seconds, 3),
+            steady_images_per_s=round((writer.rows - first_rows) / steady_seconds, 2)
+            if steady_seconds > 0
+            else 0.0,
             parquet_bytes=writer.bytes,
             bytes_per_image=round(writer.bytes / max(writer.rows, 1), 1),
             parts=writer.parts,
@@ -428,6 +444,7 @@ def extract(
                 fn_kwargs={"root": root_str, "size": size},
                 batch_format="numpy",
                 batch_size=None,
+                num_cpus=cfg.decode_cpus,
             )
             ds = ds.map_batches(
                 MapPredictor,
@@ -439,6 +456,7 @@ def extract(
                     "device": _device(cfg.use_gpu, None),
                     "amp": amp,
                     "channels_last": channels_last,
+                    "num_threads": math.ceil(cfg.cpus_per_actor),
                 },
                 compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
                 num_gpus=1 if cfg.use_gpu else 0,
