@@ -242,6 +242,8 @@ def test_extract_killed_while_writing_leaves_old_output_or_none(big_val: dict, t
         k: v for k, v in complete.items() if k.startswith("maps/")
     }  # the rerun is complete and byte-identical (summary.json differs only in its timings)
     assert json.loads(rerun["summary.json"])["rows"] == big_val["n"]
+    # the rerun removed the temp folder the killed run had left
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
 
 
 # --- a crash at the last moment: every output keeps its previous content ------------------------------------

@@ -337,6 +337,11 @@ def _run(
     }
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed while writing leaves its temp folder; this run replaces the output, so remove them. (Two
+    # extractions into one folder at once are not supported: `dvc repro` holds a lock for that.)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        log.warning("removing %s, left by an interrupted extraction", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         (tmp / _MAPS_DIR).mkdir()
