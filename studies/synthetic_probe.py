@@ -17,7 +17,6 @@ part and the background (masks resized nearest to 224), for A, B and fused.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
@@ -30,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from acol.boxes import scale_boxes
 from acol.config import TrainParams
+from acol.data.errors import ProblemLog
+from acol.data.ilsvrc import read_solution_csv
 from acol.data.synthetic import SyntheticConfig, class_wnids, generate_synthetic, render_image
 from acol.data.transforms import eval_transform, train_transform
 from acol.maps import RESIZE_LENGTH, prepare_scoremap
@@ -46,15 +47,12 @@ def load_split(root: Path, config: SyntheticConfig, split: str) -> tuple[np.ndar
         labels = [wnid_index[p.parent.name] for p in paths]
         boxes: list = [None] * len(paths)
     else:
-        with open(root / f"LOC_{split}_solution.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        solution = read_solution_csv(root / f"LOC_{split}_solution.csv", ProblemLog(strict=True))
         paths, labels, boxes = [], [], []
-        for row in rows:
-            fields = row["PredictionString"].split()
-            paths.append(root / split / f"{row['ImageId']}.JPEG")
-            labels.append(wnid_index[fields[0]])
-            coords = [[int(v) for v in fields[i + 1 : i + 5]] for i in range(0, len(fields), 5)]
-            boxes.append(np.array(coords))  # (n, 4) x0, y0, x1, y1 after each wnid
+        for image_id, objects in solution.items():
+            paths.append(root / split / f"{image_id}.JPEG")
+            labels.append(wnid_index[objects[0][0]])
+            boxes.append(np.array([box for _, box in objects]).astype(int))  # (n, 4) x0, y0, x1, y1
     images = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths])
     return images, np.array(labels, dtype=np.int64), boxes
 

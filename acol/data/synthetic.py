@@ -318,20 +318,16 @@ def _body_texture(rng: np.random.Generator, config: SyntheticConfig, label: int)
         # One colour for every class: the class is in the pattern only, never in hue or mean brightness.
         hue, saturation, value = config.texture_body_hsv
         wave = _texture_wave(rng, *texture_of_class(config, label), size)
-        dark, bright = (
-            _hsv_to_bgr(hue, saturation, value + s * config.texture_contrast / 2) for s in (-1, 1)
-        )
-        return dark + (bright - dark) * ((wave + 1) / 2)[..., None]
-    # Stripes across the body (one random orientation per image): a texture, not a class cue.
-    body_hue = _body_hue(config, label)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    theta = rng.uniform(0, np.pi)
-    phase = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / config.stripe_period_px)
-    dark, bright = (
-        _hsv_to_bgr(body_hue, config.body_saturation, 165 + sign * config.stripe_contrast / 2)
-        for sign in (-1, 1)
-    )
-    return dark + (bright - dark) * ((phase + 1) / 2)[..., None]
+        contrast = config.texture_contrast
+    else:
+        # Stripes across the body (one random orientation per image): a texture, not a class cue.
+        hue, saturation, value = _body_hue(config, label), config.body_saturation, 165
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        theta = rng.uniform(0, np.pi)
+        wave = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / config.stripe_period_px)
+        contrast = config.stripe_contrast
+    dark, bright = (_hsv_to_bgr(hue, saturation, value + sign * contrast / 2) for sign in (-1, 1))
+    return dark + (bright - dark) * ((wave + 1) / 2)[..., None]
 
 
 def render_image(config: SyntheticConfig, split: Split, index: int) -> RenderedImage:
