@@ -50,9 +50,10 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
-    backbone: str = "small"  # small | vgg16 | resnet50 | inception_v3
+    backbone: str = "small"  # small | vgg16 | resnet50 | inception_v3 | googlenet (docs/models.md)
     head_channels: int = Field(1024, ge=1)  # width of the 3x3 convs in each head (paper: 1024)
     erase_threshold: float = Field(0.6, gt=0.0, le=1.0)  # ACoL: erase where A's normalized map >= this
+    large_feature_map: bool | None = None  # 28x28 (True) or 14x14 at 224; None: the architecture's default
     backbone_weights: str | None = (
         None  # local torchvision state dict (e.g. ImageNet VGG16), never downloaded
     )
@@ -60,10 +61,10 @@ class ModelParams(_Section):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from acol.models.backbones import BACKBONES
+        from acol.models import list_backbones
 
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone; allowed: {sorted(BACKBONES)}")
+        if value not in list_backbones():
+            raise ValueError(f"unknown backbone; allowed: {list_backbones()}")
         return value
 
 
@@ -75,8 +76,14 @@ class TrainParams(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    nesterov: bool = False  # SGD with Nesterov momentum (the official ACoL code)
+    bias_lr_mult: float = Field(1.0, gt=0.0)  # biases learn this many times faster (official ACoL code: 2)
+    # cosine: to zero over all epochs; step: x lr_decay_factor every lr_decay_epochs (Choe et al.); constant
+    lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
+    lr_decay_epochs: int = Field(3, ge=1)
+    lr_decay_factor: float = Field(0.1, gt=0.0, le=1.0)
     image_size: int = Field(64, ge=32)  # training crop size
+    transform: Literal["acol", "choe"] = "acol"  # training augmentation protocol (acol.data.transforms)
     num_workers: int = Field(1, ge=1)  # Ray Train workers
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)

@@ -40,19 +40,28 @@ def _unwrap(model: nn.Module) -> WSOLModel:
 
 
 def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    groups = param_groups(_unwrap(model), params.lr, params.head_lr_mult, params.weight_decay)
+    """SGD (optionally Nesterov, as the official ACoL code) or Adam over `param_groups`."""
+    groups = param_groups(
+        _unwrap(model), params.lr, params.head_lr_mult, params.weight_decay, params.bias_lr_mult
+    )
     if params.optimizer == "adam":
         return torch.optim.Adam(groups)
-    return torch.optim.SGD(groups, momentum=params.momentum)
+    return torch.optim.SGD(groups, momentum=params.momentum, nesterov=params.nesterov)
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: cosine to zero over all epochs, or constant."""
+    """Per-step schedule: cosine to zero over all epochs; step (x lr_decay_factor every lr_decay_epochs
+    epochs, Choe et al.'s ``lr_decay_frequency``); or constant."""
     total = max(1, params.epochs * steps_per_epoch)
     if params.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if params.lr_schedule == "step":
+        every = params.lr_decay_epochs * max(1, steps_per_epoch)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: params.lr_decay_factor ** (step // every)
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
     )

@@ -18,14 +18,14 @@ from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
 from acol.distributed.train import fit
 from acol.io import write_json_atomic
-from acol.models import build_model, load_model_weights
+from acol.models import METHODS, build_model, load_model_weights, model_kwargs
 
 log = logging.getLogger("train")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--method", required=True, choices=["acol", "cam"])
+    parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--train-manifest", default="outputs/prepare/train.parquet")
     parser.add_argument("--val-manifest", default="outputs/prepare/val.parquet")
     parser.add_argument("--root", default=None, help="dataset root (default: params data.root)")
@@ -46,13 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         outcome = fit(params, args.method, *manifests, root, out, run_id=run.info.run_id)
         mlflow.set_tags({"restarts": str(outcome.restarts), "ray_run": outcome.run_name})
 
-        model = build_model(
-            params.model.backbone,
-            len(outcome.classes),
-            args.method,
-            head_channels=params.model.head_channels,
-            erase_threshold=params.model.erase_threshold,
-        )
+        model = build_model(**model_kwargs(params.model.model_dump(), args.method, len(outcome.classes)))
         load_model_weights(model, outcome.model_path)
         val = ManifestDataset(read_manifest(args.val_manifest), root, eval_transform(params.train.image_size))
         example = val[0][0][None]  # (1, 3, S, S) normalized image: the signature's input

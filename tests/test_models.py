@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from acol.models import (
+    ARCHITECTURES,
     WeightsError,
     build_model,
     list_backbones,
@@ -17,20 +18,22 @@ from acol.models import (
 )
 from acol.models.heads import ACoLHead
 
-# input size and expected map size per backbone (VGG16 keeps 28x28 at 224 as in the ACoL paper)
-SHAPES = {"small": (64, 16), "vgg16": (224, 28), "resnet50": (224, 14), "inception_v3": (224, 12)}
+# input size per backbone; the map sizes at 224 of every variant are checked in test_architectures.py
+SIZES = {"small": 64, "vgg16": 224, "resnet50": 224, "inception_v3": 224, "googlenet": 224}
 
 
-@pytest.mark.parametrize("method", ["acol", "cam"])
-@pytest.mark.parametrize("backbone", list_backbones())
+@pytest.mark.parametrize(("backbone", "method"), sorted(ARCHITECTURES))
 def test_forward_backward_every_model(backbone: str, method: str) -> None:
-    size, map_size = SHAPES[backbone]
+    assert set(SIZES) == set(list_backbones())
+    size = SIZES[backbone]
     model = build_model(backbone, 5, method, head_channels=16)
+    map_size = model(torch.zeros(1, 3, size, size)).maps_a.shape[-1]
     images, labels = torch.randn(2, 3, size, size), torch.tensor([0, 3])
     output = model(images, labels)
     assert output.logits.shape == (2, 5)
     assert output.maps_a.shape == (2, 5, map_size, map_size)
     assert (output.maps_b is not None) == (method == "acol")
+    assert output.maps_a.shape[-2] == map_size
     model.loss(output, labels).backward()
     assert all(p.grad is not None for p in model.head.parameters())
     model.eval()
@@ -86,6 +89,21 @@ def test_acol_erases_where_the_ground_truth_map_is_high() -> None:
     maps_a[0, 0] = torch.tensor([[90.0, 0.0], [0.0, 0.0]])  # now class 0 is top-1: its peak is erased
     head(features)
     torch.testing.assert_close(head.classifier_b.seen[0, 0], torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    # at inference a given class drives the erasing, as in the official code: class 1, although 0 is top-1
+    head(features, torch.tensor([1]))
+    torch.testing.assert_close(head.classifier_b.seen[0, 0], torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+
+
+def test_localization_map_of_another_class_reruns_b_erased_by_that_class() -> None:
+    model = build_model("small", 4, "acol", head_channels=8).eval()
+    images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        by_label = model(images, labels)
+        top1 = by_label.logits.argmax(1)
+        others = (top1 + 1) % 4  # surely not the erasing class of by_label
+        expected = model.localization_maps(model(images, others), others)
+        torch.testing.assert_close(model.localization_maps(by_label, others), expected)
+        assert not torch.equal(model(images, others).maps_b, by_label.maps_b)
 
 
 def test_acol_loss_is_the_sum_of_both_branches() -> None:
@@ -99,26 +117,32 @@ def test_acol_loss_is_the_sum_of_both_branches() -> None:
 
 def test_fused_map_is_the_max_of_normalized_branch_maps() -> None:
     model = build_model("small", 3, "acol", head_channels=8).eval()
-    output = model(torch.randn(2, 3, 32, 32))
     classes = torch.tensor([2, 0])
+    output = model(torch.randn(2, 3, 32, 32), classes)  # B erased by the classes whose maps are wanted
     a = normalize_maps(output.maps_a[torch.arange(2), classes])
     b = normalize_maps(output.maps_b[torch.arange(2), classes])
     torch.testing.assert_close(model.localization_maps(output, classes), torch.maximum(a, b))
 
 
-def test_param_groups_give_heads_ten_times_the_lr() -> None:
+def test_param_groups_give_heads_ten_times_the_lr_and_biases_their_multiplier() -> None:
     model = build_model("small", 3, "cam", head_channels=8)
-    groups = param_groups(model, lr=0.01)
-    assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.1)]
-    n_params = sum(len(g["params"]) for g in groups)
-    assert n_params == len(list(model.parameters()))
+    groups = param_groups(model, lr=0.01, head_lr_mult=10.0, bias_lr_mult=2.0)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter in exactly one group
+    for name, parameter in model.named_parameters():
+        expected = (
+            0.01 * (10.0 if name.startswith("head.") else 1.0) * (2.0 if name.endswith("bias") else 1.0)
+        )
+        assert lr_of[id(parameter)] == pytest.approx(expected), name
 
 
 def test_unknown_names_list_the_choices() -> None:
     with pytest.raises(ValueError, match="vgg16"):
         build_model("vgg19", 3)
     with pytest.raises(ValueError, match="acol"):
-        build_model("small", 3, "gradcam")  # type: ignore[arg-type]
+        build_model("small", 3, "gradcam")
+    with pytest.raises(ValueError, match=r"resnet50-acol.*resnet50-cam"):  # a combination that does not exist
+        build_model("resnet50", 3, "acol_a")
 
 
 def test_vgg16_loads_torchvision_weights_from_a_local_file(tmp_path) -> None:

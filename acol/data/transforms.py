@@ -1,7 +1,13 @@
-"""Image transforms shared by training, extraction and evaluation.
+"""Image transforms shared by training, extraction and evaluation, one per published protocol.
 
-Evaluation resizes the whole image to a square (as Choe et al. 2020 do), so boxes map to the map grid by a plain
-scale; training adds the usual scale-and-crop augmentation and flips.
+Training (``protocol``):
+- ``"acol"``: the official ACoL code (xiaomengyc/ACoL `utils/LoadData.py`): resize the shorter side to 256
+  (size * 8/7), random crop 224, random horizontal flip.
+- ``"choe"``: Choe et al. 2020 (clovaai/wsolevaluation `data_loaders.py`): resize to 256x256 (aspect not
+  kept), random crop 224, random horizontal flip.
+Evaluation and maps resize the whole image to (size, size), as Choe et al. do for val and test, so boxes map
+to the map grid by a plain scale. (The official ACoL val loader centre-crops instead; this project keeps the
+whole image for every protocol so that no box falls outside the map.)
 """
 
 from __future__ import annotations
@@ -10,10 +16,18 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform", "to_float_tensor"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PROTOCOLS",
+    "train_transform",
+    "eval_transform",
+    "to_float_tensor",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PROTOCOLS = ("acol", "choe")
 
 
 def to_float_tensor(image: np.ndarray) -> torch.Tensor:
@@ -21,11 +35,15 @@ def to_float_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
 
 
-def train_transform(size: int) -> v2.Compose:
-    """Resize to size*8/7 (256 for 224), random crop `size`, random flip, normalize."""
+def train_transform(size: int, protocol: str = "acol") -> v2.Compose:
+    """Resize to size*8/7 (256 for 224; the shorter side for "acol", both sides for "choe"), random crop
+    `size`, random flip, normalize."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown transform protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
+    resize = round(size * 8 / 7)
     return v2.Compose(
         [
-            v2.Resize(round(size * 8 / 7), antialias=True),
+            v2.Resize(resize if protocol == "acol" else (resize, resize), antialias=True),
             v2.RandomCrop(size),
             v2.RandomHorizontalFlip(),
             v2.ToDtype(torch.float32, scale=True),

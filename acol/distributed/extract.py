@@ -47,6 +47,7 @@ from acol.data.transforms import eval_transform, to_float_tensor
 from acol.io import replace_dir, write_json_atomic
 from acol.mapstore import PARQUET_OPTIONS, columns_to_table, part_name, predict_batch
 from acol.models import WSOLModel, build_model, load_model_weights
+from acol.models import model_kwargs as architecture_kwargs
 from acol.paths import resolve_inside
 
 __all__ = [
@@ -124,13 +125,10 @@ def _model_kwargs(card: dict[str, Any], params: Params, method: str, classes: li
     num_classes = int(card.get("num_classes", len(classes)))
     if num_classes != len(classes):
         raise ValueError(f"model card has {num_classes} classes, the manifest {len(classes)}")
-    return {
-        "name": card.get("backbone", model_section.get("backbone", params.model.backbone)),
-        "num_classes": num_classes,
-        "method": method,
-        "head_channels": int(model_section.get("head_channels", params.model.head_channels)),
-        "erase_threshold": float(model_section.get("erase_threshold", params.model.erase_threshold)),
-    }
+    section = {**params.model.model_dump(), **model_section}
+    if "backbone" in card:
+        section["backbone"] = card["backbone"]
+    return architecture_kwargs(section, method, num_classes)
 
 
 def check_weights(model_kwargs: dict[str, Any], model_path: str | os.PathLike[str]) -> None:

@@ -43,7 +43,7 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, train_transform
 from acol.io import atomic_path
-from acol.models import build_model
+from acol.models import build_model, model_kwargs
 from acol.training import (
     build_optimizer,
     build_scheduler,
@@ -149,7 +149,7 @@ def _loaders(config: dict[str, Any], world_size: int) -> tuple[DataLoader, DataL
     num_classes = len(manifest_classes(train_table))
     size = params.train.image_size
     per_worker_batch = max(1, params.train.batch_size // world_size)
-    train_set = ManifestDataset(train_table, config["root"], train_transform(size))
+    train_set = ManifestDataset(train_table, config["root"], train_transform(size, params.train.transform))
     val_set = ManifestDataset(val_table, config["root"], eval_transform(size))
     loader_args = {
         "num_workers": params.train.loader_workers,
@@ -186,11 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     train_loader, val_loader, num_classes = _loaders(config, world_size)
     model = build_model(
-        params.model.backbone,
-        num_classes,
-        config["method"],
-        head_channels=params.model.head_channels,
-        erase_threshold=params.model.erase_threshold,
+        **model_kwargs(params.model.model_dump(), config["method"], num_classes),
         backbone_weights=params.model.backbone_weights,
     )
     optimizer = build_optimizer(model, params.train)
@@ -369,7 +365,8 @@ def fit(
         with torch.device("meta"), warnings.catch_warnings():  # meta: no memory; copies into it are no-ops
             warnings.simplefilter("ignore", UserWarning)
             build_model(
-                params.model.backbone, len(classes), method, backbone_weights=params.model.backbone_weights
+                **model_kwargs(params.model.model_dump(), method, len(classes)),
+                backbone_weights=params.model.backbone_weights,
             )
     _ensure_ray(tp.num_workers * tp.cpus_per_worker)
     log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, run_dir)

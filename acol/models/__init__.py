@@ -1,29 +1,35 @@
-"""WSOL models: backbones, CAM and ACoL heads, and the factory that builds them by name."""
+"""WSOL models: backbones, ACoL / CAM / branch-A heads, and the factory that builds each backbone x method."""
 
 from acol.models.factory import (
+    ARCHITECTURES,
     METHODS,
     WeightsError,
     WSOLModel,
     build_model,
+    list_architectures,
     list_backbones,
     load_backbone_weights,
     load_model_weights,
+    model_kwargs,
     param_groups,
-    register_backbone,
+    register_architecture,
 )
 from acol.models.heads import ModelOutput, normalize_maps, select_class_maps
 
 __all__ = [
+    "ARCHITECTURES",
     "METHODS",
     "ModelOutput",
     "WeightsError",
     "WSOLModel",
     "build_model",
+    "list_architectures",
     "list_backbones",
     "load_backbone_weights",
     "load_model_weights",
+    "model_kwargs",
     "normalize_maps",
     "param_groups",
-    "register_backbone",
+    "register_architecture",
     "select_class_maps",
 ]

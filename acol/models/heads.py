@@ -1,7 +1,7 @@
-"""Classifier heads: CAM (one branch) and ACoL (two adversarial complementary branches A and B).
+"""Classifier heads: ACoL (two adversarial complementary branches A and B), CAM, and ACoL's branch A alone.
 
-Both heads compute class maps with convolutions and take logits as their spatial mean, so the class map of a
-class is exactly what its logit is the average of (the CAM identity, without a separate fc layer).
+Every head returns a `ModelOutput` whose ``maps_a`` holds one map per class, with ``logits`` their spatial
+mean (plus the fc bias for CAM), so the class map of a class is exactly what its logit averages.
 """
 
 from __future__ import annotations
@@ -12,32 +12,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ModelOutput", "CAMHead", "ACoLHead", "make_classifier", "normalize_maps", "select_class_maps"]
+__all__ = [
+    "ModelOutput",
+    "ACoLHead",
+    "BranchAHead",
+    "CAMHead",
+    "ConvCAMHead",
+    "make_classifier",
+    "normalize_maps",
+    "select_class_maps",
+]
 
 
 @dataclass
 class ModelOutput:
     """What a WSOL model returns; `logits` (of branch A) is the prediction.
 
-    logits: (B, K); maps_a: (B, K, h, w) class maps of A; for ACoL also logits_b (B, K) and maps_b (B, K, h, w)
-    computed on the features erased where A's map was above the erase threshold.
+    logits: (B, K); maps_a: (B, K, h, w) class maps of A. For ACoL also logits_b (B, K) and maps_b
+    (B, K, h, w), computed on ``features`` (the head's input, (B, C, h, w)) erased where A's map of
+    ``erase_classes`` (B,) was above the erase threshold.
     """
 
     logits: torch.Tensor
     maps_a: torch.Tensor
     logits_b: torch.Tensor | None = None
     maps_b: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    erase_classes: torch.Tensor | None = None
 
 
-def make_classifier(in_channels: int, hidden_channels: int, num_classes: int) -> nn.Sequential:
-    """conv3x3 -> ReLU -> conv3x3 -> ReLU -> conv1x1 to class maps, as in the ACoL paper (hidden = 1024)."""
-    return nn.Sequential(
+def make_classifier(
+    in_channels: int, hidden_channels: int, num_classes: int, dropout: float = 0.0
+) -> nn.Sequential:
+    """conv3x3 -> ReLU -> conv3x3 -> ReLU -> conv1x1 to class maps (ACoL paper: hidden 1024).
+
+    ``dropout`` > 0 puts a dropout before each conv, as Choe et al.'s Inception-v3 CAM head does.
+    """
+    layers: list[nn.Module] = [
         nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
-        nn.ReLU(inplace=True),
+        nn.ReLU(inplace=False),
         nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
-        nn.ReLU(inplace=True),
+        nn.ReLU(inplace=False),
         nn.Conv2d(hidden_channels, num_classes, 1),
-    )
+    ]
+    if dropout > 0:
+        for index in (4, 2, 0):
+            layers.insert(index, nn.Dropout(dropout))
+    return nn.Sequential(*layers)
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -53,16 +74,8 @@ def select_class_maps(maps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor
     return maps[torch.arange(maps.shape[0], device=maps.device), classes]
 
 
-class CAMHead(nn.Module):
-    """One classifier; the localization map is its normalized class map (the CAM baseline)."""
-
-    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 1024) -> None:
-        super().__init__()
-        self.classifier_a = make_classifier(in_channels, hidden_channels, num_classes)
-
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        maps_a = self.classifier_a(features)  # (B, K, h, w)
-        return ModelOutput(logits=maps_a.mean(dim=(2, 3)), maps_a=maps_a)
+class _SingleBranchHead(nn.Module):
+    """Shared by the one-branch heads: CE loss on the logits; the map of a class is its normalized class map."""
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output.logits, labels)
@@ -71,22 +84,79 @@ class CAMHead(nn.Module):
         return normalize_maps(select_class_maps(output.maps_a, classes))
 
 
-class ACoLHead(nn.Module):
-    """Two parallel classifiers A and B; B sees the features with A's most discriminative region erased.
+class CAMHead(_SingleBranchHead):
+    """CAM as published (Zhou et al. 2016): [conv3x3 + ReLU] -> global average pool -> fully connected.
 
-    While training, A's map of the ground-truth class (min-max normalized per image) marks the positions
-    >= erase_threshold, which are zeroed in the shared feature map before B; at inference A's top-1 class is
-    used instead. Loss = CE(A) + CE(B). The localization map of a class is the element-wise max of the
-    normalized maps of A and B, so B's map adds the object regions that A's map misses.
+    The class activation map of class c is the fc weights of c applied to the feature map at each position
+    (plus the bias, which min-max normalization removes). ``hidden_channels=None`` omits the conv, as
+    Choe et al.'s ResNet-50 CAM does (fc straight on layer4).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int | None = 1024) -> None:
+        super().__init__()
+        self.conv = None
+        if hidden_channels is not None:
+            self.conv = nn.Sequential(nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.ReLU())
+            in_channels = hidden_channels
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, features: torch.Tensor, erase_classes: torch.Tensor | None = None) -> ModelOutput:
+        if self.conv is not None:
+            features = self.conv(features)  # (B, C, h, w)
+        logits = self.fc(features.mean(dim=(2, 3)))  # (B, K)
+        maps = torch.einsum("kc,bchw->bkhw", self.fc.weight, features) + self.fc.bias[None, :, None, None]
+        return ModelOutput(logits=logits, maps_a=maps, features=features)
+
+
+class ConvCAMHead(_SingleBranchHead):
+    """A convolutional classifier whose logits are the spatial mean of its class maps.
+
+    Choe et al.'s Inception-v3 CAM (`InceptionCam`: two 3x3 convs of 1024 and a 1x1 conv, each after a
+    dropout of 0.5) and, without dropout, ACoL's branch A alone (`BranchAHead`, an ablation).
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, hidden_channels: int = 1024, erase_threshold: float = 0.6
+        self, in_channels: int, num_classes: int, hidden_channels: int = 1024, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.classifier_a = make_classifier(in_channels, hidden_channels, num_classes, dropout)
+
+    def forward(self, features: torch.Tensor, erase_classes: torch.Tensor | None = None) -> ModelOutput:
+        maps_a = self.classifier_a(features)  # (B, K, h, w)
+        return ModelOutput(logits=maps_a.mean(dim=(2, 3)), maps_a=maps_a, features=features)
+
+
+class BranchAHead(ConvCAMHead):
+    """ACoL without branch B (method ``acol_a``): the ablation that shows what B adds."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 1024) -> None:
+        super().__init__(in_channels, num_classes, hidden_channels, dropout=0.0)
+
+
+class ACoLHead(nn.Module):
+    """Two parallel classifiers A and B; B sees the features with A's most discriminative region erased.
+
+    A's map of the erasing class (min-max normalized per image) marks the positions >= erase_threshold,
+    which are zeroed in the feature map before B. The erasing class is the one given (the ground truth while
+    training; at inference the class whose map is wanted), else A's top-1, as in the official code
+    (xiaomengyc/ACoL) and Choe et al.'s `AcolBase`. Loss = CE(A) + CE(B). The localization map of a class is
+    the element-wise max of the normalized maps of A and B, B erased with that class. ``feature_pool`` adds
+    the official VGG16-ACoL's 3x3 stride-1 average pool on the features before both classifiers.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        hidden_channels: int = 1024,
+        erase_threshold: float = 0.6,
+        feature_pool: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < erase_threshold <= 1.0:
             raise ValueError(f"erase_threshold must be in (0, 1], got {erase_threshold}")
         self.erase_threshold = erase_threshold
+        self.feature_pool = feature_pool
         self.classifier_a = make_classifier(in_channels, hidden_channels, num_classes)
         self.classifier_b = make_classifier(in_channels, hidden_channels, num_classes)
 
@@ -95,20 +165,37 @@ class ACoLHead(nn.Module):
         attention = normalize_maps(select_class_maps(maps_a.detach(), classes))
         return (attention < self.erase_threshold).unsqueeze(1).to(maps_a.dtype)
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+    def branch_b(self, features: torch.Tensor, maps_a: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """B's class maps (B, K, h, w) on `features` erased by A's map of `classes`."""
+        return self.classifier_b(features * self.erase_mask(maps_a, classes))
+
+    def forward(self, features: torch.Tensor, erase_classes: torch.Tensor | None = None) -> ModelOutput:
+        if self.feature_pool:
+            features = F.avg_pool2d(features, kernel_size=3, stride=1, padding=1)
         maps_a = self.classifier_a(features)  # (B, K, h, w)
         logits_a = maps_a.mean(dim=(2, 3))
-        erase_classes = labels if self.training and labels is not None else logits_a.argmax(dim=1)
-        erased = features * self.erase_mask(maps_a, erase_classes)
-        maps_b = self.classifier_b(erased)
-        return ModelOutput(logits=logits_a, maps_a=maps_a, logits_b=maps_b.mean(dim=(2, 3)), maps_b=maps_b)
+        if erase_classes is None:
+            erase_classes = logits_a.argmax(dim=1)
+        maps_b = self.branch_b(features, maps_a, erase_classes)
+        return ModelOutput(
+            logits=logits_a,
+            maps_a=maps_a,
+            logits_b=maps_b.mean(dim=(2, 3)),
+            maps_b=maps_b,
+            features=features,
+            erase_classes=erase_classes,
+        )
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         assert output.logits_b is not None, "ACoL output must carry branch B"
         return F.cross_entropy(output.logits, labels) + F.cross_entropy(output.logits_b, labels)
 
     def localization_maps(self, output: ModelOutput, classes: torch.Tensor) -> torch.Tensor:
-        assert output.maps_b is not None, "ACoL output must carry branch B"
+        """Fused (B, h, w) maps of `classes`; B is run again, erased by `classes`, unless it already was."""
+        assert output.maps_b is not None and output.features is not None, "ACoL output must carry branch B"
+        maps_b = output.maps_b
+        if output.erase_classes is None or not torch.equal(output.erase_classes, classes):
+            maps_b = self.branch_b(output.features, output.maps_a, classes)
         map_a = normalize_maps(select_class_maps(output.maps_a, classes))
-        map_b = normalize_maps(select_class_maps(output.maps_b, classes))
+        map_b = normalize_maps(select_class_maps(maps_b, classes))
         return torch.maximum(map_a, map_b)
