@@ -8,9 +8,11 @@ Columns (`MAPSTORE_SCHEMA`):
   best first, k = min(5, number of classes).
 - ``map_height``, ``map_width`` (int32): the feature-map grid (h, w) of the maps below.
 - ``map_gt``, ``map_top1`` (list<float16>): the fused localization map (`WSOLModel.localization_maps`,
-  min-max normalized to [0, 1]) of the ground-truth and of the top-1 class, row-major h*w.
-- ``map_a_gt``, ``map_b_gt`` (list<float16>): branch A's and B's normalized map of the ground-truth class;
-  ``map_b_gt`` is null for CAM.
+  min-max normalized to [0, 1]) of the ground-truth and of the top-1 class, row-major h*w. For ACoL each
+  comes from a pass whose erasing used that class (the official code and Choe et al.'s `wsol/method/acol.py`):
+  ``map_gt`` feeds GT-known loc, MaxBoxAcc(V2) and PxAP; ``map_top1`` the predicted box (top-1 loc).
+- ``map_a_gt``, ``map_b_gt`` (list<float16>): branch A's and B's normalized map of the ground-truth class
+  (B erased by the ground-truth class); ``map_b_gt`` is null for one-branch methods.
 - ``pred_box`` (list<float32>): ``[x0, y0, x1, y1]`` in original image pixels, from ``map_top1`` as the WSOL
   protocol does it (Choe et al. 2020): bicubic resize to 224x224, min-max normalize, threshold at
   ``box_threshold``, the largest contour's inclusive box in that 224 frame, then scaled by ``width / 224``
@@ -128,7 +130,9 @@ def predict_batch(
     ``map_width`` (B,) int32, ``map_gt``, ``map_top1``, ``map_a_gt`` (B, h*w) float16, ``map_b_gt`` the same
     or None (CAM), ``pred_box`` (B, 4) float32 (see `boxes_from_maps`).
     """
-    model.eval()  # ACoL then erases with A's top-1 class, never the label: no label leaks into the maps
+    model.eval()
+    # The forward erases with the labels (the GT-class maps); `localization_maps` of the top-1 class runs B
+    # again erased by the top-1 class, so the predicted box never depends on the label.
     device = next(model.parameters()).device
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     with torch.inference_mode():

@@ -14,6 +14,7 @@ from acol.data.manifest import read_manifest
 from acol.evaluation import evaluate_method
 from acol.io import write_json_atomic, write_text_atomic
 from acol.mapstore import read_maps
+from acol.models import METHODS
 from acol.registry import record_and_promote
 
 log = logging.getLogger("evaluate")
@@ -21,7 +22,7 @@ log = logging.getLogger("evaluate")
 
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--method", required=True, choices=["acol", "cam"])
+    parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument(
         "--maps", default=None, help="extracted maps folder (default outputs/extract/<method>/maps)"
     )

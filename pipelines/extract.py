@@ -13,13 +13,14 @@ from pathlib import Path
 from acol import tracking
 from acol.cli import params_from_args, setup_logging, stage_parser
 from acol.distributed.extract import extract, extract_plain
+from acol.models import METHODS
 
 log = logging.getLogger("extract")
 
 
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--method", required=True, choices=["acol", "cam"])
+    parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--manifest", default="outputs/prepare/val.parquet")
     parser.add_argument("--root", default=None, help="dataset root (default: params data.root)")
     parser.add_argument("--model", default=None, help="default outputs/train/<method>/model.pt")

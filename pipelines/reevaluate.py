@@ -13,6 +13,7 @@ from pathlib import Path
 
 from acol import tracking
 from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.models import METHODS
 from acol.reevaluate import REGRESSION_EXIT_CODE, ReevaluationError, reevaluate
 
 log = logging.getLogger("reevaluate")
@@ -20,7 +21,7 @@ log = logging.getLogger("reevaluate")
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--method", required=True, choices=["acol", "cam"])
+    parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument(
         "--manifest", default="outputs/prepare/val.parquet", help="the val manifest to use now"
     )

@@ -93,17 +93,25 @@ def _batch(n: int = 3, size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
 def test_predict_batch_matches_plain_pytorch(acol_model):
     images, labels = _batch()
     widths, heights = np.array([100, 40, 64]), np.array([50, 80, 64])
-    acol_model.train()  # predict_batch must switch to eval (BatchNorm statistics, ACoL erasing by top-1)
+    acol_model.train()  # predict_batch must switch to eval (BatchNorm statistics)
     cols = predict_batch(acol_model, images, labels, widths, heights, 0.2)
     assert not acol_model.training
     with torch.no_grad():
-        out = acol_model(images)
+        # The protocol's two maps: the GT class's from a pass erased by the GT class, the top-1 class's from
+        # a pass erased by the top-1 class (official ACoL code; Choe et al. wsol/method/acol.py).
+        lab = torch.as_tensor(labels)
+        out = acol_model(images, lab)
         probs = torch.softmax(out.logits, 1)
         scores, classes = probs.topk(4, dim=1)
-        lab = torch.as_tensor(labels)
+        assert (classes[:, 0] != lab).any()  # a misclassified image, where the two passes differ
+        by_top1 = acol_model(images, classes[:, 0])
         ref_a = normalize_maps(select_class_maps(out.maps_a, lab)).flatten(1).half().numpy()
         ref_b = normalize_maps(select_class_maps(out.maps_b, lab)).flatten(1).half().numpy()
-        ref_top1 = acol_model.localization_maps(out, classes[:, 0]).flatten(1).half().numpy()
+        ref_top1 = torch.maximum(
+            normalize_maps(select_class_maps(by_top1.maps_a, classes[:, 0])),
+            normalize_maps(select_class_maps(by_top1.maps_b, classes[:, 0])),
+        )
+        ref_top1 = ref_top1.flatten(1).half().numpy()
     assert cols["top5_classes"].dtype == np.int32 and cols["top5_classes"].shape == (3, 4)  # k = min(5, K)
     np.testing.assert_array_equal(cols["top5_classes"], classes.numpy())
     np.testing.assert_allclose(cols["top5_scores"], scores.numpy(), rtol=1e-6)

@@ -1,0 +1,187 @@
+"""Params presets, one per published result: each is a set of params overrides for this project's DVC pipeline.
+
+Run one with ``dvc exp run -n NAME $(python -m acol.presets NAME)``: the command prints the ``-S key=value``
+arguments of the preset, so DVC records every value in the experiment as usual. ``python -m acol.presets``
+lists them. Each preset cites where its recipe comes from; where the source leaves a value open, the value
+is the source code's default and the preset's note says so. docs/models.md gives the architectures.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRESETS", "Preset", "dvc_set_args", "preset_overrides"]
+
+_ACOL_CODE = "xiaomengyc/ACoL scripts/train_vgg_{dataset}.sh, exper/my_optim.py, utils/LoadData.py"
+_CHOE_CODE = "clovaai/wsolevaluation config.py defaults and README example, data_loaders.py"
+
+_ILSVRC = {
+    "data.source": "ilsvrc",
+    "data.root": "data/ILSVRC/Data/CLS-LOC",
+    "data.synsets": "../../../LOC_synset_mapping.txt",
+    "data.val_solution": "../../../LOC_val_solution.csv",
+    "data.mask_dir": None,
+    "tracking.registered_model": "wsol-ilsvrc",
+}
+_CUB = {
+    "data.source": "cub",
+    "data.root": "data/CUB_200_2011",
+    "data.mask_dir": None,
+    "tracking.registered_model": "wsol-cub",
+}
+_GPU_224 = {
+    "train.image_size": 224,
+    "train.use_gpu": True,
+    "extract.use_gpu": True,
+    "evaluate.interval": 0.001,  # Choe et al.'s cam_curve_interval
+    "model.head_channels": 1024,
+}
+# The official ACoL recipe: SGD with Nesterov momentum 0.9, weight decay 5e-4, lr 1e-4 for the trunk,
+# 2x for biases, 10x (20x for biases) for the classifiers, batch 20, no lr decay, resize 256 + crop 224 + flip.
+_ACOL_RECIPE = {
+    "model.erase_threshold": 0.6,
+    "train.optimizer": "sgd",
+    "train.lr": 0.0001,
+    "train.head_lr_mult": 10.0,
+    "train.bias_lr_mult": 2.0,
+    "train.momentum": 0.9,
+    "train.nesterov": True,
+    "train.weight_decay": 0.0005,
+    "train.batch_size": 20,
+    "train.lr_schedule": "constant",
+    "train.transform": "acol",
+}
+# Choe et al.: SGD momentum 0.9, classifier 10x, step decay x0.1, resize 256x256 + crop 224 + flip, test
+# resize 224x224. lr, epochs, decay frequency and the method's hyperparameters were tuned per run on
+# train-fullsup (their README links the table); the values here are their config.py defaults and README
+# example (batch 32, weight decay 5e-4, decay every 3 epochs, 10 epochs), to be replaced by the tuned ones.
+_CHOE_RECIPE = {
+    "train.optimizer": "sgd",
+    "train.lr": 0.01,
+    "train.head_lr_mult": 10.0,
+    "train.bias_lr_mult": 1.0,
+    "train.momentum": 0.9,
+    "train.nesterov": False,
+    "train.weight_decay": 0.0005,
+    "train.batch_size": 32,
+    "train.lr_schedule": "step",
+    "train.lr_decay_epochs": 3,
+    "train.lr_decay_factor": 0.1,
+    "train.transform": "choe",
+}
+# torchvision ImageNet state dicts, saved by the user (nothing is downloaded): `torch.save(model.state_dict())`
+_TORCHVISION_WEIGHTS = {
+    "vgg16": "weights/vgg16-397923af.pth",  # the file the official ACoL scripts restore from
+    "googlenet": "weights/googlenet-imagenet.pth",
+    "resnet50": "weights/resnet50-imagenet.pth",
+    "inception_v3": "weights/inception_v3-imagenet.pth",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published row: what it reproduces, its recipe's source, and the params overrides."""
+
+    row: str  # the published row, e.g. "VGG16-ACoL, ILSVRC"
+    source: str  # where the architecture and recipe come from
+    overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def _acol_paper(backbone: str, dataset: str) -> Preset:
+    data, epochs = (_ILSVRC, 6) if dataset == "ilsvrc" else (_CUB, 60)
+    note = "" if backbone == "vgg16" else "the official code has no GoogLeNet script: VGG16's recipe is used"
+    overrides = {
+        **data,
+        **_GPU_224,
+        **_ACOL_RECIPE,
+        "model.backbone": backbone,
+        "model.large_feature_map": None,
+        "model.backbone_weights": _TORCHVISION_WEIGHTS[backbone],
+        "train.epochs": epochs,
+    }
+    return Preset(
+        f"{backbone}-ACoL, {dataset.upper()} (Zhang et al. 2018)",
+        _ACOL_CODE.format(dataset="imagenet" if dataset == "ilsvrc" else "cub"),
+        overrides,
+        note,
+    )
+
+
+def _choe(backbone: str, method: str, dataset: str) -> Preset:
+    data = _ILSVRC if dataset == "ilsvrc" else _CUB
+    overrides = {
+        **data,
+        **_GPU_224,
+        **_CHOE_RECIPE,
+        "model.backbone": backbone,
+        "model.large_feature_map": False,  # config.py default
+        "model.backbone_weights": _TORCHVISION_WEIGHTS[backbone],
+        "model.erase_threshold": 0.7,  # config.py default acol_threshold
+        "train.epochs": 10,
+    }
+    return Preset(
+        f"{backbone} {method.upper()}, {dataset.upper()} (Choe et al. 2020, MaxBoxAccV2)",
+        _CHOE_CODE,
+        overrides,
+        "lr, epochs and method hyperparameters: the code defaults, not the per-run tuned values",
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    **{f"acol-paper-{b}-{d}": _acol_paper(b, d) for b in ("vgg16", "googlenet") for d in ("ilsvrc", "cub")},
+    **{
+        f"choe-{b}-{m}-{d}": _choe(b, m, d)
+        for b in ("vgg16", "resnet50", "inception_v3")
+        for m in ("acol", "cam")
+        for d in ("ilsvrc", "cub")
+    },
+}
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The dotted-key overrides of preset `name`; an unknown name lists the presets."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dict(PRESETS[name].overrides)
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def dvc_set_args(name: str) -> list[str]:
+    """``-S key=value`` arguments of `dvc exp run` for preset `name` (no value holds whitespace, so the
+    shell's word splitting of ``$(python -m acol.presets NAME)`` keeps each argument whole)."""
+    args: list[str] = []
+    for key, value in preset_overrides(name).items():
+        text = f"{key}={_yaml_scalar(value)}"
+        if any(c.isspace() for c in text):
+            raise ValueError(f"preset {name}: {text!r} holds whitespace")
+        args += ["-S", text]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print a preset's `dvc exp run` arguments, or list presets.")
+    parser.add_argument("name", nargs="?", help="preset name (omit to list them)")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        for name, preset in PRESETS.items():
+            print(f"{name:34s} {preset.row}")
+        return 0
+    try:
+        print(" ".join(dvc_set_args(args.name)))
+    except KeyError as error:
+        parser.exit(2, f"error: {error.args[0]}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
