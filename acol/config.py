@@ -45,6 +45,9 @@ class DataParams(_Section):
     val_solution: str | None = "LOC_val_solution.csv"  # ILSVRC val boxes: this CSV ...
     val_xml_dir: str | None = None  # ... or a folder of per-image VOC XML files (relative to root)
     mask_dir: str | None = None  # optional foreground masks <mask_dir>/<image id stem>.png for PxAP
+    # train-fullsup split (Choe et al. 2020): a WSOL metadata folder (image_ids.txt, class_labels.txt,
+    # image_sizes.txt, localization.txt) whose image ids are relative to root, e.g. ImageNetV2's val2/...
+    fullsup_metadata: str | None = None
     verify_images: bool = True  # decode every image while indexing, recording the ones that fail
     strict: bool = False  # any bad entry stops prepare instead of being recorded and skipped
 
@@ -112,6 +115,9 @@ class EvaluateParams(_Section):
     interval: float = Field(0.01, gt=0.0, lt=1.0)  # threshold grid step (0.001 for the full protocol)
     iou_thresholds: tuple[int, ...] = (30, 50, 70)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # val images used to pick the threshold
+    # where the classic metrics' CAM threshold is chosen: a held-out part of val, or the train-fullsup split
+    # (data.fullsup_metadata) as Choe et al. 2020 do
+    threshold_split: Literal["holdout", "fullsup"] = "holdout"
     champion_metric: str = "maxboxacc_v2"
 
     @field_validator("iou_thresholds")

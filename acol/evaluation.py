@@ -64,20 +64,18 @@ def _coverage(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
     return float(maps[masks == 1].mean()), float(maps[masks == 0].mean())
 
 
-def evaluate_method(
-    maps_table: pa.Table, manifest: pa.Table, root: str | Path, params: EvaluateParams
-) -> EvaluationResult:
-    """All metrics of one method; `maps_table` follows `acol.mapstore`, `manifest` the prepare stage's val."""
+def _rows_of_maps(maps_table: pa.Table, manifest: pa.Table, what: str) -> tuple[pa.Table, pa.Table, int]:
+    """(maps without errors sorted by id, their manifest rows in that order, failed count); checks boxes."""
     ok = maps_table.filter(pc.is_null(maps_table.column("error")))
     failed = maps_table.num_rows - ok.num_rows
     ok = ok.sort_by("image_id")
     if ok.num_rows == 0:
-        raise ValueError("no image has a map to evaluate")
+        raise ValueError(f"no {what} image has a map to evaluate")
     positions = pc.index_in(ok.column("image_id"), value_set=manifest.column("image_id"))
     if positions.null_count:
         raise ValueError(
-            f"{ok.num_rows} extracted maps but only {ok.num_rows - positions.null_count} of their ids are in the "
-            "manifest: were the maps extracted from another dataset?"
+            f"{ok.num_rows} extracted {what} maps but only {ok.num_rows - positions.null_count} of their ids are "
+            "in the manifest: were the maps extracted from another dataset?"
         )
     rows = manifest.take(positions)  # manifest rows in the order of the maps
     missing_boxes = [
@@ -86,10 +84,38 @@ def evaluate_method(
         if not b
     ]
     if missing_boxes:
-        raise ValueError(f"{len(missing_boxes)} validation images have no GT box, e.g. {missing_boxes[0]}")
+        raise ValueError(f"{len(missing_boxes)} {what} images have no GT box, e.g. {missing_boxes[0]}")
+    return ok, rows, failed
 
+
+def _fullsup_threshold(fullsup: tuple[pa.Table, pa.Table] | None, interval: float) -> float:
+    """The CAM threshold chosen on the train-fullsup split's GT-class maps (Choe et al. 2020)."""
+    if fullsup is None or fullsup[0].num_rows == 0:
+        raise ValueError(
+            "evaluate.threshold_split is 'fullsup' but there are no train-fullsup maps: set "
+            "data.fullsup_metadata (e.g. the shipped ILSVRC/val or CUB/val WSOL metadata)"
+        )
+    ok, rows, _ = _rows_of_maps(*fullsup, "train-fullsup")
+    return select_cam_threshold(prepare_scoremap(maps_array(ok, "map_gt")), _gt_boxes_224(rows), interval)
+
+
+def evaluate_method(
+    maps_table: pa.Table,
+    manifest: pa.Table,
+    root: str | Path,
+    params: EvaluateParams,
+    fullsup: tuple[pa.Table, pa.Table] | None = None,
+) -> EvaluationResult:
+    """All metrics of one method; `maps_table` follows `acol.mapstore`, `manifest` the prepare stage's val.
+
+    The CAM threshold of the classic metrics comes from ``params.threshold_split``: ``holdout`` picks it on a
+    held-out part of val (the rest is reported); ``fullsup`` on the train-fullsup split, ``fullsup`` = (its
+    maps, its manifest), and every val image is reported, as Choe et al. do.
+    """
+    ok, rows, failed = _rows_of_maps(maps_table, manifest, "validation")
     ids = rows.column("image_id").to_pylist()
-    held = holdout_mask(ids, params.holdout_fraction)
+    use_fullsup = params.threshold_split == "fullsup"
+    held = np.zeros(len(ids), dtype=bool) if use_fullsup else holdout_mask(ids, params.holdout_fraction)
     test_idx, hold_idx = np.flatnonzero(~held), np.flatnonzero(held)
     gt = _gt_boxes_224(rows)
     labels = np.asarray(ok.column("label"), dtype=np.int64)
@@ -106,12 +132,15 @@ def evaluate_method(
         params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1
     )
     v1 = BoxEvaluator((50,), params.interval, multi_contour=False)
-    holdout_maps = prepared("map_gt", hold_idx) if len(hold_idx) else None
-    threshold = (
-        select_cam_threshold(holdout_maps, [gt[i] for i in hold_idx], params.interval)
-        if holdout_maps is not None
-        else 0.2
-    )
+    if use_fullsup:
+        threshold = _fullsup_threshold(fullsup, params.interval)
+    else:
+        holdout_maps = prepared("map_gt", hold_idx) if len(hold_idx) else None
+        threshold = (
+            select_cam_threshold(holdout_maps, [gt[i] for i in hold_idx], params.interval)
+            if holdout_maps is not None
+            else 0.2
+        )
     classic = ClassicLocEvaluator(cam_threshold=threshold)
     has_masks = rows.column("mask_path").null_count == 0
     pxap = MaskEvaluator(params.interval) if has_masks else None

@@ -15,9 +15,10 @@ import pyarrow.compute as pc
 
 from acol.config import DataParams
 from acol.data.errors import DataProblem, count_problems
-from acol.data.manifest import manifest_classes, validate_manifest
+from acol.data.manifest import manifest_classes, manifest_from_records, validate_manifest
+from acol.data.wsol_metadata import read_wsol_metadata
 
-__all__ = ["attach_masks", "index_dataset", "manifest_stats", "prepare_summary"]
+__all__ = ["attach_masks", "index_dataset", "index_fullsup", "manifest_stats", "prepare_summary"]
 
 # Problems listed by path in the summary; beyond this only their counts are kept.
 MAX_LISTED_PROBLEMS = 200
@@ -72,6 +73,31 @@ def index_dataset(data: DataParams) -> tuple[pa.Table, pa.Table, list[DataProble
     if manifest_classes(train) != manifest_classes(val):
         raise ValueError("train and val manifests disagree on the class list")
     return train, val, train_problems + val_problems
+
+
+def index_fullsup(data: DataParams, classes: list[str]) -> tuple[pa.Table, list[DataProblem]]:
+    """The train-fullsup manifest (Choe et al. 2020) from ``data.fullsup_metadata``, in `classes`' order.
+
+    Empty (with the classes) when no folder is set, so the pipeline's outputs exist either way. Image ids
+    stay as the metadata gives them, relative to ``data.root`` (ILSVRC: ``val2/<class>/<n>.jpeg``; CUB:
+    under ``images/``, as the CUB reader's ids).
+    """
+    if not data.fullsup_metadata:
+        return manifest_from_records([], classes, data.source), []
+    folder = Path(data.fullsup_metadata)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.fullsup_metadata: WSOL metadata folder {folder} does not exist")
+    table, problems = read_wsol_metadata(folder, classes, source=data.source, strict=data.strict)
+    if data.source == "cub":  # CUB metadata ids are relative to CUB_200_2011/images, as in index_dataset
+        table, problems = _prefixed(table, problems, "images/")
+    missing = [i for i in table.column("image_id").to_pylist() if not (Path(data.root) / i).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"data.fullsup_metadata: {len(missing)} of its images are not under data.root {data.root}, "
+            f"e.g. {missing[0]}"
+        )
+    validate_manifest(table)
+    return table, problems
 
 
 def manifest_stats(table: pa.Table) -> dict[str, Any]:

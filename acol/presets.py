@@ -114,6 +114,10 @@ def _choe(backbone: str, method: str, dataset: str) -> Preset:
     data = _ILSVRC if dataset == "ilsvrc" else _CUB
     overrides = {
         **data,
+        # the CAM threshold is chosen on train-fullsup (ImageNetV2 / CUBV2), whose WSOL metadata ships in
+        # tests/assets/wsol-metadata.tar.xz (extract it into data/wsol-metadata)
+        "data.fullsup_metadata": f"data/wsol-metadata/{'ILSVRC' if dataset == 'ilsvrc' else 'CUB'}/val",
+        "evaluate.threshold_split": "fullsup",
         **_GPU_224,
         **_CHOE_RECIPE,
         "model.backbone": backbone,

@@ -27,6 +27,8 @@ def main() -> None:
         "--maps", default=None, help="extracted maps folder (default outputs/extract/<method>/maps)"
     )
     parser.add_argument("--manifest", default="outputs/prepare/val.parquet")
+    parser.add_argument("--fullsup-maps", default=None, help="train-fullsup maps (evaluate.threshold_split)")
+    parser.add_argument("--fullsup-manifest", default=None, help="train-fullsup manifest")
     parser.add_argument("--model-card", default=None, help="default outputs/train/<method>/model_card.json")
     parser.add_argument("--out", default=None, help="default outputs/evaluate/<method>")
     args = parser.parse_args()
@@ -39,8 +41,11 @@ def main() -> None:
 
     card = json.loads(card_path.read_text())
     log.info("evaluating %s maps from %s", args.method, maps_dir)
+    fullsup = None
+    if args.fullsup_maps and args.fullsup_manifest:
+        fullsup = (read_maps(args.fullsup_maps), read_manifest(args.fullsup_manifest))
     result = evaluate_method(
-        read_maps(maps_dir), read_manifest(args.manifest), params.data.root, params.evaluate
+        read_maps(maps_dir), read_manifest(args.manifest), params.data.root, params.evaluate, fullsup
     )
     metrics = {"method": args.method, "backbone": params.model.backbone, **result.metrics}
     if args.method == "acol":

@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default outputs/train/<method>/model.pt")
     parser.add_argument("--model-card", default=None, help="default outputs/train/<method>/model_card.json")
     parser.add_argument("--out", default=None, help="default outputs/extract/<method> (maps/, summary.json)")
+    parser.add_argument("--fullsup-manifest", default=None, help="also extract this train-fullsup manifest")
+    parser.add_argument("--fullsup-out", default=None, help="where its maps go (maps/, summary.json)")
     parser.add_argument(
         "--engine", default="ray", choices=["ray", "plain"], help="plain: one process, no Ray (debugging)"
     )
@@ -41,6 +43,9 @@ def main() -> None:
 
     run = extract if args.engine == "ray" else extract_plain
     summary = run(params, args.method, args.manifest, root, model, card_path, out)
+    if args.fullsup_manifest:  # threshold selection on train-fullsup (evaluate.threshold_split: fullsup)
+        fullsup_out = Path(args.fullsup_out or Path("outputs/extract_fullsup") / args.method)
+        run(params, args.method, args.fullsup_manifest, root, model, card_path, fullsup_out)
 
     card = json.loads(card_path.read_text())
     with tracking.stage_run("extract", params, method=args.method, data_paths=[args.manifest]) as mlrun:

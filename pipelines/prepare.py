@@ -7,9 +7,9 @@ from pathlib import Path
 
 from acol import tracking
 from acol.cli import params_from_args, setup_logging, stage_parser
-from acol.data.manifest import write_manifest
+from acol.data.manifest import manifest_classes, write_manifest
 from acol.io import write_json_atomic
-from acol.prepare import index_dataset, prepare_summary
+from acol.prepare import index_dataset, index_fullsup, prepare_summary
 
 log = logging.getLogger("prepare")
 
@@ -26,9 +26,13 @@ def main() -> None:
     tracking.check_tracking_server()
     log.info("indexing %s dataset at %s", params.data.source, params.data.root)
     train, val, problems = index_dataset(params.data)
+    fullsup, fullsup_problems = index_fullsup(params.data, manifest_classes(val))
+    problems += fullsup_problems
     summary = prepare_summary(train, val, problems, params.data)
+    summary["fullsup_images"] = fullsup.num_rows
     write_manifest(train, out / "train.parquet")
     write_manifest(val, out / "val.parquet")
+    write_manifest(fullsup, out / "fullsup.parquet")
     write_json_atomic(out / "summary.json", summary)
     log.info("%d train, %d val images, %d problems %s", train.num_rows, val.num_rows, len(problems),
              summary["problems_by_kind"])  # fmt: skip

@@ -41,7 +41,7 @@ def test_overrides_are_parsed_as_yaml_and_nested() -> None:
         ("train.learning_rate=0.1", r"train\.learning_rate: unknown key"),
         (
             "model.backbone=vgg19",
-            r"model\.backbone: .*allowed: \['inception_v3', 'resnet50', 'small', 'vgg16'\]",
+            r"model\.backbone: .*allowed: \['googlenet', 'inception_v3', 'resnet50', 'small', 'vgg16'\]",
         ),
         ("evaluate.iou_thresholds=[0, 50]", r"evaluate\.iou_thresholds: .*percentage"),
         ("data.synthetic.num_classes=1", r"data\.synthetic\.num_classes"),

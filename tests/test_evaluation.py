@@ -138,3 +138,20 @@ def test_holdout_split_is_stable_and_close_to_the_fraction() -> None:
     assert abs(mask.mean() - 0.2) < 0.02
     np.testing.assert_array_equal(mask, holdout_mask(list(ids), 0.2))
     assert holdout_mask(ids[:10], 0.2).tolist() == mask[:10].tolist()  # depends on the id alone
+
+
+def test_fullsup_split_picks_the_threshold_on_train_fullsup_and_reports_all_of_val(tmp_path: Path) -> None:
+    """Choe et al.: the CAM threshold comes from train-fullsup; every val image is a test image."""
+    manifest, columns, *_ = _dataset(tmp_path)
+    full_dir = tmp_path / "fullsup"
+    full_dir.mkdir()
+    full_manifest, full_columns, full_maps, _, _ = _dataset(full_dir, n=24, seed=5)
+    params = EvaluateParams(interval=0.05, threshold_split="fullsup")
+    full = (columns_to_table(full_columns), full_manifest)
+    result = evaluate_method(columns_to_table(columns), manifest, tmp_path, params, fullsup=full)
+    gt_full = [scale_boxes(np.asarray(b), SIZE, SIZE) for b in full_manifest.column("boxes").to_pylist()]
+    expected = select_cam_threshold(prepare_scoremap(full_maps.astype(np.float32)), gt_full, 0.05)
+    assert result.metrics["best_threshold"] == expected
+    assert result.metrics["num_images"] == 60 and result.metrics["num_holdout_images"] == 0
+    with pytest.raises(ValueError, match=r"data\.fullsup_metadata"):
+        evaluate_method(columns_to_table(columns), manifest, tmp_path, params, fullsup=None)

@@ -212,3 +212,23 @@ def test_cam_has_null_branch_b_and_card_is_checked(setup):
     with pytest.raises(ValueError, match="for method 'acol'"):
         extract_plain(*args, {**card, "method": "acol"}, s["work"] / "bad")
     assert not (s["work"] / "bad").exists()
+
+
+@pytest.mark.parametrize("engine", [extract, extract_plain])
+def test_an_empty_manifest_gives_an_empty_readable_store(setup, engine):
+    """No train-fullsup split (the synthetic default): a store with the schema and no rows, no engine start."""
+    s = setup
+    empty = s["work"] / "empty.parquet"
+    write_manifest(
+        manifest_from_records([], manifest_classes(read_manifest(s["manifest"])), "synthetic"), empty
+    )
+    out = s["work"] / "out-empty" / engine.__name__
+    args = (s["params"], "acol", empty, s["root"], s["work"] / "model.pt", s["work"] / "model_card.json", out)
+    summary = engine(*args)
+    table = read_maps(out / "maps")
+    assert (
+        summary.rows == 0
+        and table.num_rows == 0
+        and table.schema.equals(MAPSTORE_SCHEMA, check_metadata=False)
+    )
+    assert read_metadata(out / "maps")["method"] == "acol"

@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 
 _INPUT_COLUMNS = ["image_id", "class_index", "width", "height"]
 _SUMMARY_NAME = "summary.json"
+_EMPTY_COLUMNS: dict[str, Any] = {
+    "image_id": [], "label": [], "error": [], "map_height": [], "map_width": [],
+    "top5_classes": np.zeros((0, 1)), "top5_scores": np.zeros((0, 1)), "pred_box": np.zeros((0, 4)),
+    **{name: np.zeros((0, 1)) for name in ("map_gt", "map_top1", "map_a_gt", "map_b_gt")},
+}  # fmt: skip
 _MAPS_DIR = "maps"
 
 
@@ -304,6 +309,9 @@ class _PartWriter:
     def close(self) -> None:
         if self.buffered:
             self._flush(self.buffered)
+        if not self.parts:  # an empty manifest still gets a readable (empty) store with its schema
+            self.buffer = [columns_to_table(_EMPTY_COLUMNS, self.metadata)]
+            self._flush(0)
 
 
 def _sorted_inputs(manifest_path: str | os.PathLike[str]) -> tuple[pa.Table, list[str]]:
@@ -349,7 +357,7 @@ def _run(
         last_log = start
         first: tuple[float, int] | None = None  # (seconds, rows) when the first batch was written
         progress = tqdm(total=inputs.num_rows, unit="img", desc=f"extract {method}", disable=None)
-        for columns in stream(inputs, model_kwargs):
+        for columns in stream(inputs, model_kwargs) if inputs.num_rows else ():  # empty: no engine start
             writer.add(columns)
             progress.update(len(columns["image_id"]))
             now = time.perf_counter()
