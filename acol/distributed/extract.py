@@ -45,7 +45,14 @@ from acol.data.images import read_image
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, to_float_tensor
 from acol.io import replace_dir, write_json_atomic
-from acol.mapstore import PARQUET_OPTIONS, columns_to_table, part_name, predict_batch
+from acol.mapstore import (
+    MAPSTORE_SCHEMA,
+    METADATA_KEY,
+    PARQUET_OPTIONS,
+    columns_to_table,
+    part_name,
+    predict_batch,
+)
 from acol.models import WSOLModel, build_model, load_model_weights
 from acol.models import model_kwargs as architecture_kwargs
 from acol.paths import resolve_inside
@@ -65,11 +72,6 @@ log = logging.getLogger(__name__)
 
 _INPUT_COLUMNS = ["image_id", "class_index", "width", "height"]
 _SUMMARY_NAME = "summary.json"
-_EMPTY_COLUMNS: dict[str, Any] = {
-    "image_id": [], "label": [], "error": [], "map_height": [], "map_width": [],
-    "top5_classes": np.zeros((0, 1)), "top5_scores": np.zeros((0, 1)), "pred_box": np.zeros((0, 4)),
-    **{name: np.zeros((0, 1)) for name in ("map_gt", "map_top1", "map_a_gt", "map_b_gt")},
-}  # fmt: skip
 _MAPS_DIR = "maps"
 
 
@@ -300,7 +302,7 @@ class _PartWriter:
         table = pa.concat_tables(self.buffer).combine_chunks()
         head, rest = table.slice(0, rows), table.slice(rows)
         path = self.folder / part_name(len(self.parts))
-        pq.write_table(head, path, row_group_size=rows, **PARQUET_OPTIONS)
+        pq.write_table(head, path, row_group_size=max(rows, 1), **PARQUET_OPTIONS)
         self.parts.append(path.name)
         self.bytes += path.stat().st_size
         self.buffer, self.buffered = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
@@ -310,7 +312,8 @@ class _PartWriter:
         if self.buffered:
             self._flush(self.buffered)
         if not self.parts:  # an empty manifest still gets a readable (empty) store with its schema
-            self.buffer = [columns_to_table(_EMPTY_COLUMNS, self.metadata)]
+            meta = {METADATA_KEY: json.dumps(self.metadata, sort_keys=True).encode()}
+            self.buffer = [MAPSTORE_SCHEMA.with_metadata(meta).empty_table()]
             self._flush(0)
 
 
