@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from acol.data.ilsvrc import read_ilsvrc_val
-from acol.data.shadow_ilsvrc import _train_images, shadow_geometry, shadow_texture
+from acol.data.shadow_ilsvrc import _train_images, _write_chunk, shadow_geometry, shadow_texture
 from acol.data.synthetic import SyntheticConfig, class_wnids, generate_synthetic
 from tests.conftest_data import wsol_metadata_dir  # noqa: F401  (session fixture)
 
@@ -108,13 +108,16 @@ def test_same_bytes_whatever_the_worker_count(tmp_path: Path, wsol_metadata_dir:
     )
 
 
-def test_train_tree_and_class_codes(wsol_metadata_dir: Path) -> None:  # noqa: F811
+def test_train_tree_and_class_codes(tmp_path: Path, wsol_metadata_dir: Path) -> None:  # noqa: F811
     config = shadow_config(wsol_metadata_dir, train_per_class=3)
     val = shadow_geometry(config)
     train = _train_images(config, val)
     assert len(train) == 3000 and train[0].name == "train/n90000000/n90000000_0.JPEG"
     assert train[-1].name == "train/n90000999/n90000999_2.JPEG" and train[-1].label == 999
     assert (train[4].width, train[4].height, train[4].boxes) == (val[4].width, val[4].height, val[4].boxes)
+    _write_chunk(str(tmp_path), config, "train", [(4, train[4])])  # one image, not the 3,000
+    written = cv2.imread(str(tmp_path / "train" / "n90000001" / "n90000001_1.JPEG"))
+    assert written.shape == (val[4].height, val[4].width, 3)
     codes = {(k % 20, shadow_texture(k)) for k in range(1000)}
     assert len(codes) == 1000  # every class a distinct (part hue, body texture) pair
 
