@@ -8,14 +8,11 @@ quantized form is ``q = (map * 255).astype(uint8)``. At a threshold ``t`` the fo
 gives ``x0, y0, x1, y1 = x, y, x + w, y + h`` from
 ``cv2.boundingRect`` with x1, y1 clipped to 223; no contour gives the box (0, 0, 0, 0).
 
-Speed: a quantized map has at most 256 distinct masks, so thresholds are mapped to integer cuts. With
-``multi_contour`` (MaxBoxAccV2) the boxes of all cuts come from one union-find sweep per map
-(``acol.components``: outer borders = 8-connected components, hole borders = enclosed 4-connected background
-components grown by one pixel), without ``findContours``. The single largest contour (MaxBoxAcc, classic
-metrics) needs OpenCV's contour areas: each needed cut is solved once; a cut whose mask is provably one
-8-connected component without holes (at most one regional maximum above the cut, and Euler number 1 from
-2x2 bit-quad counts) has exactly one contour whose box is the mask's extent; other cuts call
-``findContours`` on the mask cropped to its extent (same contours, fewer pixels).
+Speed: a quantized map has at most 256 distinct masks, so thresholds are mapped to integer cuts. The boxes
+of all cuts come from one union-find sweep per map (``acol.components``), without ``findContours``: with
+``multi_contour`` (MaxBoxAccV2) outer borders = 8-connected components, hole borders = enclosed 4-connected
+background components grown by one pixel; the single largest contour (MaxBoxAcc, classic metrics) = the
+top-level component of largest ``cv2.contourArea``, counted from 2x2 cells of the hole-filled map.
 """
 
 from __future__ import annotations
@@ -127,58 +124,6 @@ def boxes_at_thresholds(
     return out
 
 
-def _euler4_per_cut(q: np.ndarray) -> np.ndarray:
-    """4 x Euler number (8-connected foreground) of ``q > c`` for c = 0..255, from 2x2 bit-quad counts.
-
-    For a 2x2 window with sorted values v1 >= v2 >= v3 >= v4 the mask has 1 pixel for c in [v2, v1), 3 for
-    c in [v4, v3), and 2 diagonal pixels for c in [v3, v2) if the top two are diagonal; Gray's formula
-    4E = n1 - n3 - 2 nD, accumulated as a difference array over c.
-    """
-    p = np.pad(q, 1).astype(np.int64)
-    a, b, c, d = p[:-1, :-1].ravel(), p[:-1, 1:].ravel(), p[1:, :-1].ravel(), p[1:, 1:].ravel()
-    v = np.sort(np.stack([a, b, c, d], axis=1), axis=1)  # ascending: v4, v3, v2, v1
-    v4, v3, v2, v1 = v[:, 0], v[:, 1], v[:, 2], v[:, 3]
-    top2_diag = (np.minimum(a, d) > np.maximum(b, c)) | (np.minimum(b, c) > np.maximum(a, d))
-    diff = np.zeros(258, dtype=np.int64)
-    np.add.at(diff, v2, 1)
-    np.add.at(diff, v1, -1)
-    np.add.at(diff, v4, -1)
-    np.add.at(diff, v3, 1)
-    np.add.at(diff, v3[top2_diag], -2)
-    np.add.at(diff, v2[top2_diag], 2)
-    return np.cumsum(diff)[:256]
-
-
-def _maxima_upper_bound(q: np.ndarray) -> np.ndarray:
-    """For c = 0..255, an upper bound (256,) on the number of 8-connected components of ``q > c``.
-
-    Each component contains a regional maximum (a plateau of one value with no higher neighbour), so the
-    number of regional maxima above c bounds the number of components. Candidates are the 8-connected
-    groups of pixels that are >= all their neighbours (each group has a single value); a group is a regional
-    maximum unless an equal-valued neighbour lies outside it (it is then part of a larger, lower plateau).
-    """
-    is_max = q >= cv2.dilate(q, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    n, labels = cv2.connectedComponents(is_max.view(np.uint8), connectivity=8)
-    h, w = q.shape
-    qp = np.pad(q.astype(np.int16), 1, constant_values=-1)
-    mp = np.pad(is_max, 1)
-    not_regional = np.zeros(n, dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == 0 and dx == 0:
-                continue
-            nq = qp[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-            nm = mp[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-            leak = is_max & ~nm & (nq == q)  # an equal neighbour outside the candidate group
-            not_regional[labels[leak]] = True
-    values = np.zeros(n, dtype=np.int64)
-    values[labels.ravel()] = q.ravel()
-    keep = ~not_regional
-    keep[0] = False  # label 0 is the background of the candidate mask
-    counts = np.bincount(values[keep], minlength=256)
-    return counts[::-1].cumsum()[::-1] - counts  # regional maxima with value > c
-
-
 def best_iou_per_threshold(
     scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray, multi_contour: bool
 ) -> np.ndarray:
@@ -195,44 +140,5 @@ def best_iou_per_threshold(
         raise ValueError("gt_boxes must hold at least one box")
     if (np.asarray(thresholds) < 0).any():
         raise ValueError("thresholds must be >= 0 (the protocol's grid is [0, 1))")
-    h, w = q.shape
-    qmax = int(q.max())
-    cuts = threshold_cuts(qmax, thresholds)
-    if multi_contour:  # one union-find sweep gives every cut; cuts >= qmax hold the empty box's IoU
-        return best_iou_per_cut(q, gt, cuts)[np.minimum(cuts, 255)]
-    empty_iou = float(iou(EMPTY_BOX, gt).max())
-    needed = np.unique(cuts[cuts < qmax])
-    best = np.full(257, empty_iou)  # best IoU per cut; cuts >= qmax keep the empty-box value
-    if len(needed):
-        simple = (_maxima_upper_bound(q) == 1) & (_euler4_per_cut(q) == 4)
-        rowmax, colmax = q.max(axis=1), q.max(axis=0)
-        fg_rows = rowmax[None, :] > needed[:, None]  # (K, H)
-        fg_cols = colmax[None, :] > needed[:, None]  # (K, W)
-        y0, y1 = fg_rows.argmax(1), h - 1 - fg_rows[:, ::-1].argmax(1)
-        x0, x1 = fg_cols.argmax(1), w - 1 - fg_cols[:, ::-1].argmax(1)
-        extent = np.stack([x0, y0, np.minimum(x1 + 1, w - 1), np.minimum(y1 + 1, h - 1)], axis=1)
-        is_simple = simple[needed]
-        if is_simple.any():
-            best[needed[is_simple]] = iou(extent[is_simple], gt).max(axis=1)
-        contours_all: list = []
-        counts, offsets = [], []
-        ys0, ys1, xs0, xs1, cut_list = y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), needed.tolist()
-        for k in np.flatnonzero(~is_simple).tolist():
-            crop = q[ys0[k] : ys1[k] + 1, xs0[k] : xs1[k] + 1]
-            binary = cv2.threshold(crop, cut_list[k], 255, cv2.THRESH_BINARY)[1]
-            contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-            contours_all.extend(contours)
-            counts.append(len(contours))
-            offsets.append(k)
-        if contours_all:
-            owner = np.repeat(np.asarray(offsets), counts)  # index into `needed` of each contour
-            boxes, areas = _contour_boxes_areas(tuple(contours_all), 1 << 30)
-            boxes += np.stack([x0, y0, x0, y0], axis=1)[owner]  # crop frame -> map frame
-            boxes[:, 2] = np.minimum(boxes[:, 2], w - 1)
-            boxes[:, 3] = np.minimum(boxes[:, 3], h - 1)
-            # Contours are grouped by cut in order; groups start where the owner changes.
-            # First largest contour per cut: sort by (cut group, -area); stable keeps OpenCV's order.
-            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-            order = np.lexsort((-areas, owner))
-            best[needed[offsets]] = iou(boxes[order[starts]], gt).max(axis=1)
-    return best[np.minimum(cuts, 256)]
+    cuts = threshold_cuts(int(q.max()), thresholds)  # cuts >= q.max() hold the empty box's IoU
+    return best_iou_per_cut(q, gt, cuts, multi_contour)[np.minimum(cuts, 255)]

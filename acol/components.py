@@ -1,4 +1,4 @@
-"""Numba kernels: the multi-contour WSOL boxes of a quantized map at every cut, in one union-find sweep.
+"""Numba kernels: the WSOL boxes of a quantized map at every cut (all contours, or the largest), by union-find.
 
 Why: the protocol (``acol.metrics_reference``) calls ``cv2.findContours(q > c, RETR_TREE,
 CHAIN_APPROX_SIMPLE)`` once per CAM threshold. For a uint8 map ``q`` (H, W) the contours of ``q > c`` are,
@@ -15,6 +15,16 @@ Foreground components only grow and merge as the cut decreases, holes only grow 
 so one sweep of each over the pixels sorted by value (union-find with per-root bounding boxes) gives the
 boxes at all 256 cuts. Boxes are ``(x0, y0, x1, y1)`` int, inclusive, as in ``acol.boxes``; IoUs are
 computed with the same integer areas and one float64 division as the reference, so they are bit-identical.
+
+The single largest contour (``max(contours, key=cv2.contourArea)``, classic MaxBoxAcc) comes from a third
+sweep, over ``filled``, the map with its holes filled (``_fill_holes``): the 8-connected components of
+``filled > c`` are the top-level components F of ``q > c`` with their holes. The outer border of F runs
+through pixel centres; within each unit cell between 4 centres it encloses 1 if all 4 are in F, 1/2 if 3
+are, 0 otherwise, so its ``contourArea`` is a sum over cells, kept per root as pixels join. A nested contour
+(hole, island) encloses no more than the outer border around it, and OpenCV lists contours depth-first,
+a parent before its children and top-level siblings last-found first, so the first largest contour is the
+outer border of the F of largest area, ties going to the latest raster-first pixel. Checked against
+``findContours`` + ``max(key=cv2.contourArea)`` at every cut of 1,000 maps (``tests/test_components.py``).
 
 Cost (what makes it fast): pixels are counting-sorted by value; each added pixel reads its 8 neighbours into
 a ring mask and joins one neighbour per run of consecutive "in" neighbours around the ring (a lookup table),
@@ -225,6 +235,139 @@ def _sweep(
 
 
 @numba.njit(**_NJIT)
+def _fill_holes(q: np.ndarray, filled: np.ndarray, link: np.ndarray) -> None:
+    """``filled`` (H*W,) := q with every hole filled: the least, over 4-paths to the image border, of the
+    path's maximum of q (a priority flood from the border, one bucket per value; ``link`` is its lists).
+
+    Why: ``filled > c`` is exactly the union of the top-level components of ``q > c`` with their holes
+    (a pixel is outside them iff a 4-path of ``q <= c`` joins it to the border).
+    """
+    h, w = q.shape
+    head = np.full(256, -1, np.int64)
+    filled[:] = 255
+    seen = np.zeros(h * w, np.bool_)
+    for y in range(h):
+        for x in range(w):
+            if y == 0 or x == 0 or y == h - 1 or x == w - 1:
+                p, v = y * w + x, q[y, x]
+                seen[p] = True
+                link[p], head[v] = head[v], p
+    for v in range(256):
+        while head[v] >= 0:
+            p = head[v]
+            head[v] = link[p]
+            filled[p] = v
+            y, x = p // w, p % w
+            for k in range(0, 8, 2):  # the 4-neighbours
+                yy, xx = y + _RING_DY[k], x + _RING_DX[k]
+                if 0 <= yy < h and 0 <= xx < w and not seen[yy * w + xx]:
+                    n = yy * w + xx
+                    seen[n] = True
+                    nv = max(v, np.int64(q[yy, xx]))
+                    link[n], head[nv] = head[nv], n
+
+
+@numba.njit(**_NJIT)
+def _area_lut() -> np.ndarray:
+    """(256,) int64: twice the growth of ``cv2.contourArea`` when a pixel joins with ring mask m.
+
+    The outer border runs through pixel centres; in each unit cell between 4 centres it encloses 1 when all
+    4 are in, 1/2 (a triangle) when 3 are, nothing with 2 or fewer (a straight or diagonal edge, a vertex).
+    A new pixel raises its 4 cells by one corner each: +1/2 for a cell that had 2 or 3 corners in.
+    """
+    lut = np.zeros(256, np.int64)
+    for m in range(256):
+        for c in range(0, 8, 2):  # cells NE (ring 0 1 2), NW (2 3 4), SW (4 5 6), SE (6 7 0)
+            n_in = ((m >> c) & 1) + ((m >> (c + 1)) & 1) + ((m >> ((c + 2) % 8)) & 1)
+            lut[m] += n_in >= 2
+    return lut
+
+
+@numba.njit(**_NJIT)
+def _largest_sweep(
+    filled: np.ndarray,
+    h: int,
+    w: int,
+    order: np.ndarray,
+    starts: np.ndarray,
+    qmax: int,
+    gt: np.ndarray,
+    needed: np.ndarray,
+    best: np.ndarray,
+    work: tuple,
+    largest: tuple,
+) -> None:
+    """Largest-contour IoU at each needed cut c < qmax: 8-connected components of ``filled > c``.
+
+    Each component is a top-level component of ``q > c`` with its holes; per root it carries its box,
+    twice its outer border's ``cv2.contourArea`` (``area``, from ``_area_lut``) and its raster-first pixel
+    (``first``). OpenCV lists contours depth-first, a parent before its children, siblings latest-found
+    first; a nested contour's area is at most its parent's, so the first largest contour is the outer border
+    of the top-level component of largest area and, among equals, the latest raster-first pixel.
+    """
+    _, _, parent, size, box, roots, lut8, _ = work
+    area, first, area_lut, _, _ = largest
+    n_roots = 0
+    for step in range(qmax):
+        v = qmax - step  # filled >= v, the cut c = v - 1
+        for k in range(starts[v], starts[v + 1]):
+            y, x = order[k] >> 16, order[k] & 0xFFFF
+            p = y * w + x
+            m = _in_mask(filled, h, w, y, x, v, False)
+            n_join = lut8[m, 0]
+            if n_join == 0:
+                parent[p], size[p], area[p], first[p] = p, 1, 0, p
+                box[p, 0], box[p, 1], box[p, 2], box[p, 3] = x, y, x, y
+                roots[n_roots] = p
+                n_roots += 1
+                continue
+            root = _find(parent, p + (_RING_DY[lut8[m, 1]] * w + _RING_DX[lut8[m, 1]]))
+            parent[p] = root
+            size[root] += 1
+            area[root] += area_lut[m]  # all corners of a cell in the set are in one component
+            first[root] = min(first[root], p)  # levels come high to low, not in raster order
+            box[root, 0], box[root, 1] = min(box[root, 0], x), min(box[root, 1], y)
+            box[root, 2], box[root, 3] = max(box[root, 2], x), max(box[root, 3], y)
+            for j in range(2, n_join + 1):
+                nb = p + (_RING_DY[lut8[m, j]] * w + _RING_DX[lut8[m, j]])
+                rn = _find(parent, nb)
+                if rn != root:
+                    a, f = area[root] + area[rn], min(first[root], first[rn])
+                    root = _join(parent, size, box, root, nb)
+                    area[root], first[root] = a, f
+        cut = v - 1
+        if not needed[cut]:
+            continue
+        m = 0
+        pick = -1
+        for k in range(n_roots):
+            r = roots[k]
+            if parent[r] == r:
+                roots[m] = r
+                m += 1
+                if pick < 0 or area[r] > area[pick] or (area[r] == area[pick] and first[r] > first[pick]):
+                    pick = r
+        n_roots = m
+        x1, y1 = min(box[pick, 2] + 1, w - 1), min(box[pick, 3] + 1, h - 1)
+        best[cut] = _box_iou_max(box[pick, 0], box[pick, 1], x1, y1, gt)
+
+
+@numba.njit(**_NJIT)
+def _best_largest_per_cut(
+    q: np.ndarray, gt: np.ndarray, needed: np.ndarray, best: np.ndarray, work: tuple, largest: tuple
+) -> int:
+    """Fill ``best`` (256,) with the IoU of the largest contour's box at each needed cut c < qmax."""
+    order, starts = work[0], work[1]
+    filled, link = largest[3], largest[4]
+    h, w = q.shape
+    _fill_holes(q, filled, link)
+    qmax = _sort_by_value(filled.reshape(h, w), order, starts)
+    best[:] = -1.0
+    _largest_sweep(filled, h, w, order, starts, qmax, gt, needed, best, work, largest)
+    return qmax
+
+
+@numba.njit(**_NJIT)
 def _sort_by_value(q: np.ndarray, order: np.ndarray, starts: np.ndarray) -> int:
     """Counting sort of the pixels of (H, W) ``q`` by value into ``order`` as ``y << 16 | x`` (raster order
     within a value: the sweeps rely on it; packed coordinates spare a division per pixel); returns q.max()."""
@@ -289,14 +432,28 @@ def _workspace(n: int) -> tuple:
 
 
 @numba.njit(**_NJIT)
+def _largest_workspace(n: int) -> tuple:
+    return (
+        np.empty(n + 1, np.int64),  # area: twice the outer border's contourArea of each root's set
+        np.empty(n + 1, np.int32),  # first: raster-first pixel of each root's set
+        _area_lut(),  # twice the area growth per ring mask
+        np.empty(n, np.uint8),  # filled: the map with its holes filled
+        np.empty(n, np.int32),  # link: the priority flood's bucket lists
+    )
+
+
+@numba.njit(**_NJIT)
 def _empty_iou(gt: np.ndarray) -> float:
     return _box_iou_max(0, 0, 0, 0, gt)  # the protocol's box where no contour is found
 
 
 @numba.njit(**_NJIT)
-def _best_iou_per_cut_kernel(q: np.ndarray, gt: np.ndarray, needed: np.ndarray) -> np.ndarray:
+def _best_iou_per_cut_kernel(q: np.ndarray, gt: np.ndarray, needed: np.ndarray, multi: bool) -> np.ndarray:
     best = np.empty(256, np.float64)
-    qmax, _, _, _ = _best_per_cut(q, gt, needed, best, _workspace(q.size), False)
+    if multi:
+        qmax, _, _, _ = _best_per_cut(q, gt, needed, best, _workspace(q.size), False)
+    else:
+        qmax = _best_largest_per_cut(q, gt, needed, best, _workspace(q.size), _largest_workspace(q.size))
     best[qmax:] = _empty_iou(gt)
     return best
 
@@ -312,11 +469,17 @@ def _boxes_all_cuts_kernel(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @numba.njit(**_NJIT)
 def _box_hits_kernel(
-    qmaps: np.ndarray, gt_flat: np.ndarray, gt_offsets: np.ndarray, thresholds: np.ndarray, fracs: np.ndarray
+    qmaps: np.ndarray,
+    gt_flat: np.ndarray,
+    gt_offsets: np.ndarray,
+    thresholds: np.ndarray,
+    fracs: np.ndarray,
+    multi: bool,
 ) -> np.ndarray:
     n_img, h, w = qmaps.shape
     hits = np.zeros((len(fracs), len(thresholds)), np.int64)
     work = _workspace(h * w)
+    largest = _largest_workspace(h * w)
     best = np.empty(256, np.float64)
     needed = np.empty(256, np.bool_)
     cuts = np.empty(len(thresholds), np.int64)
@@ -332,7 +495,10 @@ def _box_hits_kernel(
             if c < qmax:
                 needed[c] = True
         gt = gt_flat[gt_offsets[i] : gt_offsets[i + 1]]
-        _best_per_cut(q, gt, needed, best, work, False)
+        if multi:
+            _best_per_cut(q, gt, needed, best, work, False)
+        else:
+            _best_largest_per_cut(q, gt, needed, best, work, largest)
         empty = _empty_iou(gt)
         for t in range(len(thresholds)):
             b = best[cuts[t]] if cuts[t] < qmax else empty
@@ -358,8 +524,12 @@ def _check_q(q: np.ndarray, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def best_iou_per_cut(q: np.ndarray, gt_boxes: np.ndarray, cuts: np.ndarray | None = None) -> np.ndarray:
-    """Best IoU (256,) float64 of any multi-contour box of ``q > c`` with a GT box, for c = 0..255.
+def best_iou_per_cut(
+    q: np.ndarray, gt_boxes: np.ndarray, cuts: np.ndarray | None = None, multi_contour: bool = True
+) -> np.ndarray:
+    """Best IoU (256,) float64 of any multi-contour box of ``q > c`` with a GT box, for c = 0..255; with
+    ``multi_contour=False`` the IoU of the box of the largest contour (the protocol's ``max(contours,
+    key=cv2.contourArea)``, first of equals in OpenCV's order).
 
     ``q`` (H, W) uint8; ``gt_boxes`` (k >= 1, 4) int x0y0x1y1 inclusive. Cuts c >= q.max() (empty mask) hold
     the IoU of the protocol's (0, 0, 0, 0) box. With ``cuts`` given, only those cuts are filled (the others
@@ -374,7 +544,7 @@ def best_iou_per_cut(q: np.ndarray, gt_boxes: np.ndarray, cuts: np.ndarray | Non
         needed[:] = False
         c = np.asarray(cuts, dtype=np.int64)
         needed[c[(c >= 0) & (c < 256)]] = True
-    return _best_iou_per_cut_kernel(arr, gt, needed)
+    return _best_iou_per_cut_kernel(arr, gt, needed, multi_contour)
 
 
 def contour_boxes_all_cuts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -391,8 +561,10 @@ def box_hits(
     gt_offsets: np.ndarray,
     thresholds: np.ndarray,
     iou_fracs: np.ndarray,
+    multi_contour: bool = True,
 ) -> np.ndarray:
-    """(K, T) int64: number of maps whose best multi-contour IoU at CAM threshold t reaches ``iou_fracs[k]``.
+    """(K, T) int64: number of maps whose best multi-contour IoU (or, with ``multi_contour=False``, the
+    largest contour's IoU) at CAM threshold t reaches ``iou_fracs[k]``.
 
     ``qmaps`` (N, H, W) uint8; GT boxes of map i are ``gt_flat[gt_offsets[i]:gt_offsets[i + 1]]`` ((G, 4)
     int, each map >= 1 box); the cut of threshold t is ``floor(t * q.max())`` as in the protocol. Releases
@@ -413,4 +585,5 @@ def box_hits(
         offsets,
         np.ascontiguousarray(thresholds, dtype=np.float64),
         np.ascontiguousarray(iou_fracs, dtype=np.float64),
+        bool(multi_contour),
     )

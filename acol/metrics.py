@@ -9,7 +9,6 @@ Numbers are identical to the per-threshold protocol loop (``acol.metrics_referen
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,21 +38,16 @@ def _check_batch(scoremaps: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _hits_for_images(args: tuple) -> np.ndarray:
-    """Worker: (n_iou, T) counts of images whose best IoU reaches each IoU threshold, per CAM threshold."""
-    qmaps, gts, thresholds, multi_contour, iou_fracs = args
-    hits = np.zeros((len(iou_fracs), len(thresholds)), dtype=np.int64)
-    for q, gt in zip(qmaps, gts, strict=True):
-        best = best_iou_per_threshold(q, gt, thresholds, multi_contour)
-        hits += best[None, :] >= iou_fracs[:, None]
-    return hits
-
-
-def _multi_contour_hits(
-    maps: np.ndarray, gt_flat: np.ndarray, offsets: np.ndarray, thresholds: np.ndarray, iou_fracs: np.ndarray
+def _chunk_hits(
+    maps: np.ndarray,
+    gt_flat: np.ndarray,
+    offsets: np.ndarray,
+    thresholds: np.ndarray,
+    iou_fracs: np.ndarray,
+    multi_contour: bool,
 ) -> np.ndarray:
     """Thread worker: quantize a chunk of maps and count hits with the GIL-free union-find kernel."""
-    return box_hits(quantize(maps), gt_flat, offsets - offsets[0], thresholds, iou_fracs)
+    return box_hits(quantize(maps), gt_flat, offsets - offsets[0], thresholds, iou_fracs, multi_contour)
 
 
 @dataclass(frozen=True)
@@ -88,9 +82,9 @@ class BoxEvaluator:
 
     ``accumulate(scoremaps (N, 224, 224) float in [0, 1], gt_boxes: N arrays (k_i, 4))``; ``compute()`` ->
     ``BoxResult``. MaxBoxAccV2 = ``multi_contour=True``, IoU (30, 50, 70), mean; the original MaxBoxAcc =
-    ``multi_contour=False``, IoU 50. ``n_workers > 1`` spreads images over a process pool (use as a context
-    manager or call ``close()``): threads over the GIL-free kernel of ``acol.components`` when multi-contour,
-    a process pool over the OpenCV path for the single largest contour.
+    ``multi_contour=False``, IoU 50. Both come from one union-find pass per map (``acol.components``);
+    ``n_workers > 1`` spreads chunks of maps over threads of that GIL-free kernel (use as a context manager
+    or call ``close()``).
     """
 
     def __init__(
@@ -109,11 +103,10 @@ class BoxEvaluator:
         self.n_workers = max(1, int(n_workers))
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-        self.chunk_size = int(chunk_size)  # maps per thread task (multi-contour): bounds the uint8 copies
+        self.chunk_size = int(chunk_size)  # maps per thread task: bounds the uint8 copies
         self._iou_fracs = np.array([k / 100 for k in self.iou_thresholds])  # same floats as `k / 100`
         self._hits = np.zeros((len(self.iou_thresholds), len(self.thresholds)), dtype=np.int64)
         self._count = 0
-        self._pool: mp.pool.Pool | None = None
         self._threads: ThreadPoolExecutor | None = None
 
     def accumulate(self, scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray]) -> None:
@@ -125,29 +118,10 @@ class BoxEvaluator:
         for i, g in enumerate(gts):
             if len(g) == 0:
                 raise ValueError(f"gt_boxes[{i}] is empty: every image needs at least one GT box")
-        if self.multi_contour:
-            self._hits += self._accumulate_multi(maps, gts)
-            self._count += len(maps)
-            return
-        qmaps = quantize(maps)  # (N, H, W) uint8, in the maps' own precision
-        n_chunks = self.n_workers * 4 if self.n_workers > 1 and len(maps) >= 8 * self.n_workers else 1
-        bounds = np.linspace(0, len(maps), n_chunks + 1).astype(int)
-        jobs = [
-            (qmaps[a:b], gts[a:b], self.thresholds, self.multi_contour, self._iou_fracs)
-            for a, b in itertools.pairwise(bounds)
-            if b > a
-        ]
-        if len(jobs) > 1:
-            if self._pool is None:
-                self._pool = mp.get_context("spawn").Pool(self.n_workers)
-            results = self._pool.map(_hits_for_images, jobs)
-        else:
-            results = [_hits_for_images(job) for job in jobs]
-        for r in results:
-            self._hits += r
+        self._hits += self._accumulate_chunks(maps, gts)
         self._count += len(maps)
 
-    def _accumulate_multi(self, maps: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
+    def _accumulate_chunks(self, maps: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
         """(n_iou, T) hits of a batch, in chunks over ``n_workers`` threads (quantized inside each chunk)."""
         if not gts:
             return np.zeros_like(self._hits)
@@ -161,14 +135,15 @@ class BoxEvaluator:
                 offsets[a : b + 1],
                 self.thresholds,
                 self._iou_fracs,
+                self.multi_contour,
             )
             for a, b in itertools.pairwise(bounds)
         ]
         if self.n_workers > 1 and len(jobs) > 1:
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(self.n_workers, thread_name_prefix="box-evaluator")
-            return sum(self._threads.map(lambda job: _multi_contour_hits(*job), jobs))
-        return sum(_multi_contour_hits(*job) for job in jobs)
+            return sum(self._threads.map(lambda job: _chunk_hits(*job), jobs))
+        return sum(_chunk_hits(*job) for job in jobs)
 
     def compute(self) -> BoxResult:
         """MaxBoxAcc per IoU threshold (%), their mean, curves and best thresholds over all images so far."""
@@ -188,10 +163,7 @@ class BoxEvaluator:
         )
 
     def close(self) -> None:
-        """Stop the worker pool or threads, if started."""
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+        """Stop the worker threads, if started."""
         if self._threads is not None:
             self._threads.shutdown()
             self._threads = None

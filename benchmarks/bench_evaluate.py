@@ -1,4 +1,4 @@
-"""Benchmark: the project's BoxEvaluator (MaxBoxAccV2) against the plain per-threshold protocol loop.
+"""Benchmark: the project's BoxEvaluator (MaxBoxAccV2, MaxBoxAcc) against the plain per-threshold protocol loop.
 
 Maps are synthetic CAM-like maps: random low-resolution fields (7x7, 14x14 or 28x28) upsampled bicubic to
 224 and min-max normalized, as a network's maps are; float32, made batch by batch (not timed). Boxes are the
@@ -12,6 +12,9 @@ that subset must equal the reference's exactly, or the script exits with an erro
 (all threads) are both reported: on a shared machine the CPU time is the steadier figure.
 
     python benchmarks/bench_evaluate.py --num-images 5000 --interval 0.001 --reference-images 200 --workers 2
+    python benchmarks/bench_evaluate.py --num-images 2000 --contours both --out benchmarks/results/bench_evaluate_single.json
+
+``--contours both`` runs MaxBoxAccV2 (multi-contour) and MaxBoxAcc (largest contour) side by side in one run.
 """
 
 from __future__ import annotations
@@ -71,28 +74,14 @@ def load_boxes(metadata: str | None, n: int, tmp: str) -> list[np.ndarray]:
     return [scale_boxes(np.asarray(meta.boxes[i]), *meta.sizes[i]) for i in ids]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("metadata", nargs="?", help="WSOL metadata folder (default: the shipped ILSVRC/test)")
-    p.add_argument("--num-images", type=int, default=5000)
-    p.add_argument("--interval", type=float, default=0.001)
-    p.add_argument("--reference-images", type=int, default=200)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--batch", type=int, default=1000, help="maps made and accumulated per batch")
-    p.add_argument("--out", default="benchmarks/results/bench_evaluate.json")
-    args = p.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        gts = load_boxes(args.metadata, args.num_images, tmp)
+def measure(args: argparse.Namespace, gts: list[np.ndarray], n_ref: int, multi_contour: bool) -> dict:
+    """Time the evaluator on all maps and the reference loop on the first ``n_ref``; check they agree."""
     n = len(gts)
-    n_ref = min(args.reference_images, n)
-    load_before = os.getloadavg()
-
     wall = cpu = 0.0
     ref_maps = None
-    warm_up = BoxEvaluator(interval=args.interval, multi_contour=True)  # compiles or loads the numba cache
+    warm_up = BoxEvaluator(interval=args.interval, multi_contour=multi_contour)  # compiles or loads the cache
     warm_up.accumulate(synthetic_maps(2, seed=10**9), gts[:2])
-    with BoxEvaluator(interval=args.interval, multi_contour=True, n_workers=args.workers) as ev:
+    with BoxEvaluator(interval=args.interval, multi_contour=multi_contour, n_workers=args.workers) as ev:
         for start in range(0, n, args.batch):
             maps = synthetic_maps(min(args.batch, n - start), seed=start)
             if start == 0:
@@ -103,18 +92,64 @@ def main() -> None:
             cpu += time.process_time() - c0
         fast = ev.compute()
     assert ref_maps is not None
-
-    sub = BoxEvaluator(interval=args.interval, multi_contour=True)
+    sub = BoxEvaluator(interval=args.interval, multi_contour=multi_contour)
     sub.accumulate(ref_maps, gts[:n_ref])
     sub_res = sub.compute()
     t0, c0 = time.perf_counter(), time.process_time()
-    ref = reference_box_accuracy(ref_maps, gts[:n_ref], args.interval, (30, 50, 70), True)
+    ref = reference_box_accuracy(ref_maps, gts[:n_ref], args.interval, (30, 50, 70), multi_contour)
     t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
-    identical = all(np.array_equal(sub_res.curves[k], ref[k]) for k in (30, 50, 70))
-    load_after = os.getloadavg()
-
     ref_ms, ref_cpu_ms = 1e3 * t_ref / n_ref, 1e3 * c_ref / n_ref
     ev_ms, ev_cpu_ms = 1e3 * wall / n, 1e3 * cpu / n
+    return {
+        "multi_contour": multi_contour,
+        "num_thresholds": len(fast.thresholds),
+        "evaluator_seconds": wall,
+        "evaluator_cpu_seconds": cpu,
+        "evaluator_ms_per_image": ev_ms,
+        "evaluator_cpu_ms_per_image": ev_cpu_ms,
+        "reference_seconds_on_subset": t_ref,
+        "reference_ms_per_image": ref_ms,
+        "reference_cpu_ms_per_image": ref_cpu_ms,
+        "speedup_wall": ref_ms / ev_ms,
+        "speedup_cpu": ref_cpu_ms / ev_cpu_ms,
+        "projected_full_scale_seconds": {
+            "images": FULL_SCALE,
+            "evaluator_wall": ev_ms * FULL_SCALE / 1e3,
+            "evaluator_cpu_over_workers": ev_cpu_ms * FULL_SCALE / 1e3 / args.workers,
+            "reference_wall_extrapolated": ref_ms * FULL_SCALE / 1e3,
+        },
+        "identical_on_subset": all(np.array_equal(sub_res.curves[k], ref[k]) for k in (30, 50, 70)),
+        "max_box_acc": {str(k): v for k, v in fast.max_box_acc.items()},
+        "mean_max_box_acc": fast.mean_max_box_acc,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("metadata", nargs="?", help="WSOL metadata folder (default: the shipped ILSVRC/test)")
+    p.add_argument("--num-images", type=int, default=5000)
+    p.add_argument("--interval", type=float, default=0.001)
+    p.add_argument("--reference-images", type=int, default=200)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--batch", type=int, default=1000, help="maps made and accumulated per batch")
+    p.add_argument(
+        "--contours",
+        choices=["multi", "single", "both"],
+        default="multi",
+        help="MaxBoxAccV2 (all contours), MaxBoxAcc (largest contour) or both side by side",
+    )
+    p.add_argument("--out", default="benchmarks/results/bench_evaluate.json")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gts = load_boxes(args.metadata, args.num_images, tmp)
+    n = len(gts)
+    n_ref = min(args.reference_images, n)
+    load_before = os.getloadavg()
+
+    modes = {"multi": [True], "single": [False], "both": [True, False]}[args.contours]
+    runs = {("MaxBoxAccV2" if m else "MaxBoxAcc"): measure(args, gts, n_ref, m) for m in modes}
+    load_after = os.getloadavg()
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -129,45 +164,33 @@ def main() -> None:
         "boxes": args.metadata or "tests/assets/wsol-metadata.tar.xz ILSVRC/test (ILSVRC 2012 val)",
         "num_images": n,
         "interval": args.interval,
-        "num_thresholds": len(fast.thresholds),
-        "multi_contour": True,
         "workers": args.workers,
-        "evaluator_seconds": wall,
-        "evaluator_cpu_seconds": cpu,
-        "evaluator_ms_per_image": ev_ms,
-        "evaluator_cpu_ms_per_image": ev_cpu_ms,
         "reference_images": n_ref,
-        "reference_seconds_on_subset": t_ref,
-        "reference_ms_per_image": ref_ms,
-        "reference_cpu_ms_per_image": ref_cpu_ms,
         "reference_note": "one process, on the first maps only; all-map times below are extrapolated",
-        "speedup_wall": ref_ms / ev_ms,
-        "speedup_cpu": ref_cpu_ms / ev_cpu_ms,
-        "projected_full_scale_seconds": {
-            "images": FULL_SCALE,
-            "evaluator_wall": ev_ms * FULL_SCALE / 1e3,
-            "evaluator_cpu_over_workers": ev_cpu_ms * FULL_SCALE / 1e3 / args.workers,
-            "reference_wall_extrapolated": ref_ms * FULL_SCALE / 1e3,
-        },
-        "identical_on_subset": identical,
-        "max_box_acc": {str(k): v for k, v in fast.max_box_acc.items()},
-        "mean_max_box_acc": fast.mean_max_box_acc,
+        **(next(iter(runs.values())) if len(runs) == 1 else {"runs": runs}),
     }
-    full = result["projected_full_scale_seconds"]
-    print(f"{n} maps, interval {args.interval} ({len(fast.thresholds)} thresholds), {args.workers} workers")
-    print(f"evaluator: {wall:.1f} s wall ({ev_ms:.2f} ms/map), {cpu:.1f} s CPU ({ev_cpu_ms:.2f} ms/map)")
-    print(f"reference: {t_ref:.1f} s on {n_ref} maps ({ref_ms:.2f} ms/map wall, {ref_cpu_ms:.2f} CPU)")
-    print(f"speed-up: {result['speedup_wall']:.1f}x wall, {result['speedup_cpu']:.1f}x CPU time")
-    print(
-        f"projected to {FULL_SCALE} maps: evaluator {full['evaluator_wall']:.0f} s wall "
-        f"({full['evaluator_cpu_over_workers']:.0f} s of CPU per worker); reference "
-        f"{full['reference_wall_extrapolated']:.0f} s (extrapolated from {n_ref} maps)"
-    )
+    print(f"{n} maps, interval {args.interval}, {args.workers} workers")
+    for name, r in runs.items():
+        full = r["projected_full_scale_seconds"]
+        print(
+            f"{name}: evaluator {r['evaluator_seconds']:.1f} s wall ({r['evaluator_ms_per_image']:.2f} ms/map), "
+            f"{r['evaluator_cpu_seconds']:.1f} s CPU ({r['evaluator_cpu_ms_per_image']:.2f} ms/map)"
+        )
+        print(
+            f"  reference: {r['reference_seconds_on_subset']:.1f} s on {n_ref} maps "
+            f"({r['reference_ms_per_image']:.2f} ms/map wall, {r['reference_cpu_ms_per_image']:.2f} CPU)"
+        )
+        print(f"  speed-up: {r['speedup_wall']:.1f}x wall, {r['speedup_cpu']:.1f}x CPU time")
+        print(
+            f"  projected to {FULL_SCALE} maps: evaluator {full['evaluator_wall']:.0f} s wall; reference "
+            f"{full['reference_wall_extrapolated']:.0f} s (extrapolated from {n_ref} maps)"
+        )
+        print(
+            f"  identical on the reference subset: {r['identical_on_subset']}; MaxBoxAcc {r['max_box_acc']}"
+        )
     print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f}")
-    print(f"identical on the reference subset: {identical}")
-    print(f"MaxBoxAcc per IoU {result['max_box_acc']}, mean {fast.mean_max_box_acc:.3f}")
     write_json_atomic(args.out, result)
-    if not identical:
+    if not all(r["identical_on_subset"] for r in runs.values()):
         raise SystemExit("evaluator and reference disagree")
 
 

@@ -90,8 +90,50 @@ def test_boxes_identical_to_opencv_at_every_cut() -> None:
     assert checked > 5_000
 
 
+def opencv_largest_box(q: np.ndarray, cut: int) -> np.ndarray:
+    """The protocol's single box: the first contour of largest ``cv2.contourArea`` (metrics_reference)."""
+    h, w = q.shape
+    binary = cv2.threshold(q, cut, 255, cv2.THRESH_BINARY)[1]
+    x, y, bw, bh = cv2.boundingRect(
+        max(cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
+    )
+    return np.array([[x, y, min(x + bw, w - 1), min(y + bh, h - 1)]])
+
+
+def test_largest_contour_hand_cases() -> None:
+    # Tied areas go to the contour OpenCV lists first: top-level siblings last-found first.
+    q = np.zeros((8, 8), np.uint8)
+    q[1, 1] = q[1, 5] = q[5, 1] = 9  # three single pixels, area 0 each: the one found last, (1, 5, 2, 6)
+    np.testing.assert_array_equal(best_iou_per_cut(q, np.array([[1, 5, 2, 6]]), multi_contour=False)[0], 1.0)
+    # A diamond ring around a one-pixel hole: outer border and hole border both have area 2; the parent wins,
+    # and its tail (a zero-area spike) widens its box beyond the hole's.
+    q = np.zeros((6, 6), np.uint8)
+    q[0, 2] = q[1, 1] = q[1, 3] = q[2, 2] = q[3, 2] = 5
+    np.testing.assert_array_equal(opencv_largest_box(q, 0), [[1, 0, 4, 4]])
+    np.testing.assert_array_equal(best_iou_per_cut(q, np.array([[1, 0, 4, 4]]), multi_contour=False)[0], 1.0)
+    # A 3x3 blob (area 4) beats a 1x9 line (area 0) and a hole-free 2x2 (area 1) whatever the order.
+    q = np.zeros((9, 12), np.uint8)
+    q[0, :9], q[3:5, 0:2], q[5:8, 6:9] = 3, 3, 3
+    np.testing.assert_array_equal(best_iou_per_cut(q, np.array([[6, 5, 9, 8]]), multi_contour=False)[0], 1.0)
+
+
+def test_largest_contour_identical_to_opencv_at_every_cut() -> None:
+    # IoU 1 with the reference's box means the very same box; every cut of 1,000 maps of every kind.
+    rng = np.random.default_rng(1)
+    checked = 0
+    for i in range(1000):
+        q = random_small_map(rng, i)
+        values = np.unique(q)
+        for c in values[values < q.max()].tolist():
+            ref = opencv_largest_box(q, c)
+            assert best_iou_per_cut(q, ref, cuts=np.array([c]), multi_contour=False)[c] == 1.0, (i, c, q)
+            checked += 1
+    assert checked > 5_000
+
+
+@pytest.mark.parametrize("multi", [True, False])
 @pytest.mark.parametrize("interval", [0.001, 0.01, 0.03])
-def test_best_iou_per_cut_matches_protocol_loop(interval: float) -> None:
+def test_best_iou_per_cut_matches_protocol_loop(interval: float, multi: bool) -> None:
     rng = np.random.default_rng(int(interval * 1000))
     thresholds = np.arange(0, 1, interval)
     n = 4 if interval == 0.001 else 8
@@ -104,10 +146,12 @@ def test_best_iou_per_cut_matches_protocol_loop(interval: float) -> None:
     for m in maps:
         gt = np.sort(rng.integers(0, 224, (int(rng.integers(1, 4)), 2, 2)), axis=2)
         gt = np.stack([gt[:, 0, 0], gt[:, 1, 0], gt[:, 0, 1], gt[:, 1, 1]], axis=1)
-        ref = np.array([reference_iou(b, gt).max() for b in reference_boxes(m, thresholds, True)])
+        ref = np.array([reference_iou(b, gt).max() for b in reference_boxes(m, thresholds, multi)])
         q = quantize(m)
         cuts = np.floor(thresholds * float(q.max())).astype(np.int64)
-        np.testing.assert_array_equal(best_iou_per_cut(q, gt)[cuts], ref)  # bit-identical floats
+        np.testing.assert_array_equal(
+            best_iou_per_cut(q, gt, multi_contour=multi)[cuts], ref
+        )  # bit-identical
 
 
 def test_empty_mask_uses_the_protocol_box() -> None:

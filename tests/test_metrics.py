@@ -58,7 +58,7 @@ def test_box_evaluator_with_workers_matches_serial(multi: bool) -> None:
     maps, gts = smooth_maps(rng, 24), random_gts(rng, 24)
     serial = BoxEvaluator(interval=0.02, multi_contour=multi)
     serial.accumulate(maps, gts)
-    # Threads over chunks of 5 maps (multi-contour) or a process pool (single contour).
+    # Threads over chunks of 5 maps.
     with BoxEvaluator(interval=0.02, multi_contour=multi, n_workers=2, chunk_size=5) as parallel:
         parallel.accumulate(maps[:13], gts[:13])
         parallel.accumulate(maps[13:], gts[13:])

@@ -76,8 +76,14 @@ class SyntheticConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    num_classes: int = Field(10, ge=2, le=36)  # even: pairs every class; an odd last class has no partner
-    train_per_class: int = Field(250, ge=1)  # a few hundred: trains both methods in minutes on 2 CPU cores
+    # "toy" (default): the small square dataset below. "shadow_ilsvrc": the real ILSVRC val set's shape, the
+    # image sizes, boxes and labels of `shadow_metadata` (a WSOL metadata folder such as ILSVRC/test), 1,000
+    # classes; see acol/data/shadow_ilsvrc.py and docs/synthetic.md.
+    layout: Literal["toy", "shadow_ilsvrc"] = "toy"
+    shadow_metadata: str | None = None  # shadow_ilsvrc: the WSOL metadata folder (image_ids.txt, ...)
+    num_val_images: int | None = Field(None, ge=1)  # shadow_ilsvrc: only the first N val images; None = all
+    num_classes: int = Field(10, ge=2, le=1000)  # toy: <= 36, even pairs every class; shadow_ilsvrc: 1000
+    train_per_class: int = Field(250, ge=0)  # a few hundred: trains both methods in minutes on 2 CPU cores
     val_per_class: int = Field(50, ge=1)  # evaluation split (boxes + masks)
     holdout_per_class: int = Field(10, ge=0)  # Choe's "train-fullsup": threshold/HP selection; 0 = skip
     image_size: int = Field(64, ge=32, le=512)  # square images; 64 px = 16x16 maps for the stride-4 backbone
@@ -117,6 +123,16 @@ class SyntheticConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticConfig:
+        if self.layout == "shadow_ilsvrc":
+            if self.num_classes != 1000 or self.shadow_metadata is None:
+                raise ValueError(
+                    "layout='shadow_ilsvrc' needs num_classes=1000 and shadow_metadata (a folder)"
+                )
+            return self
+        if self.num_classes > 36 or self.shadow_metadata is not None or self.num_val_images is not None:
+            raise ValueError("layout='toy' takes num_classes <= 36 and no shadow_metadata or num_val_images")
+        if self.train_per_class < 1:
+            raise ValueError("layout='toy' needs train_per_class >= 1 (0 is for shadow_ilsvrc val-only runs)")
         probs = self.object_count_probs
         if not probs or any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
             raise ValueError(f"object_count_probs must be non-negative and sum to 1, got {probs}")
@@ -232,9 +248,11 @@ def texture_of_class(config: SyntheticConfig, label: int) -> tuple[str, float]:
     )
 
 
-def _texture_wave(rng: np.random.Generator, pattern: str, period: float, size: int) -> np.ndarray:
-    """(size, size) float32 in [-1, 1]: the class pattern at a random phase (and diagonal sign)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def _texture_wave(
+    rng: np.random.Generator, pattern: str, period: float, size: int, width: int | None = None
+) -> np.ndarray:
+    """(size, width or size) float32 in [-1, 1]: the class pattern at a random phase (and diagonal sign)."""
+    yy, xx = np.mgrid[0:size, 0 : size if width is None else width].astype(np.float32)
     phase_u, phase_v = rng.uniform(0, 2 * np.pi, size=2)
     if pattern in ("stripes-45", "checker-45"):
         sign = 1.0 if (pattern == "checker-45" or rng.random() < 0.5) else -1.0
@@ -484,22 +502,13 @@ def generate_synthetic(
 
     config = config or SyntheticConfig()
     root = Path(root)
-    marker = root / _MARKER
-    if marker.is_file():
-        try:
-            existing = json.loads(marker.read_text())
-            same = SyntheticConfig.model_validate(existing["config"]) == config
-        except (ValueError, KeyError, TypeError) as error:
-            raise FileExistsError(f"{marker} is not a valid synthetic dataset marker: {error}") from error
-        if not same:
-            raise FileExistsError(
-                f"{root} holds a synthetic dataset made with another config ({marker}); use an empty folder"
-            )
-        summary = SyntheticSummary(root=str(root), **existing["summary"])
-        summary.boxes_per_image = {int(k): v for k, v in summary.boxes_per_image.items()}
-        summary.created = False
-        return summary
+    existing = existing_dataset(root, config)
+    if existing is not None:
+        return existing
+    if config.layout == "shadow_ilsvrc":
+        from acol.data.shadow_ilsvrc import generate_shadow_ilsvrc
 
+        return generate_shadow_ilsvrc(root, config, workers=workers, progress=progress)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     wnids = class_wnids(config.num_classes)
@@ -537,8 +546,36 @@ def generate_synthetic(
         if executor is not None:
             executor.shutdown()
     summary = _summary(root, config, counts, annotated)
-    payload = {"config": json.loads(config.model_dump_json()), "summary": asdict(summary)}
+    write_marker(root, config, summary)
+    return summary
+
+
+def existing_dataset(root: Path, config: SyntheticConfig) -> SyntheticSummary | None:
+    """The summary of the complete dataset made with ``config`` at ``root``, None if there is none;
+    ``FileExistsError`` if one made with another config is there (never mix two datasets in one folder)."""
+    marker = root / _MARKER
+    if not marker.is_file():
+        return None
+    try:
+        existing = json.loads(marker.read_text())
+        same = SyntheticConfig.model_validate(existing["config"]) == config
+    except (ValueError, KeyError, TypeError) as error:
+        raise FileExistsError(f"{marker} is not a valid synthetic dataset marker: {error}") from error
+    if not same:
+        raise FileExistsError(
+            f"{root} holds a synthetic dataset made with another config ({marker}); use an empty folder"
+        )
+    summary = SyntheticSummary(root=str(root), **existing["summary"])
+    summary.boxes_per_image = {int(k): v for k, v in summary.boxes_per_image.items()}
+    summary.created = False
+    return summary
+
+
+def write_marker(root: Path, config: SyntheticConfig, summary: SyntheticSummary) -> None:
+    """Write ``synthetic.json`` last (config + summary); toy configs leave the shadow fields out, so the
+    default dataset's marker stays byte-identical to the one written before those fields existed."""
+    shadow = {"layout", "shadow_metadata", "num_val_images"} if config.layout == "toy" else set()
+    payload = {"config": json.loads(config.model_dump_json(exclude=shadow)), "summary": asdict(summary)}
     payload["summary"].pop("created")
     payload["summary"].pop("root")
-    _write_atomic(marker, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-    return summary
+    _write_atomic(root / _MARKER, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
