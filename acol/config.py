@@ -23,6 +23,7 @@ __all__ = [
     "EvaluateParams",
     "TrackingParams",
     "ReevaluateParams",
+    "RayParams",
     "Params",
     "load_params",
     "apply_overrides",
@@ -126,6 +127,14 @@ class ReevaluateParams(_Section):
     tolerance: float = Field(1.0, ge=0.0)  # allowed drop, in metric points, before the job fails
 
 
+class RayParams(_Section):
+    """Where train, extract and re-evaluation run Ray (`acol.distributed.session.ensure_ray`)."""
+
+    # false: RAY_ADDRESS's cluster when set, else a private local Ray, whatever `ray start` recorded on this
+    # machine; true: join the local cluster `ray start` recorded (RAY_ADDRESS still wins).
+    join_local: bool = False
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -134,6 +143,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
     reevaluate: ReevaluateParams = ReevaluateParams()
+    ray: RayParams = RayParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:
