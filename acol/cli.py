@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
 
 from acol.config import Params, load_params
 
@@ -79,8 +78,8 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
 
 
-def run_stage(main: Callable[[], int | None]) -> NoReturn:
-    """Run a stage's `main` and exit with its status; a user error prints ``error: <message>`` and exits 2.
+def run_stage(main: Callable[[], int | None]) -> None:
+    """Run a stage's `main`, exiting with its nonzero status; a user error prints ``error: <message>``, exits 2.
 
     Why: the message already names the file or key and the allowed values; a traceback in front of it hides
     it. ``--debug`` (or ACOL_DEBUG=1) re-raises it with the traceback; any other exception keeps its traceback.
@@ -92,4 +91,5 @@ def run_stage(main: Callable[[], int | None]) -> NoReturn:
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
-    sys.exit(code or 0)
+    if code:
+        sys.exit(code)

@@ -146,13 +146,23 @@ class Params(_Section):
     ray: RayParams = RayParams()
 
 
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at `loc` (a path of field names from `Params`) accepts, for "unknown key" errors."""
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = field.annotation if field else None
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid parameters in {source}:"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            allowed = _allowed_keys(item["loc"][:-1])
+            message = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
         lines.append(f"  {key}: {message} (got {item.get('input')!r})")
     return "\n".join(lines)
 
