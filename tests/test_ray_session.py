@@ -97,6 +97,19 @@ def test_ray_address_wins_and_sets_no_resources(ray_tmp: Path, monkeypatch: pyte
     assert calls == [{}]  # ray.init() reads RAY_ADDRESS; num_cpus would make Ray refuse to connect
 
 
+def test_an_unreachable_ray_address_names_it(ray_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    def refuse(**_kwargs: object) -> None:
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.7:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    with pytest.raises(RaySessionError, match=r"RAY_ADDRESS=10\.0\.0\.7:6379 .*or unset RAY_ADDRESS"):
+        ensure_ray(1)
+
+
 def test_join_local_needs_a_live_record(ray_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _no_ray(monkeypatch)
     with pytest.raises(RaySessionError, match=r"ray_current_cluster does not exist.*ray.join_local: false"):
