@@ -1,13 +1,34 @@
-"""What every pipeline script shares: the `--params` / `--set` options, logging, and loading params."""
+"""What every pipeline script shares: the `--params` / `--set` / `--debug` options, logging, loading params,
+and `run_stage`, which turns a user's mistake into one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+from collections.abc import Callable
 
 from acol.config import Params, load_params
 
-__all__ = ["stage_parser", "params_from_args", "setup_logging"]
+__all__ = ["USER_ERROR_EXIT_CODE", "stage_parser", "params_from_args", "run_stage", "setup_logging"]
+
+USER_ERROR_EXIT_CODE = 2  # as argparse's for a bad command line: the input is wrong, not the program
+DEBUG_ENV = "ACOL_DEBUG"  # =1: user errors keep their traceback, as with --debug
+
+# The errors a user can fix (bad params, data, weights, maps, report inputs, Ray placement, a missing input
+# file), as (module, class). Looked up in sys.modules: one whose module was never imported was not raised, and
+# importing them all here would load torch for every stage.
+_USER_ERRORS = (
+    ("acol.config", "ParamsError"),
+    ("acol.data.errors", "DataError"),  # UnsafePathError and ImageDecodeError too
+    ("acol.models.factory", "WeightsError"),
+    ("acol.mapstore", "MapStoreError"),
+    ("acol.report", "ReportError"),
+    ("acol.distributed.session", "RaySessionError"),
+    ("builtins", "FileNotFoundError"),
+)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -21,6 +42,9 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a parameter, e.g. --set train.epochs=2 (repeatable)",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of input errors too (or {DEBUG_ENV}=1)"
+    )
     return parser
 
 
@@ -32,3 +56,40 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def params_from_args(args: argparse.Namespace) -> Params:
     return load_params(args.params, args.overrides)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in _USER_ERRORS)
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
+
+
+def _one_line(error: BaseException) -> str:
+    """The message on one line: a multi-line ParamsError becomes "header: key: ...; key: ..."."""
+    if isinstance(error, FileNotFoundError) and error.filename is not None:
+        return f"{error.strerror or 'not found'}: {error.filename}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    text = lines[0]
+    for line in lines[1:]:
+        text += (" " if text.endswith(":") else "; ") + line
+    return text
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def run_stage(main: Callable[[], int | None]) -> None:
+    """Run a stage's `main`, exiting with its nonzero status; a user error prints ``error: <message>``, exits 2.
+
+    Why: the message already names the file or key and the allowed values; a traceback in front of it hides
+    it. ``--debug`` (or ACOL_DEBUG=1) re-raises it with the traceback; any other exception keeps its traceback.
+    """
+    try:
+        code = main()
+    except Exception as error:
+        if _debug_requested(sys.argv[1:]) or not isinstance(error, _user_error_types()):
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    if code:
+        sys.exit(code)

@@ -23,6 +23,7 @@ __all__ = [
     "EvaluateParams",
     "TrackingParams",
     "ReevaluateParams",
+    "RayParams",
     "Params",
     "load_params",
     "apply_overrides",
@@ -139,6 +140,14 @@ class ReevaluateParams(_Section):
     tolerance: float = Field(1.0, ge=0.0)  # allowed drop, in metric points, before the job fails
 
 
+class RayParams(_Section):
+    """Where train, extract and re-evaluation run Ray (`acol.distributed.session.ensure_ray`)."""
+
+    # false: RAY_ADDRESS's cluster when set, else a private local Ray, whatever `ray start` recorded on this
+    # machine; true: join the local cluster `ray start` recorded (RAY_ADDRESS still wins).
+    join_local: bool = False
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -147,6 +156,16 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
     reevaluate: ReevaluateParams = ReevaluateParams()
+    ray: RayParams = RayParams()
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at `loc` (a path of field names from `Params`) accepts, for "unknown key" errors."""
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = field.annotation if field else None
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -155,7 +174,8 @@ def _describe(error: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            allowed = _allowed_keys(item["loc"][:-1])
+            message = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
         lines.append(f"  {key}: {message} (got {item.get('input')!r})")
     return "\n".join(lines)
 

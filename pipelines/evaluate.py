@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from acol import tracking
-from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.manifest import read_manifest
 from acol.evaluation import evaluate_method
 from acol.io import write_json_atomic, write_text_atomic
@@ -78,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from acol import tracking
-from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.distributed.extract import extract, extract_plain
 from acol.models import METHODS
 
@@ -70,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from acol import tracking
-from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.manifest import manifest_classes, write_manifest
 from acol.io import write_json_atomic
 from acol.prepare import index_dataset, index_fullsup, prepare_summary
@@ -49,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

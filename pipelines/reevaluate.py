@@ -2,17 +2,17 @@
 the current val manifest, compared with the metrics recorded when it was promoted.
 
 Exit status: 0 when no metric fell by more than ``reevaluate.tolerance`` points, 3 on a regression (the report
-names the metrics), 1 when it could not run. Run from cron, a Kubernetes CronJob, or ``ray job submit``.
+names the metrics), 1 when it could not run, 2 on bad params or a missing input file (one line on stderr).
+Run from cron, a Kubernetes CronJob, or ``ray job submit``.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from acol import tracking
-from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.models import METHODS
 from acol.reevaluate import REGRESSION_EXIT_CODE, ReevaluationError, reevaluate
 
@@ -46,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage(main)

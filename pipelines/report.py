@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from acol import tracking
-from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.report import ReportInputs, build_report
 
 log = logging.getLogger("report")
@@ -42,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.synthetic import generate_synthetic
 
 log = logging.getLogger("synthesize")
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from acol import tracking
-from acol.cli import params_from_args, setup_logging, stage_parser
+from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.dataset import ManifestDataset
 from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
@@ -78,4 +78,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

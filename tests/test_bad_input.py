@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -47,7 +48,9 @@ EXPECTED = {
 }  # fmt: skip
 
 
-def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, debug: bool = True) -> None:
+    """``pipelines/<name>.py`` in this process; `debug`: input errors raise (typed) instead of exit 2."""
+    monkeypatch.setenv("ACOL_DEBUG", "1" if debug else "0")
     monkeypatch.setattr(sys, "argv", [f"pipelines/{name}.py", *argv])
     runpy.run_path(str(PIPELINES / f"{name}.py"), run_name="__main__")
 
@@ -156,6 +159,7 @@ def test_strict_prepare_fails_on_the_first_problem_naming_the_file(
 # --- params and weight files --------------------------------------------------------------------------------
 
 STAGE_ARGS = {
+    "synthesize": [],
     "prepare": [],
     "train": ["--method", "acol"],
     "extract": ["--method", "acol"],
@@ -176,7 +180,12 @@ STAGE_ARGS = {
     ],
 )
 def test_every_stage_refuses_a_bad_params_file_naming_file_and_key(
-    name: str, content: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str,
+    content: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     params = tmp_path / "bad_params.yaml"
     params.write_text(content)
@@ -186,6 +195,13 @@ def test_every_stage_refuses_a_bad_params_file_naming_file_and_key(
         _run_script(name, [*STAGE_ARGS[name], "--params", str(params), "--out", str(out)], monkeypatch)
     assert "bad_params.yaml" in str(error.value)
     assert not out.exists()
+    # Without --debug: the same message on one line of stderr, exit status 2, no traceback.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        _run_script(name, [*STAGE_ARGS[name], "--params", str(params), "--out", str(out)], monkeypatch, False)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err) and "bad_params.yaml" in err and "Traceback" not in err
 
 
 def _bad_weights(folder: Path, kind: str) -> Path:

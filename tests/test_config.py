@@ -38,14 +38,16 @@ def test_overrides_are_parsed_as_yaml_and_nested() -> None:
         ("train.epochs=0", r"train\.epochs: Input should be greater than or equal to 1"),
         ("train.optimizer=rmsprop", r"train\.optimizer: Input should be 'sgd' or 'adam'"),
         ("train.lr=fast", r"train\.lr: .*valid number"),
-        ("train.learning_rate=0.1", r"train\.learning_rate: unknown key"),
+        ("train.learning_rate=0.1", r"train\.learning_rate: unknown key; allowed: epochs, batch_size, lr, "),
         (
             "model.backbone=vgg19",
             r"model\.backbone: .*allowed: \['googlenet', 'inception_v3', 'resnet50', 'small', 'vgg16'\]",
         ),
         ("evaluate.iou_thresholds=[0, 50]", r"evaluate\.iou_thresholds: .*percentage"),
         ("data.synthetic.num_classes=1", r"data\.synthetic\.num_classes"),
-        ("nosuchsection.x=1", r"nosuchsection: unknown key"),
+        ("nosuchsection.x=1", r"nosuchsection: unknown key; allowed: data, model, train, .*, ray"),
+        ("data.synthetic.seeed=1", r"data\.synthetic\.seeed: unknown key; allowed: .*\bseed\b"),
+        ("ray.join_local=maybe", r"ray\.join_local: Input should be a valid boolean"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:

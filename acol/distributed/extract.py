@@ -44,6 +44,7 @@ from acol.data.errors import DataError
 from acol.data.images import read_image
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, to_float_tensor
+from acol.distributed.session import ensure_ray
 from acol.io import replace_dir, write_json_atomic
 from acol.mapstore import (
     MAPSTORE_SCHEMA,
@@ -431,8 +432,8 @@ def extract(
 ) -> ExtractSummary:
     """Ray Data extraction of every manifest image into ``out_dir/maps/part-*.parquet`` + ``summary.json``.
 
-    Uses the current Ray session (``ray.init()`` with defaults when none): every node must see ``root``
-    and ``model_path`` at the same paths. ``params.extract`` sets the batch, actor pool, GPU use, box
+    Runs where `acol.distributed.session.ensure_ray` says (RAY_ADDRESS, else a private local Ray): every
+    node must see ``root`` and ``model_path`` at the same paths. ``params.extract`` sets the batch, actor pool, GPU use, box
     threshold and rows per file; ``params.train.image_size`` the input size.
     """
     import ray
@@ -445,8 +446,8 @@ def extract(
 
     def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         check_weights(model_kwargs, model_str)  # a bad model.pt fails here, named, before Ray starts
-        if not ray.is_initialized():
-            ray.init()
+        gpus = cfg.num_actors if cfg.use_gpu else 0
+        ensure_ray(cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus, gpus, params.ray.join_local)
         ctx = ray.data.DataContext.get_current()
         old_order = ctx.execution_options.preserve_order
         ctx.execution_options.preserve_order = True  # results in manifest order: deterministic parts

@@ -42,6 +42,7 @@ from acol.config import Params
 from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, train_transform
+from acol.distributed.session import ensure_ray
 from acol.io import atomic_path
 from acol.models import build_model, model_kwargs
 from acol.training import (
@@ -300,18 +301,6 @@ def _finished_epochs(run_dir: Path) -> int:
     return max(epochs, default=0)
 
 
-def _ensure_ray(cpus_needed: float) -> None:
-    """Use the running Ray session, the cluster at RAY_ADDRESS (`ray job submit`), or start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # reads RAY_ADDRESS
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)))
-
-
 def fit(
     params: Params,
     method: str,
@@ -368,7 +357,8 @@ def fit(
                 **model_kwargs(params.model.model_dump(), method, len(classes)),
                 backbone_weights=params.model.backbone_weights,
             )
-    _ensure_ray(tp.num_workers * tp.cpus_per_worker)
+    gpus = tp.num_workers if tp.use_gpu else 0  # one GPU per worker
+    ensure_ray(tp.num_workers * tp.cpus_per_worker, gpus, params.ray.join_local)
     log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, run_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,

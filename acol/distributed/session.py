@@ -1,0 +1,159 @@
+"""Where a stage's Ray work runs: one rule for train, extract and re-evaluation (`ensure_ray`).
+
+Why: a bare ``ray.init()`` joins whatever cluster ``ray start`` last recorded in ``<Ray temp dir>/ray_current_cluster``:
+a cluster started for something else, or one that died without ``ray stop`` (the record stays). The stage then
+runs on someone else's resources, waits on a dead address, or, given ``num_cpus=``, fails with "When connecting
+to an existing cluster, num_cpus and num_gpus must not be provided". The rule, in order:
+
+1. Ray already initialised in this process (a test session, a notebook, a caller): use it.
+2. ``RAY_ADDRESS`` set (``ray job submit`` sets it for the job's driver): connect to that cluster.
+3. ``ray.join_local: true`` in params: join the local cluster ``ray start`` recorded (checked reachable first).
+4. Otherwise: start a private local Ray for this process (``ray.init(address="local")``) with the CPUs the stage
+   needs, whatever a running or stale local cluster has recorded; it ends with the process.
+
+Ray's temp folder is ``$RAY_TMPDIR/ray``, else ``$TMPDIR/ray``, else ``/tmp/ray`` (Ray's own rule). On a shared
+machine it may belong to another user; a private start then falls back to ``<same parent>/ray-<uid>`` and says
+so, or, when that is not writable either, fails with a message naming ``RAY_TMPDIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["RaySessionError", "ensure_ray", "local_temp_dir", "ray_temp_dir", "recorded_cluster"]
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "ray_current_cluster"  # written by `ray start` in its temp dir, read by a bare `ray.init()`
+
+
+class RaySessionError(RuntimeError):
+    """Ray cannot be started or reached as asked; the message names the address, folder or param to change."""
+
+
+def ray_temp_dir() -> Path:
+    """Ray's default temp folder, by Ray's own rule (``ray._common.utils.get_default_ray_temp_dir``)."""
+    if os.environ.get("RAY_TMPDIR"):
+        return Path(os.environ["RAY_TMPDIR"]) / "ray"
+    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
+        return Path(os.environ["TMPDIR"]) / "ray"
+    return Path("/tmp/ray")
+
+
+def recorded_cluster() -> tuple[Path, str | None]:
+    """The record file a bare ``ray.init()`` reads and the address in it (None: no record)."""
+    record = ray_temp_dir() / RECORD_FILE
+    try:
+        address = record.read_text().strip() or None
+    except OSError:
+        address = None
+    return record, address
+
+
+def _writable(folder: Path) -> bool:
+    """Can this user create files in `folder` (made if missing)? Tried, not guessed from mode bits."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".acol-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        return False
+    return True
+
+
+def local_temp_dir() -> Path | None:
+    """The temp folder for a private local Ray: None for Ray's default, or a fallback this user owns."""
+    default = ray_temp_dir()
+    if _writable(default):
+        return None
+    fallback = default.with_name(f"ray-{os.getuid()}")
+    if _writable(fallback):
+        log.warning(
+            "Ray's temp folder %s is not writable by this user (another user's Ray?): using %s; "
+            "set RAY_TMPDIR to choose another parent folder",
+            default,
+            fallback,
+        )
+        return fallback
+    raise RaySessionError(
+        f"Ray's temp folder {default} is not writable by this user, nor is {fallback}: set RAY_TMPDIR to a "
+        "folder you own (Ray uses $RAY_TMPDIR/ray), e.g. RAY_TMPDIR=$HOME/.cache"
+    )
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    """Does something accept TCP connections at ``host:port``? (A dead cluster's record refuses at once.)"""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _check_gpus(gpus_needed: float) -> None:
+    """A private Ray without the GPUs a stage asks for would wait forever for them: fail instead."""
+    import ray
+
+    found = ray.cluster_resources().get("GPU", 0)
+    if found < gpus_needed:
+        ray.shutdown()
+        raise RaySessionError(
+            f"the stage needs {gpus_needed:g} GPU(s) (use_gpu: true) but Ray sees {found:g} on this machine: "
+            "set use_gpu: false, or run it on a cluster with GPUs (RAY_ADDRESS)"
+        )
+
+
+def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = False) -> str:
+    """Initialise Ray by the module's rule; logs and returns what it did (one line, for logs and tests).
+
+    `cpus_needed` / `gpus_needed`: what the stage reserves at once; a private local Ray gets at least that many
+    CPUs (all of the machine's when more). `join_local` is ``params.ray.join_local``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        what = "using the Ray session already running in this process"
+    elif os.environ.get("RAY_ADDRESS", "") not in ("", "local"):
+        address = os.environ["RAY_ADDRESS"]
+        try:
+            ray.init()  # reads RAY_ADDRESS; resources are the cluster's, not ours to set
+        except ConnectionError as e:
+            raise RaySessionError(
+                f"cannot connect to the Ray cluster at RAY_ADDRESS={address} ({e}): start it, or unset "
+                "RAY_ADDRESS to run on a private local Ray"
+            ) from None
+        what = f"connected to the Ray cluster at RAY_ADDRESS={address}"
+    elif join_local:
+        record, address = recorded_cluster()
+        if address is None or not _reachable(address):
+            state = f"records {address}, which does not answer" if address else "does not exist"
+            raise RaySessionError(
+                f"ray.join_local is true but {record} {state}: start a cluster with `ray start --head`, "
+                "or set ray.join_local: false to run on a private local Ray"
+            )
+        ray.init(address=address)
+        what = f"joined the local Ray cluster at {address} (ray.join_local, recorded in {record})"
+    else:
+        temp_dir = local_temp_dir()
+        num_cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed))
+        ray.init(address="local", num_cpus=num_cpus, _temp_dir=str(temp_dir) if temp_dir else None)
+        if gpus_needed:
+            _check_gpus(gpus_needed)
+        what = f"started a private local Ray ({num_cpus} CPUs)"
+        if temp_dir:
+            what += f" in {temp_dir}"
+        record, address = recorded_cluster()
+        if address:
+            what += (
+                f"; ignored the local cluster recorded in {record} ({address}; ray.join_local: true joins it)"
+            )
+    log.info("Ray: %s", what)
+    return what
