@@ -212,3 +212,23 @@ def test_cam_has_null_branch_b_and_card_is_checked(setup):
     with pytest.raises(ValueError, match="for method 'acol'"):
         extract_plain(*args, {**card, "method": "acol"}, s["work"] / "bad")
     assert not (s["work"] / "bad").exists()
+
+
+def test_rerun_keeps_the_gitignore_dvc_wrote(setup, tmp_path):
+    """DVC writes ``.gitignore`` (``/maps``) into the stage's folder; replacing the output keeps it."""
+    s = setup
+    out = tmp_path / "acol"
+    args = (
+        s["params"],
+        "acol",
+        s["manifest"],
+        s["root"],
+        s["work"] / "model.pt",
+        s["work"] / "model_card.json",
+    )
+    extract_plain(*args, out)
+    (out / ".gitignore").write_text("/maps\n")
+    extract_plain(*args, out)
+    assert (out / ".gitignore").read_text() == "/maps\n"
+    assert sorted(p.name for p in out.iterdir()) == [".gitignore", "maps", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acol"]

@@ -254,12 +254,14 @@ class RenameCrash(OSError):
 
 
 def _crash_on_rename(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every `os.replace` fails (a crash right before the rename): an output written in place still changes."""
+    """Every `os.replace` and folder exchange fails (a crash right before the rename): an output written in
+    place would still change."""
 
     def replace(src, dst):
         raise RenameCrash(f"injected crash before renaming {src} to {dst}")
 
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr("acol.io._exchange", replace)
 
 
 def _stale(folder: Path, names: list[str]) -> dict[str, bytes]:
