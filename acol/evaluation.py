@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,17 @@ def _coverage(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
 def evaluate_method(
     maps_table: pa.Table, manifest: pa.Table, root: str | Path, params: EvaluateParams
 ) -> EvaluationResult:
-    """All metrics of one method; `maps_table` follows `acol.mapstore`, `manifest` the prepare stage's val."""
+    """All metrics of one method; `maps_table` follows `acol.mapstore`, `manifest` the prepare stage's val.
+
+    Raises ValueError when the held-out part is empty: the classic metrics need a threshold chosen there.
+    """
+    with ExitStack() as closing:  # the box evaluators' threads and processes end with the call
+        return _evaluate_method(maps_table, manifest, root, params, closing)
+
+
+def _evaluate_method(
+    maps_table: pa.Table, manifest: pa.Table, root: str | Path, params: EvaluateParams, closing: ExitStack
+) -> EvaluationResult:
     ok = maps_table.filter(pc.is_null(maps_table.column("error")))
     failed = maps_table.num_rows - ok.num_rows
     ok = ok.sort_by("image_id")
@@ -102,16 +113,20 @@ def evaluate_method(
         return prepare_scoremap(maps_array(ok.take(pa.array(index)), column))
 
     # multi-contour runs in threads (numba kernels release the GIL); single-contour calls OpenCV per cut
-    v2 = BoxEvaluator(
-        params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1
+    v2 = closing.enter_context(
+        BoxEvaluator(
+            params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1
+        )
     )
-    v1 = BoxEvaluator((50,), params.interval, multi_contour=False)
-    holdout_maps = prepared("map_gt", hold_idx) if len(hold_idx) else None
-    threshold = (
-        select_cam_threshold(holdout_maps, [gt[i] for i in hold_idx], params.interval)
-        if holdout_maps is not None
-        else 0.2
-    )
+    v1 = closing.enter_context(BoxEvaluator((50,), params.interval, multi_contour=False))
+    if not len(hold_idx):
+        # No silent default threshold: the classic metrics (top-1 loc, GT-known) would be reported at a guess.
+        raise ValueError(
+            f"evaluate.holdout_fraction={params.holdout_fraction} leaves no held-out image among the {len(ids)} "
+            "validation images, so the CAM threshold of the classic metrics cannot be chosen: raise "
+            "evaluate.holdout_fraction or evaluate more images"
+        )
+    threshold = select_cam_threshold(prepared("map_gt", hold_idx), [gt[i] for i in hold_idx], params.interval)
     classic = ClassicLocEvaluator(cam_threshold=threshold)
     has_masks = rows.column("mask_path").null_count == 0
     pxap = MaskEvaluator(params.interval) if has_masks else None

@@ -40,6 +40,7 @@ __all__ = [
     "check_tracking_server",
     "configure",
     "data_version",
+    "filter_literal",
     "flatten_params",
     "git_commit",
     "log_model",
@@ -144,6 +145,22 @@ def flatten_params(params: Params | Mapping[str, Any], prefix: str = "") -> dict
     return flat
 
 
+def filter_literal(value: str, name: str) -> str:
+    """`value` as a string literal of an MLflow filter string; ValueError naming `name` if it cannot be one.
+
+    Why: MLflow's filter syntax has no escape character. A value is quoted with the quote kind it lacks; one
+    holding both kinds, or ending in a backslash, cannot be written and is refused (instead of matching another
+    run or failing deep inside MLflow).
+    """
+    if not value or "\n" in value or value.endswith("\\") or ("'" in value and '"' in value):
+        raise ValueError(
+            f"{name}={value!r} cannot be searched for in MLflow: use a value without both quote kinds, line "
+            "breaks or a trailing backslash (e.g. letters, digits, '-', '_', '.')"
+        )
+    quote = '"' if "'" in value else "'"
+    return f"{quote}{value}{quote}"
+
+
 def _parent_run(experiment_id: str, pipeline_id: str) -> str:
     """The id of the pipeline's parent run, created (and marked finished) the first time a stage asks."""
     from mlflow.tracking import MlflowClient
@@ -151,7 +168,8 @@ def _parent_run(experiment_id: str, pipeline_id: str) -> str:
     client = MlflowClient()
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_id}' and tags.`acol.role` = 'pipeline'",
+        filter_string=f"tags.`{PIPELINE_TAG}` = {filter_literal(pipeline_id, PIPELINE_RUN_ENV)} "
+        "and tags.`acol.role` = 'pipeline'",
     )
     if found:
         return found[0].info.run_id

@@ -193,3 +193,29 @@ def test_log_model_registers_new_versions(params: Params) -> None:
         assert torch.allclose(loaded(example).logits, model(example).logits)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         tracking.log_model(model, "cam", params, torch.zeros(3, 32, 32))
+
+
+@pytest.mark.parametrize("pipeline_id", ["it's-a-run", 'say "hi"', "x' or tags.y = '1"])
+def test_pipeline_ids_with_quotes_find_their_own_parent(
+    params: Params, monkeypatch: pytest.MonkeyPatch, pipeline_id: str
+) -> None:
+    """``ACOL_PIPELINE_RUN`` goes into a filter string: quoted so that two stages of one pipeline share one
+    parent whose tag is exactly the id (unquoted, a quote broke the filter or matched another pipeline)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, pipeline_id)
+    with tracking.stage_run("prepare", params) as first:
+        pass
+    with tracking.stage_run("train", params, method="acol") as second:
+        pass
+    client = MlflowClient()
+    parent = client.get_run(first.data.tags["mlflow.parentRunId"])
+    assert client.get_run(second.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.data.tags[tracking.PIPELINE_TAG] == pipeline_id
+
+
+def test_pipeline_ids_that_cannot_be_searched_are_refused_by_name() -> None:
+    for bad in ["both ' and \"", "ends in \\", "two\nlines", ""]:
+        with pytest.raises(ValueError, match=tracking.PIPELINE_RUN_ENV):
+            tracking.filter_literal(bad, tracking.PIPELINE_RUN_ENV)
+    assert tracking.filter_literal("abc-1", "X") == "'abc-1'"
