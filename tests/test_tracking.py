@@ -219,3 +219,66 @@ def test_pipeline_ids_that_cannot_be_searched_are_refused_by_name() -> None:
         with pytest.raises(ValueError, match=tracking.PIPELINE_RUN_ENV):
             tracking.filter_literal(bad, tracking.PIPELINE_RUN_ENV)
     assert tracking.filter_literal("abc-1", "X") == "'abc-1'"
+
+
+def test_experiment_opens_in_the_model_training_view(params: Params) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with tracking.stage_run("prepare", params):
+        pass
+    experiment = MlflowClient().get_experiment_by_name(params.tracking.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_manifests_are_logged_as_datasets_with_source_and_digest(params: Params, tmp_path: Path) -> None:
+    """The UI's Dataset column and ``datasets.digest`` filters: one dataset per manifest, digest = its version."""
+    from mlflow.tracking import MlflowClient
+
+    train, val = tmp_path / "train.parquet", tmp_path / "val.parquet"
+    train.write_bytes(b"train rows")
+    val.write_bytes(b"val rows")
+    with tracking.stage_run("train", params, method="acol", data_paths=[train, val]) as run:
+        pass
+    inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    logged = {d.dataset.name: d for d in inputs}
+    assert sorted(logged) == ["train", "val"]
+    for name, path, context in (("train", train, "training"), ("val", val, "validation")):
+        assert logged[name].dataset.digest == tracking.data_version([path])
+        assert str(path.resolve()) in logged[name].dataset.source
+        assert {t.key: t.value for t in logged[name].tags}["mlflow.data.context"] == context
+    digest = tracking.data_version([val])
+    found = MlflowClient().search_runs(
+        [run.info.experiment_id], filter_string=f"datasets.digest = '{digest}'"
+    )
+    assert [r.info.run_id for r in found] == [run.info.run_id]
+
+
+def test_parent_run_spans_its_stages_and_fails_with_one(params: Params) -> None:
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    with tracking.stage_run("prepare", params) as first:
+        parent_id = client.get_run(first.info.run_id).data.tags["mlflow.parentRunId"]
+        assert client.get_run(parent_id).info.status == "RUNNING"  # the pipeline runs with its stage
+        time.sleep(0.2)
+    with tracking.stage_run("train", params, method="acol") as second:
+        time.sleep(0.2)
+    parent, runs = (
+        client.get_run(parent_id).info,
+        [client.get_run(r.info.run_id).info for r in (first, second)],
+    )
+    assert parent.status == "FINISHED"
+    assert parent.start_time <= runs[0].start_time and parent.end_time >= runs[1].end_time
+    assert parent.end_time - parent.start_time >= 400  # milliseconds: both stages, not the 17 ms of before
+
+    with pytest.raises(RuntimeError), tracking.stage_run("evaluate", params, method="acol"):
+        raise RuntimeError("stage failed")
+    assert client.get_run(parent_id).info.status == "FAILED"
+    with tracking.stage_run("report", params):  # another stage succeeding does not hide the failure
+        pass
+    assert client.get_run(parent_id).info.status == "FAILED"
+    with tracking.stage_run("evaluate", params, method="acol"):  # the failed stage, rerun, succeeds
+        pass
+    assert client.get_run(parent_id).info.status == "FINISHED"
