@@ -331,36 +331,49 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
-def log_model(model: nn.Module, method: str, params: Params, example_input: Any) -> str:
+def log_model(
+    model: nn.Module, method: str, params: Params, example_input: Any, card: Mapping[str, Any]
+) -> str:
     """Log `model` to the active run as ``model`` and register it; returns the new registered version.
 
-    `example_input` is a (B, 3, S, S) float32 tensor of normalized images; the signature records it and the
-    (B, K) logits of branch A. The logged object is the whole `WSOLModel`, pickled (load it with
-    `mlflow.pytorch.load_model` and `acol` importable); localization maps come from its `localization_maps`.
+    Stored without pickle (`acol.mlflow_model`): the state dict and `card` (the model card: ``method``,
+    ``backbone``, ``classes``, ``model`` params...), which rebuild the `WSOLModel`, and a few lines of code for
+    ``mlflow.pyfunc``. `example_input` is a (B, 3, S, S) float32 tensor of normalized images; the signature
+    records it and the (B, K) logits of branch A.
     """
+    import tempfile
+
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pyfunc
     import torch
     from mlflow.models import infer_signature
+
+    from acol.mlflow_model import MODEL_CODE, artifacts_for
 
     model = model.module if hasattr(model, "module") else model
     model = model.cpu().eval()
     example = torch.as_tensor(example_input, dtype=torch.float32).cpu()
     if example.ndim != 4 or example.shape[1] != 3:
         raise ValueError(f"log_model: example_input must be (B, 3, H, W), got {tuple(example.shape)}")
+    if card.get("method", method) != method or "classes" not in card:
+        raise ValueError(f"log_model: the card must be for method {method!r} and list its classes")
     with torch.inference_mode():
         logits = model(example).logits
     signature = infer_signature(example.numpy(), logits.numpy())
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=signature,
-        registered_model_name=registered_model_name(params, method),
-        pip_requirements=_pip_requirements(),
-        # pickle keeps the WSOLModel (with `localization_maps`); MLflow's default "pt2" would keep a traced
-        # graph of `forward` only. Loading needs `acol` importable; the safe state dict is logged beside it.
-        serialization_format="pickle",
-    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        code = folder / "wsol_model.py"
+        code.write_text(MODEL_CODE)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(code),  # a model from code: MLflow stores the file, pickles nothing
+            artifacts=artifacts_for(folder, state, {**card, "method": method}),
+            signature=signature,
+            input_example=example.numpy(),
+            registered_model_name=registered_model_name(params, method),
+            pip_requirements=_pip_requirements(),
+        )
     if info.registered_model_version is None:
         raise RuntimeError(f"MLflow did not register {registered_model_name(params, method)}")
     return str(info.registered_model_version)

@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> None:
         load_model_weights(model, outcome.model_path)
         val = ManifestDataset(read_manifest(args.val_manifest), root, eval_transform(params.train.image_size))
         example = val[0][0][None]  # (1, 3, S, S) normalized image: the signature's input
-        version = tracking.log_model(model, args.method, params, example)
-
         card = {
             "method": args.method,
             "backbone": params.model.backbone,
@@ -71,15 +69,15 @@ def main(argv: list[str] | None = None) -> None:
             "restarts": outcome.restarts,
             "ray_run": outcome.run_name,
             "mlflow_run_id": run.info.run_id,
-            "registered_model": {
-                "name": tracking.registered_model_name(params, args.method),
-                "version": version,
-            },
+        }
+        version = tracking.log_model(model, args.method, params, example, card)  # state dict + card
+        card["registered_model"] = {
+            "name": tracking.registered_model_name(params, args.method),
+            "version": version,
         }
         write_json_atomic(out / "model_card.json", card)
         mlflow.log_artifact(str(out / "model_card.json"))
         mlflow.log_artifact(str(outcome.history_path))
-        mlflow.log_artifact(str(outcome.model_path), artifact_path="weights")  # safe to load: weights_only
         log.info("trained %s: %s; registered version %s", args.method, outcome.metrics, version)
 
 
