@@ -45,7 +45,9 @@ def build_from_card(card: dict[str, Any], weights: str | os.PathLike[str]) -> An
     from acol.distributed.extract import _model_kwargs, model_from_card
 
     if "method" not in card or "classes" not in card:
-        raise ValueError(f"model card needs 'method' and 'classes' to rebuild the model; it has {sorted(card)}")
+        raise ValueError(
+            f"model card needs 'method' and 'classes' to rebuild the model; it has {sorted(card)}"
+        )
     return model_from_card(_model_kwargs(card, Params(), card["method"], list(card["classes"])), weights)
 
 
@@ -56,7 +58,9 @@ class WSOLPyfunc(mlflow.pyfunc.PythonModel):
         card = json.loads(Path(context.artifacts[CARD_ARTIFACT]).read_text())
         self.model = build_from_card(card, context.artifacts[WEIGHTS_ARTIFACT])
 
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
@@ -83,7 +87,10 @@ def download_version(name: str, version: str, dest: str | os.PathLike[str]) -> t
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     folder = Path(download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest)))
-    weights, card = folder / "artifacts" / _FILES[WEIGHTS_ARTIFACT], folder / "artifacts" / _FILES[CARD_ARTIFACT]
+    weights, card = (
+        folder / "artifacts" / _FILES[WEIGHTS_ARTIFACT],
+        folder / "artifacts" / _FILES[CARD_ARTIFACT],
+    )
     if not (weights.is_file() and card.is_file()):
         raise FileNotFoundError(
             f"models:/{name}/{version} has no artifacts/{_FILES[WEIGHTS_ARTIFACT]} and "
