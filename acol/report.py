@@ -1,6 +1,6 @@
 """The HTML report: one self-contained page comparing the methods (ACoL, CAM) from the pipeline's outputs.
 
-Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate stage's ``metrics.json``,
+Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate stage's ``evaluation.json``,
 ``box_acc.csv`` (``threshold`` plus one column per curve, values in percent) and optional ``pr_curve.csv``
 (``threshold, precision, recall``); the train stage's ``history.csv``; the extract stage's map store folder
 (`acol.mapstore`); the val manifest, dataset root and prepare ``summary.json``. A path set to None leaves its
@@ -121,7 +121,7 @@ class ReportInputs:
         for name in names:
             pr = evaluate_dir / name / "pr_curve.csv"
             methods[name] = MethodInputs(
-                metrics=evaluate_dir / name / "metrics.json",
+                metrics=evaluate_dir / name / "evaluation.json",
                 box_acc=evaluate_dir / name / "box_acc.csv",
                 pr_curve=pr if pr.exists() else None,
                 history=train_dir / name / "history.csv",

@@ -1,4 +1,4 @@
-"""Stage train@<method>: Ray Train on the prepared manifests; model.pt, model_card.json, history.csv.
+"""Stage train@<method>: Ray Train on the prepared manifests; model.pt, model_card.json, history.csv, metrics.json.
 
 Run alone (starts a local Ray) or on a cluster: ``ray job submit --working-dir . -- python pipelines/train.py
 --method acol`` (connects through RAY_ADDRESS). On a cluster, pass paths every node sees (and a shared
@@ -17,6 +17,7 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
 from acol.distributed.train import fit
+from acol.dvc_metrics import training_metrics
 from acol.io import write_json_atomic
 from acol.models import build_model, load_model_weights
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             "version": version,
         }
         write_json_atomic(out / "model_card.json", card)
+        write_json_atomic(out / "metrics.json", training_metrics(outcome.history[-1]))  # what DVC compares
         mlflow.log_artifact(str(out / "model_card.json"))
         mlflow.log_artifact(str(outcome.history_path))
         log.info("trained %s: %s; registered version %s", args.method, outcome.metrics, version)
