@@ -61,6 +61,15 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
 def mlflow_server(folder: Path, timeout: float = 90, backend_uri: str | None = None) -> Iterator[str]:
     """`mlflow server` on a loopback port with SQLite (or `backend_uri`) and artifacts it serves itself from a
     local folder; yields its http URI."""
+    with mlflow_server_process(folder, timeout, backend_uri) as (uri, _):
+        yield uri
+
+
+@contextmanager
+def mlflow_server_process(
+    folder: Path, timeout: float = 90, backend_uri: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow_server`, also yielding its process (tests that stop the server while a client uses it)."""
     port = free_port()
     log = folder / "mlflow-server.log"
     cmd = [
@@ -84,7 +93,7 @@ def mlflow_server(folder: Path, timeout: float = 90, backend_uri: str | None = N
     try:
         wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200, timeout, "mlflow server",
               proc, log)  # fmt: skip
-        yield uri
+        yield uri, proc
     finally:
         stop_process_group(proc)
 

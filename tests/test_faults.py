@@ -420,3 +420,55 @@ def test_training_survives_a_worker_killed_from_outside(
     print(
         f"killed worker pid {killed['pid']} with checkpoints {killed['saved']} saved; restarts {outcome.restarts}"
     )
+
+
+# --- the tracking server goes away in the middle of a stage ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_stage_fails_the_stage_and_a_rerun_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chosen behaviour (README, "MLflow"): a stage whose server disappears fails with MlflowException once the
+    client's HTTP retries are spent (0 here), naming the server; what the stage wrote before stays complete
+    (atomic writes); its MLflow run is left RUNNING (nobody could tell the server otherwise); the rerun, once
+    the server is back, logs a new run under the same parent, which ends FINISHED."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from acol import tracking
+    from acol.io import write_json_atomic
+    from tests.services import mlflow_server, mlflow_server_process, stop_process_group
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, "server-lost")
+    params = load_params(tmp_path / "absent.yaml", ["tracking.log_system_metrics=false"])
+    output = tmp_path / "out" / "metrics.json"
+    with mlflow_server_process(tmp_path) as (uri, server):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        start = time.monotonic()
+        with (
+            pytest.raises(MlflowException, match=r"127\.0\.0\.1"),
+            tracking.stage_run("evaluate", params, method="acol") as lost,
+        ):
+            mlflow.log_metric("before", 1.0)
+            write_json_atomic(output, {"MaxBoxAccV2": 50.0})
+            stop_process_group(server)  # the server goes away in the middle of the stage
+            mlflow.log_metric("after", 2.0)
+        seconds = time.monotonic() - start
+    assert json.loads(output.read_text()) == {"MaxBoxAccV2": 50.0}
+    mlflow.end_run()  # what the process exiting would do to its local run stack
+
+    with mlflow_server(tmp_path) as uri:  # the same store, back on another port
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        client = MlflowClient(uri)
+        assert client.get_run(lost.info.run_id).info.status == "RUNNING"
+        assert client.get_run(lost.info.run_id).data.metrics == {"before": 1.0}
+        with tracking.stage_run("evaluate", params, method="acol") as rerun:
+            mlflow.log_metric("after", 2.0)
+        parent = rerun.data.tags["mlflow.parentRunId"]
+        assert parent == client.get_run(lost.info.run_id).data.tags["mlflow.parentRunId"]
+        assert client.get_run(parent).info.status == "FINISHED"
+    print(f"stage failed {seconds:.1f} s after it started, the server stopped inside it")
