@@ -439,7 +439,7 @@ def test_tracking_server_lost_mid_stage_fails_the_stage_and_a_rerun_recovers(
 
     from acol import tracking
     from acol.io import write_json_atomic
-    from tests.services import mlflow_server, mlflow_server_process, stop_process_group
+    from tests.services import mlflow_server_process, stop_process_group
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -461,14 +461,15 @@ def test_tracking_server_lost_mid_stage_fails_the_stage_and_a_rerun_recovers(
     assert json.loads(output.read_text()) == {"MaxBoxAccV2": 50.0}
     mlflow.end_run()  # what the process exiting would do to its local run stack
 
-    with mlflow_server(tmp_path) as uri:  # the same store, back on another port
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        client = MlflowClient(uri)
-        assert client.get_run(lost.info.run_id).info.status == "RUNNING"
-        assert client.get_run(lost.info.run_id).data.metrics == {"before": 1.0}
-        with tracking.stage_run("evaluate", params, method="acol") as rerun:
-            mlflow.log_metric("after", 2.0)
-        parent = rerun.data.tags["mlflow.parentRunId"]
-        assert parent == client.get_run(lost.info.run_id).data.tags["mlflow.parentRunId"]
-        assert client.get_run(parent).info.status == "FINISHED"
+    # The server's own store, read directly (as a restarted server would serve it; saves a second start).
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    client = MlflowClient(store)
+    assert client.get_run(lost.info.run_id).info.status == "RUNNING"
+    assert client.get_run(lost.info.run_id).data.metrics == {"before": 1.0}
+    with tracking.stage_run("evaluate", params, method="acol") as rerun:
+        mlflow.log_metric("after", 2.0)
+    parent = rerun.data.tags["mlflow.parentRunId"]
+    assert parent == client.get_run(lost.info.run_id).data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).info.status == "FINISHED"
     print(f"stage failed {seconds:.1f} s after it started, the server stopped inside it")
