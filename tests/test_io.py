@@ -137,6 +137,7 @@ def test_a_kill_at_any_step_leaves_a_complete_output_and_the_next_run_cleans_up(
         assert _write(final, "v3", mode) == 0  # the next run recovers and replaces
         assert _snapshot(final) == _content("v3"), f"{mode}, after a kill at {where}"
         assert sorted(p.name for p in final.parent.iterdir()) == ["out"], f"leftovers after {where}"
+    print(f"{mode}: killed at {killed} of {len(INJECTIONS)} injection points (the rest are off this path)")
     assert killed > len(INJECTIONS) // 2  # most injection points are on this mode's path
 
 
