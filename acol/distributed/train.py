@@ -200,9 +200,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     params = Params.model_validate(config["params"])
-    seed_everything(
-        params.train.seed
-    )  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    # the same initial weights on every rank (DDP also broadcasts rank 0's); epochs reseed per rank below
+    seed_everything(params.train.seed)
     device = ray.train.torch.get_device()
 
     train_loader, val_loader, num_classes, generator = _loaders(config, world_size, rank)
