@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,21 @@ def evaluate_method(
 
     The CAM threshold of the classic metrics comes from ``params.threshold_split``: ``holdout`` picks it on a
     held-out part of val (the rest is reported); ``fullsup`` on the train-fullsup split, ``fullsup`` = (its
-    maps, its manifest), and every val image is reported, as Choe et al. do.
+    maps, its manifest), and every val image is reported, as Choe et al. do. Raises ValueError when the
+    held-out part is empty: the classic metrics need a threshold chosen there.
     """
+    with ExitStack() as closing:  # the box evaluators' threads end with the call
+        return _evaluate_method(maps_table, manifest, root, params, fullsup, closing)
+
+
+def _evaluate_method(
+    maps_table: pa.Table,
+    manifest: pa.Table,
+    root: str | Path,
+    params: EvaluateParams,
+    fullsup: tuple[pa.Table, pa.Table] | None,
+    closing: ExitStack,
+) -> EvaluationResult:
     ok, rows, failed = _rows_of_maps(maps_table, manifest, "validation")
     ids = rows.column("image_id").to_pylist()
     use_fullsup = params.threshold_split == "fullsup"
@@ -127,19 +141,27 @@ def evaluate_method(
     def prepared(column: str, index: np.ndarray) -> np.ndarray:
         return prepare_scoremap(maps_array(ok.take(pa.array(index)), column))
 
-    # multi-contour runs in threads (numba kernels release the GIL); single-contour calls OpenCV per cut
-    v2 = BoxEvaluator(
-        params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1
+    # both contour modes run the union-find kernels in threads (numba releases the GIL)
+    v2 = closing.enter_context(
+        BoxEvaluator(
+            params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1
+        )
     )
-    v1 = BoxEvaluator((50,), params.interval, multi_contour=False)
+    v1 = closing.enter_context(
+        BoxEvaluator((50,), params.interval, multi_contour=False, n_workers=os.cpu_count() or 1)
+    )
     if use_fullsup:
         threshold = _fullsup_threshold(fullsup, params.interval)
+    elif not len(hold_idx):
+        # No silent default threshold: the classic metrics (top-1 loc, GT-known) would be reported at a guess.
+        raise ValueError(
+            f"evaluate.holdout_fraction={params.holdout_fraction} leaves no held-out image among the {len(ids)} "
+            "validation images, so the CAM threshold of the classic metrics cannot be chosen: raise "
+            "evaluate.holdout_fraction, evaluate more images, or use evaluate.threshold_split: fullsup"
+        )
     else:
-        holdout_maps = prepared("map_gt", hold_idx) if len(hold_idx) else None
-        threshold = (
-            select_cam_threshold(holdout_maps, [gt[i] for i in hold_idx], params.interval)
-            if holdout_maps is not None
-            else 0.2
+        threshold = select_cam_threshold(
+            prepared("map_gt", hold_idx), [gt[i] for i in hold_idx], params.interval
         )
     classic = ClassicLocEvaluator(cam_threshold=threshold)
     has_masks = rows.column("mask_path").null_count == 0

@@ -1,17 +1,31 @@
-"""Atomic file writes: a reader never sees a half-written output, even if the writer is killed."""
+"""Atomic file and folder writes: a reader never sees a half-written output, even if the writer is killed."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "replace_dir"]
+__all__ = [
+    "atomic_path",
+    "readable_path",
+    "recover_dir",
+    "replace_dir",
+    "replacing_dir",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -51,14 +65,132 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def replace_dir(tmp_dir: str | os.PathLike[str], final_dir: str | os.PathLike[str]) -> None:
-    """Move a finished temp folder into place, replacing `final_dir` (old copy removed only after the move)."""
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically (renameat2, Linux >= 3.15)
+_AT_FDCWD = -100
+_exchange_supported: bool | None = None  # learnt on first use; tests set False to exercise the fallback
+
+
+def _temp_prefix(final_dir: Path) -> str:
+    return f".{final_dir.name}.tmp-"
+
+
+def _old_copy(final_dir: Path) -> Path:
+    """Where the two-rename fallback parks the previous output while the new one moves in."""
+    return final_dir.with_name(f".{final_dir.name}.old")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (``renameat2(RENAME_EXCHANGE)``); False where unsupported.
+
+    Why: with an exchange there is no instant at which `b` is missing, so no reader and no kill can ever find
+    the output folder absent. Filesystems or kernels without it make this return False (then the caller uses
+    two renames and the `.old` copy that `recover_dir` and `readable_path` understand).
+    """
+    global _exchange_supported
+    if _exchange_supported is False or sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no libc symbol (musl before 1.2.5, old glibc)
+        _exchange_supported = False
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        _exchange_supported = True
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        _exchange_supported = False
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def recover_dir(final_dir: str | os.PathLike[str], *, spare: Path | None = None) -> None:
+    """Finish what an interrupted `replace_dir` left beside `final_dir`, before a new writer starts.
+
+    - `final_dir` missing but its `.old` copy present (killed between the fallback's two renames): the old copy
+      is the only complete output, so it is moved back, never deleted.
+    - `final_dir` present: a `.old` copy and any `.<name>.tmp-*` folder are leftovers (a partial new output,
+      or a previous output being deleted) and are removed, except `spare` (the caller's own temp folder).
+    Not safe against a second writer into the same folder at the same time (`dvc repro` holds a lock for that).
+    """
     final_dir = Path(final_dir)
-    old = final_dir.with_name(f".{final_dir.name}.old")
+    old = _old_copy(final_dir)
+    if not final_dir.exists() and old.is_dir():
+        log.warning("restoring %s from %s, left by an interrupted swap", final_dir, old)
+        os.rename(old, final_dir)
     if old.exists():
         shutil.rmtree(old)
-    if final_dir.exists():
-        os.replace(final_dir, old)
+    if final_dir.parent.is_dir():
+        for stale in final_dir.parent.glob(_temp_prefix(final_dir) + "*"):
+            if spare is not None and stale.resolve() == spare.resolve():
+                continue
+            log.warning("removing %s, left by an interrupted write of %s", stale, final_dir)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def readable_path(path: str | os.PathLike[str]) -> Path:
+    """`path`, or where it is while a fallback swap (`replace_dir` without an exchange) is half done.
+
+    Why: a reader of ``out/maps`` must find a complete output even in the instant between the fallback's two
+    renames, when ``out`` is parked as ``.out.old``. Returns `path` unchanged when it exists or nothing applies.
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    for folder in (path, *path.parents):
+        old = _old_copy(folder) if folder.name else None
+        if old is not None and not folder.exists() and old.is_dir():
+            return old / path.relative_to(folder)
+    return path
+
+
+def replace_dir(
+    tmp_dir: str | os.PathLike[str], final_dir: str | os.PathLike[str], *, keep: Sequence[str] = ()
+) -> None:
+    """Move the finished folder `tmp_dir` into place as `final_dir`, replacing any previous output.
+
+    At every instant `final_dir` holds a complete old or new copy: the two folders are swapped atomically
+    (`_exchange`), then the old one (now at `tmp_dir`) is deleted. Without an exchange, the old folder is first
+    renamed to ``.<name>.old`` and only deleted once the new one is in place; `recover_dir` (next writer) and
+    `readable_path` (readers) understand that state. `keep` names entries of the old folder that the new one
+    inherits when it lacks them (DVC's ``.gitignore`` in a stage's output folder).
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    recover_dir(final_dir, spare=tmp_dir)
+    for name in keep:
+        if (final_dir / name).is_file() and not (tmp_dir / name).exists():
+            shutil.copy2(final_dir / name, tmp_dir / name)
+    if not final_dir.exists():
+        os.rename(tmp_dir, final_dir)  # nothing to replace: one atomic rename
+        return
+    if _exchange(tmp_dir, final_dir):
+        shutil.rmtree(tmp_dir)  # the previous output; a kill here leaves a temp folder recover_dir removes
+        return
+    old = _old_copy(final_dir)
+    os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
-    if old.exists():
-        shutil.rmtree(old)
+    shutil.rmtree(old)
+
+
+@contextmanager
+def replacing_dir(final_dir: str | os.PathLike[str], *, keep: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield a fresh temp folder beside `final_dir` to write a whole output into; `replace_dir` it on success.
+
+    Leftovers of an interrupted earlier write are cleaned first (`recover_dir`); on any error the temp folder
+    is removed and `final_dir` keeps its previous content.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final_dir), dir=final_dir.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; outputs are meant to be read by others
+        yield tmp
+        replace_dir(tmp, final_dir, keep=keep)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from acol.boxes import boxes_at_thresholds
+from acol.io import readable_path
 from acol.maps import RESIZE_LENGTH, prepare_scoremap
 from acol.models import WSOLModel, normalize_maps, select_class_maps
 
@@ -216,7 +217,7 @@ def part_name(index: int) -> str:
 
 
 def _parts(folder: str | os.PathLike[str]) -> list[Path]:
-    folder = Path(folder)
+    folder = readable_path(folder)  # the complete old copy while an output swap is half done
     if not folder.is_dir():
         raise MapStoreError(f"map store folder not found: {folder}")
     parts = sorted(folder.glob("part-*.parquet"))

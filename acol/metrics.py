@@ -20,6 +20,20 @@ import numpy as np
 from acol.boxes import best_iou_per_threshold, check_boxes
 from acol.components import box_hits
 from acol.maps import RESIZE_LENGTH, quantize
+from acol.paths import resolve_inside
+
+
+def iou_percent(value: float, name: str = "iou_threshold") -> int:
+    """An IoU threshold as this module takes it: an integer percentage in [1, 100] (50 means IoU >= 0.5).
+
+    Why: one convention for every evaluator here and for ``evaluate.iou_thresholds``; a fraction such as 0.5
+    (the other common convention) is refused with a message instead of silently meaning IoU >= 0.005.
+    """
+    number = float(value)
+    if not (1 <= number <= 100 and number.is_integer()):
+        hint = f" (a fraction? IoU {number} is {round(number * 100)} here)" if 0 < number < 1 else ""
+        raise ValueError(f"{name} must be an integer percentage in [1, 100]; got {value!r}{hint}")
+    return int(number)
 
 
 def threshold_grid(interval: float) -> np.ndarray:
@@ -95,9 +109,9 @@ class BoxEvaluator:
         n_workers: int = 1,
         chunk_size: int = 256,
     ) -> None:
-        if not iou_thresholds or any(not 0 < int(k) <= 100 for k in iou_thresholds):
-            raise ValueError(f"iou_thresholds must be percentages in (0, 100]; got {iou_thresholds}")
-        self.iou_thresholds = tuple(int(k) for k in iou_thresholds)
+        if not iou_thresholds:
+            raise ValueError("iou_thresholds is empty")
+        self.iou_thresholds = tuple(iou_percent(k, "iou_thresholds") for k in iou_thresholds)
         self.thresholds = threshold_grid(interval)
         self.multi_contour = multi_contour
         self.n_workers = max(1, int(n_workers))
@@ -255,8 +269,9 @@ def load_wsol_mask(
     root = Path(mask_root)
     if not mask_paths:
         raise ValueError("mask_paths is empty: an image needs at least one instance mask")
-    fg = np.stack([_read_mask(root / p, size) > 0.5 for p in mask_paths]).any(axis=0)
-    ignore = _read_mask(root / ignore_path, size) > 0.5 if ignore_path else np.zeros_like(fg)
+    # paths come from annotation files (untrusted): `resolve_inside` refuses any that leaves `mask_root`
+    fg = np.stack([_read_mask(resolve_inside(root, p), size) > 0.5 for p in mask_paths]).any(axis=0)
+    ignore = _read_mask(resolve_inside(root, ignore_path), size) > 0.5 if ignore_path else np.zeros_like(fg)
     ignore &= ~fg
     return fg.astype(np.uint8) + 255 * ignore.astype(np.uint8)
 
@@ -280,16 +295,17 @@ def gt_known_correct(
     scoremaps: np.ndarray,
     gt_boxes: Sequence[np.ndarray],
     threshold: float,
-    iou_threshold: float = 0.5,
+    iou_threshold: int = 50,
     multi_contour: bool = False,
 ) -> np.ndarray:
-    """(N,) bool: the box at CAM ``threshold`` of each GT-class map reaches ``iou_threshold`` with a GT."""
+    """(N,) bool: the box at CAM ``threshold`` of each GT-class map reaches ``iou_threshold`` (percent) with a GT."""
+    iou_frac = iou_percent(iou_threshold, "iou_threshold") / 100  # the same float as BoxEvaluator's
     maps = _check_batch(scoremaps)
     qmaps = quantize(maps)
     t = np.array([threshold], dtype=np.float64)
     return np.array(
         [
-            best_iou_per_threshold(q, g, t, multi_contour)[0] >= iou_threshold
+            best_iou_per_threshold(q, g, t, multi_contour)[0] >= iou_frac
             for q, g in zip(qmaps, gt_boxes, strict=True)
         ],
         dtype=bool,
@@ -312,17 +328,18 @@ class ClassicResult:
 class ClassicLocEvaluator:
     """Top-1/5 classification and localization errors and GT-known localization, at a fixed CAM threshold.
 
-    A localization is right when the class is right and the box has IoU >= 0.5 with a GT box. Top-5 loc
+    A localization is right when the class is right and the box has IoU >= ``iou_threshold`` percent (50) with
+    a GT box. Top-5 loc
     in the CAM/ACoL papers checks the box of each of the top-5 classes; only the class equal to the label
     can count, so it is "label in top-5 and the GT-class map's box is right": only the GT-class map is
     needed. ``accumulate(class_scores (N, C), labels (N,), gt_class_maps (N, 224, 224), gt_boxes)``.
     """
 
-    def __init__(self, cam_threshold: float, iou_threshold: float = 0.5, multi_contour: bool = False) -> None:
+    def __init__(self, cam_threshold: float, iou_threshold: int = 50, multi_contour: bool = False) -> None:
         if not 0 <= cam_threshold < 1:
             raise ValueError(f"cam_threshold must be in [0, 1); got {cam_threshold}")
         self.cam_threshold = cam_threshold
-        self.iou_threshold = iou_threshold
+        self.iou_threshold = iou_percent(iou_threshold, "iou_threshold")
         self.multi_contour = multi_contour
         self._top1: list[np.ndarray] = []
         self._top5: list[np.ndarray] = []
@@ -371,7 +388,10 @@ def select_cam_threshold(
     iou_threshold: int = 50,
     multi_contour: bool = False,
 ) -> float:
-    """The CAM threshold maximizing GT-known localization on a held-out split (to apply on another split)."""
+    """The CAM threshold maximizing GT-known localization on a held-out split (to apply on another split).
+
+    ``iou_threshold`` is a percentage, as everywhere in this module."""
+    iou_threshold = iou_percent(iou_threshold, "iou_threshold")
     evaluator = BoxEvaluator(iou_thresholds=(iou_threshold,), interval=interval, multi_contour=multi_contour)
     evaluator.accumulate(scoremaps, gt_boxes)
     return evaluator.compute().best_threshold[iou_threshold]

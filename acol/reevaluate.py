@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from acol.config import Params
-from acol.io import atomic_path, write_json_atomic, write_text_atomic
+from acol.io import write_json_atomic, write_text_atomic
 
 __all__ = [
     "COMPARED_METRICS",
@@ -187,46 +187,27 @@ def _resolve(name: str, alias: str) -> Any:
         ) from None
 
 
-def fetch_model(
-    name: str, version: str, run_id: str, dest: str | os.PathLike[str]
-) -> tuple[Path, dict[str, Any]]:
+def fetch_model(name: str, version: str, dest: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     """Weights (state dict, ``dest/model.pt``) and model card of a registered version.
 
-    The training stage logs ``model_card.json`` and ``weights/model.pt`` beside the MLflow model; those are
-    used when present (a state dict loads with ``weights_only=True``, no pickled code). Otherwise the MLflow
-    model itself is loaded (`mlflow.pytorch.load_model`, unpickles the module: trusted registries only) and
-    its state dict saved, with an empty card (the params then give the architecture).
+    Both are the registered model's own artifacts (`acol.mlflow_model`): the state dict loads with
+    ``weights_only=True`` and the card gives the architecture, so no pickled code is ever loaded. A version
+    without them (logged another way) is a `ReevaluationError` naming it.
     """
-    import mlflow
-    import torch
     from mlflow.exceptions import MlflowException
 
-    from acol.distributed.extract import load_model_card
+    from acol.mlflow_model import download_version
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     model_path = dest / "model.pt"
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         try:
-            card_file = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="model_card.json", dst_path=tmp
-            )
-            weights = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="weights/model.pt", dst_path=tmp
-            )
-        except (MlflowException, OSError):
-            card_file = weights = None
-        if weights is not None and card_file is not None:
-            os.replace(weights, model_path)
-            return model_path, load_model_card(card_file)
-    log.info("%s v%s has no weights/model.pt artifact: loading the MLflow model", name, version)
-    try:
-        model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
-    except MlflowException as e:
-        raise ReevaluationError(f"cannot load models:/{name}/{version}: {e.message}") from None
-    with atomic_path(model_path) as tmp_path:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp_path)
-    return model_path, {}
+            weights, card = download_version(name, version, tmp)
+        except (MlflowException, FileNotFoundError) as e:
+            raise ReevaluationError(f"cannot fetch models:/{name}/{version}: {e}") from None
+        os.replace(weights, model_path)
+    return model_path, card
 
 
 def reevaluate(
@@ -265,7 +246,7 @@ def reevaluate(
         )
     out_dir = Path(out_dir)
     log.info("re-evaluating %s v%s (@%s) on %s", name, version.version, alias, manifest)
-    model_path, card = fetch_model(name, str(version.version), version.run_id, out_dir / "model")
+    model_path, card = fetch_model(name, str(version.version), out_dir / "model")
     card = {**card, "method": card.get("method") or method}
     run = extract if engine == "ray" else extract_plain
     run(params, method, manifest, root, model_path, card, out_dir / "extract")

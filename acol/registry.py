@@ -46,7 +46,7 @@ def record_and_promote(name: str, version: str, metrics: dict[str, Any], metric:
     previous = version_metrics(name, champion.version).get(metric) if champion is not None else None
     lower_is_better = metric.endswith("_error")
     better = previous is None or (new < previous if lower_is_better else new > previous)
-    if champion is not None and champion.version == version:
+    if champion is not None and str(champion.version) == str(version):  # MLflow returns an int version
         better = True  # re-evaluating the champion itself keeps it
     if better:
         client.set_registered_model_alias(name, "champion", version)

@@ -1,6 +1,6 @@
 """The HTML report: one self-contained page comparing the methods (ACoL, CAM) from the pipeline's outputs.
 
-Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate stage's ``metrics.json``,
+Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate stage's ``evaluation.json``,
 ``box_acc.csv`` (``threshold`` plus one column per curve, values in percent) and optional ``pr_curve.csv``
 (``threshold, precision, recall``); the train stage's ``history.csv``; the extract stage's map store folder
 (`acol.mapstore`); the val manifest, dataset root and prepare ``summary.json``. A path set to None leaves its
@@ -20,8 +20,6 @@ import html
 import json
 import logging
 import math
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,7 @@ import pyarrow.compute as pc
 
 from acol import plots
 from acol.boxes import iou
-from acol.io import replace_dir, write_bytes_atomic
+from acol.io import readable_path, replacing_dir, write_bytes_atomic
 
 __all__ = [
     "ReportError",
@@ -123,11 +121,11 @@ class ReportInputs:
         for name in names:
             pr = evaluate_dir / name / "pr_curve.csv"
             methods[name] = MethodInputs(
-                metrics=evaluate_dir / name / "metrics.json",
+                metrics=evaluate_dir / name / "evaluation.json",
                 box_acc=evaluate_dir / name / "box_acc.csv",
                 pr_curve=pr if pr.exists() else None,
                 history=train_dir / name / "history.csv",
-                maps=extract_dir / name / "maps",
+                maps=readable_path(extract_dir / name / "maps"),
             )
         return cls(
             methods=methods,
@@ -702,15 +700,7 @@ def _render_html(
 
 
 def _write_folder(out_dir: Path, files: Mapping[str, bytes]) -> None:
-    """Write ``files`` into a temp folder beside ``out_dir``, then swap it in (`acol.io.replace_dir`)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the report is meant to be read by others
-    try:
+    """Write ``files`` into a temp folder beside ``out_dir``, then swap it in (`acol.io.replacing_dir`)."""
+    with replacing_dir(out_dir) as tmp:
         for name, data in files.items():
             write_bytes_atomic(tmp / name, data)
-            (tmp / name).chmod(0o644)  # mkstemp files are private; the report is meant to be shared
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

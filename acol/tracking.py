@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import urllib.error
@@ -34,15 +35,20 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "PIPELINE_RUN_ENV",
     "PIPELINE_TAG",
     "TrackingServerError",
     "check_tracking_server",
     "configure",
     "data_version",
+    "filter_literal",
     "flatten_params",
     "git_commit",
+    "log_datasets",
     "log_model",
+    "manifest_dataset",
     "pipeline_run_id",
     "registered_model_name",
     "stage_run",
@@ -50,7 +56,11 @@ __all__ = [
 ]
 
 PIPELINE_RUN_ENV = "ACOL_PIPELINE_RUN"
+# The experiment tag MLflow 3 reads to choose an experiment's view; "genai_development" is the other kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 PIPELINE_TAG = "acol.pipeline_run"
+log = logging.getLogger(__name__)
 _SHORT = 12  # hex digits kept of each hash: plenty to tell runs apart, short enough to read
 
 
@@ -68,11 +78,19 @@ def tracking_uri() -> str:
 
 
 def configure(params: Params) -> str:
-    """Point MLflow at `tracking_uri()` and the experiment of `params`; returns the experiment id."""
+    """Point MLflow at `tracking_uri()` and the experiment of `params`; returns the experiment id.
+
+    The experiment is tagged as a model-training one (`EXPERIMENT_KIND`), so that MLflow 3's UI opens it in
+    its training-runs view instead of guessing the GenAI view (traces, token usage).
+    """
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.set_experiment(params.tracking.experiment).experiment_id
+    experiment = mlflow.set_experiment(params.tracking.experiment)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def registered_model_name(params: Params, method: str) -> str:
@@ -144,14 +162,31 @@ def flatten_params(params: Params | Mapping[str, Any], prefix: str = "") -> dict
     return flat
 
 
+def filter_literal(value: str, name: str) -> str:
+    """`value` as a string literal of an MLflow filter string; ValueError naming `name` if it cannot be one.
+
+    Why: MLflow's filter syntax has no escape character. A value is quoted with the quote kind it lacks; one
+    holding both kinds, or ending in a backslash, cannot be written and is refused (instead of matching another
+    run or failing deep inside MLflow).
+    """
+    if not value or "\n" in value or value.endswith("\\") or ("'" in value and '"' in value):
+        raise ValueError(
+            f"{name}={value!r} cannot be searched for in MLflow: use a value without both quote kinds, line "
+            "breaks or a trailing backslash (e.g. letters, digits, '-', '_', '.')"
+        )
+    quote = '"' if "'" in value else "'"
+    return f"{quote}{value}{quote}"
+
+
 def _parent_run(experiment_id: str, pipeline_id: str) -> str:
-    """The id of the pipeline's parent run, created (and marked finished) the first time a stage asks."""
+    """The id of the pipeline's parent run, created the first time a stage asks (its start is that stage's)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_id}' and tags.`acol.role` = 'pipeline'",
+        filter_string=f"tags.`{PIPELINE_TAG}` = {filter_literal(pipeline_id, PIPELINE_RUN_ENV)} "
+        "and tags.`acol.role` = 'pipeline'",
     )
     if found:
         return found[0].info.run_id
@@ -160,9 +195,38 @@ def _parent_run(experiment_id: str, pipeline_id: str) -> str:
         run_name=f"pipeline-{pipeline_id}",
         tags={PIPELINE_TAG: pipeline_id, "acol.role": "pipeline"},
     )
-    # Children only need the parent not to be deleted; a finished parent does not look stuck in the UI.
-    client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def _stage_key(run: Any) -> tuple[str, str]:
+    return run.data.tags.get("acol.stage", ""), run.data.tags.get("acol.method", "")
+
+
+def _close_parent(experiment_id: str, parent_id: str) -> str:
+    """End the parent run at this moment: FAILED if the latest run of any stage (and method) failed.
+
+    Why: the parent spans its children (it starts with the first stage and ends with the last one that
+    finished), and a failed stage shows on the pipeline; a stage rerun that succeeds clears its failure.
+    Returns the status set.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    children = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10_000,
+    )
+    latest = {_stage_key(run): run.info.status for run in children}  # later starts overwrite earlier ones
+    status = "FAILED" if "FAILED" in latest.values() else "FINISHED"
+    if any(state == "RUNNING" for state in latest.values()):
+        status = "RUNNING"  # another stage of the pipeline is still going (parallel stages)
+    if status == "RUNNING":
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        client.set_terminated(parent_id, status=status)
+    return status
 
 
 @contextmanager
@@ -197,15 +261,61 @@ def stage_run(
         all_tags["acol.data_version"] = data_version(data_paths)
     all_tags.update(tags or {})
     name = f"{stage}@{method}" if method else stage
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=name,
-        parent_run_id=parent,
-        tags=all_tags,
-        log_system_metrics=params.tracking.log_system_metrics,
-    ) as run:
-        mlflow.log_params(flatten_params(params))
-        yield run
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().update_run(parent, status="RUNNING")  # the pipeline runs while any of its stages does
+    try:
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=name,
+            parent_run_id=parent,
+            tags=all_tags,
+            log_system_metrics=params.tracking.log_system_metrics,
+        ) as run:
+            mlflow.log_params(flatten_params(params))
+            log_datasets(stage, data_paths)
+            yield run
+    finally:
+        try:
+            _close_parent(experiment_id, parent)
+        except MlflowException as e:  # the server went away: say so, keep the stage's own outcome
+            log.warning("could not update pipeline run %s: %s", parent, e.message)
+
+
+def _dataset_context(stage: str, path: Path) -> str:
+    """MLflow's ``mlflow.data.context`` of a manifest: what the run did with it."""
+    if stage == "prepare":
+        return "output"
+    if path.stem == "train":
+        return "training"
+    return "validation" if stage == "train" else "evaluation"
+
+
+def manifest_dataset(path: str | os.PathLike[str]) -> Any:
+    """A manifest as an `mlflow.data` dataset: its file as the source, `data_version` as the digest.
+
+    Why: the UI's Dataset column then names the manifests a run used, and ``datasets.digest = '<version>'``
+    finds every run on one version of the data. A metadata-only dataset: the rows stay in the Parquet file.
+    """
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
+
+    path = Path(path).resolve()
+    source = LocalArtifactDatasetSource(str(path))  # a local file (resolving the path is ambiguous in MLflow)
+    return MetaDataset(source=source, name=path.stem, digest=data_version([path]))
+
+
+def log_datasets(stage: str, paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Log the manifests `paths` as datasets of the active run (context from `_dataset_context`)."""
+    import mlflow
+
+    if paths:
+        mlflow.log_inputs(
+            datasets=[manifest_dataset(p) for p in paths],
+            contexts=[_dataset_context(stage, Path(p)) for p in paths],
+            tags_list=[None] * len(paths),
+        )
 
 
 def _pip_requirements() -> list[str]:
@@ -221,36 +331,49 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
-def log_model(model: nn.Module, method: str, params: Params, example_input: Any) -> str:
+def log_model(
+    model: nn.Module, method: str, params: Params, example_input: Any, card: Mapping[str, Any]
+) -> str:
     """Log `model` to the active run as ``model`` and register it; returns the new registered version.
 
-    `example_input` is a (B, 3, S, S) float32 tensor of normalized images; the signature records it and the
-    (B, K) logits of branch A. The logged object is the whole `WSOLModel`, pickled (load it with
-    `mlflow.pytorch.load_model` and `acol` importable); localization maps come from its `localization_maps`.
+    Stored without pickle (`acol.mlflow_model`): the state dict and `card` (the model card: ``method``,
+    ``backbone``, ``classes``, ``model`` params...), which rebuild the `WSOLModel`, and a few lines of code for
+    ``mlflow.pyfunc``. `example_input` is a (B, 3, S, S) float32 tensor of normalized images; the signature
+    records it and the (B, K) logits of branch A.
     """
+    import tempfile
+
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pyfunc
     import torch
     from mlflow.models import infer_signature
+
+    from acol.mlflow_model import MODEL_CODE, artifacts_for
 
     model = model.module if hasattr(model, "module") else model
     model = model.cpu().eval()
     example = torch.as_tensor(example_input, dtype=torch.float32).cpu()
     if example.ndim != 4 or example.shape[1] != 3:
         raise ValueError(f"log_model: example_input must be (B, 3, H, W), got {tuple(example.shape)}")
+    if card.get("method", method) != method or "classes" not in card:
+        raise ValueError(f"log_model: the card must be for method {method!r} and list its classes")
     with torch.inference_mode():
         logits = model(example).logits
     signature = infer_signature(example.numpy(), logits.numpy())
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=signature,
-        registered_model_name=registered_model_name(params, method),
-        pip_requirements=_pip_requirements(),
-        # pickle keeps the WSOLModel (with `localization_maps`); MLflow's default "pt2" would keep a traced
-        # graph of `forward` only. Loading needs `acol` importable; the safe state dict is logged beside it.
-        serialization_format="pickle",
-    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        code = folder / "wsol_model.py"
+        code.write_text(MODEL_CODE)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(code),  # a model from code: MLflow stores the file, pickles nothing
+            artifacts=artifacts_for(folder, state, {**card, "method": method}),
+            signature=signature,
+            input_example=example.numpy(),
+            registered_model_name=registered_model_name(params, method),
+            pip_requirements=_pip_requirements(),
+        )
     if info.registered_model_version is None:
         raise RuntimeError(f"MLflow did not register {registered_model_name(params, method)}")
     return str(info.registered_model_version)

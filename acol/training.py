@@ -20,6 +20,8 @@ from acol.config import TrainParams
 from acol.models import WSOLModel, param_groups
 
 __all__ = [
+    "derived_seed",
+    "seed_epoch",
     "seed_everything",
     "build_optimizer",
     "build_scheduler",
@@ -29,9 +31,34 @@ __all__ = [
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (NumPy takes the seed modulo 2**32)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A seed for one stream of `seed`, e.g. ``derived_seed(seed, rank, epoch)``; 63 bits, for torch and Python.
+
+    Why: NumPy's `SeedSequence` mixes the keys, so ranks and epochs get independent streams (not the same seed on
+    every rank, nor ``seed + rank`` overlaps), and the value is the same on every machine and run.
+    """
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def seed_epoch(seed: int, rank: int, epoch: int, generator: torch.Generator | None = None) -> int:
+    """Set every random state an epoch uses from ``(seed, rank, epoch)``; returns the derived seed.
+
+    Why (exact resume): the global Python/NumPy/torch generators (augmentations, dropout) and the data loader's
+    `generator` (the base seed of its worker processes, re-drawn at each epoch's iterator) then depend on the
+    epoch alone, so a run resumed from the checkpoint after epoch k draws exactly what an uninterrupted run
+    draws in epoch k + 1. The shuffle order comes from the `DistributedSampler` (``seed`` and ``set_epoch``).
+    """
+    value = derived_seed(seed, rank, epoch)
+    seed_everything(value)
+    if generator is not None:
+        generator.manual_seed(value)
+    return value
 
 
 def _unwrap(model: nn.Module) -> WSOLModel:

@@ -1,4 +1,8 @@
-"""Stage evaluate: every WSOL metric of one method from its extracted maps; metrics.json and curves for DVC."""
+"""Stage evaluate: every WSOL metric of one method from its extracted maps.
+
+Writes ``evaluation.json`` (the full record: counts, threshold, map statistics, method), ``metrics.json`` (the
+numbers ``dvc metrics show`` compares, `acol.dvc_metrics`), and the curves ``box_acc.csv`` / ``pr_curve.csv``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pandas as pd
 from acol import tracking
 from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.manifest import read_manifest
+from acol.dvc_metrics import evaluation_metrics
 from acol.evaluation import evaluate_method
 from acol.io import write_json_atomic, write_text_atomic
 from acol.mapstore import read_maps
@@ -57,7 +62,8 @@ def main() -> None:
         write_text_atomic(
             out / "pr_curve.csv", pd.DataFrame(result.pr_curve).to_csv(index=False, float_format="%.6g")
         )
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "evaluation.json", metrics)
+    write_json_atomic(out / "metrics.json", evaluation_metrics(metrics))
     log.info("MaxBoxAccV2 %.2f, GT-known loc %.2f, top-1 loc error %.2f", metrics["maxboxacc_v2"],
              metrics["gt_known_loc"], metrics["top1_loc_error"])  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Stage train@<method>: Ray Train on the prepared manifests; model.pt, model_card.json, history.csv.
+"""Stage train@<method>: Ray Train on the prepared manifests; model.pt, model_card.json, history.csv, metrics.json.
 
 Run alone (starts a local Ray) or on a cluster: ``ray job submit --working-dir . -- python pipelines/train.py
 --method acol`` (connects through RAY_ADDRESS). On a cluster, pass paths every node sees (and a shared
@@ -17,6 +17,7 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
 from acol.distributed.train import fit
+from acol.dvc_metrics import training_metrics
 from acol.io import write_json_atomic
 from acol.models import METHODS, build_model, load_model_weights, model_kwargs
 
@@ -50,8 +51,6 @@ def main(argv: list[str] | None = None) -> None:
         load_model_weights(model, outcome.model_path)
         val = ManifestDataset(read_manifest(args.val_manifest), root, eval_transform(params.train.image_size))
         example = val[0][0][None]  # (1, 3, S, S) normalized image: the signature's input
-        version = tracking.log_model(model, args.method, params, example)
-
         card = {
             "method": args.method,
             "backbone": params.model.backbone,
@@ -65,15 +64,16 @@ def main(argv: list[str] | None = None) -> None:
             "restarts": outcome.restarts,
             "ray_run": outcome.run_name,
             "mlflow_run_id": run.info.run_id,
-            "registered_model": {
-                "name": tracking.registered_model_name(params, args.method),
-                "version": version,
-            },
+        }
+        version = tracking.log_model(model, args.method, params, example, card)  # state dict + card
+        card["registered_model"] = {
+            "name": tracking.registered_model_name(params, args.method),
+            "version": version,
         }
         write_json_atomic(out / "model_card.json", card)
+        write_json_atomic(out / "metrics.json", training_metrics(outcome.history[-1]))  # what DVC compares
         mlflow.log_artifact(str(out / "model_card.json"))
         mlflow.log_artifact(str(outcome.history_path))
-        mlflow.log_artifact(str(outcome.model_path), artifact_path="weights")  # safe to load: weights_only
         log.info("trained %s: %s; registered version %s", args.method, outcome.metrics, version)
 
 

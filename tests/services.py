@@ -58,15 +58,25 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 
 @contextmanager
-def mlflow_server(folder: Path, timeout: float = 90) -> Iterator[str]:
-    """`mlflow server` on a loopback port with SQLite and a local artifact root; yields its http URI."""
+def mlflow_server(folder: Path, timeout: float = 90, backend_uri: str | None = None) -> Iterator[str]:
+    """`mlflow server` on a loopback port with SQLite (or `backend_uri`) and artifacts it serves itself from a
+    local folder; yields its http URI."""
+    with mlflow_server_process(folder, timeout, backend_uri) as (uri, _):
+        yield uri
+
+
+@contextmanager
+def mlflow_server_process(
+    folder: Path, timeout: float = 90, backend_uri: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow_server`, also yielding its process (tests that stop the server while a client uses it)."""
     port = free_port()
     log = folder / "mlflow-server.log"
     cmd = [
         str(VENV_BIN / "mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{folder / 'mlflow.db'}",
+        backend_uri or f"sqlite:///{folder / 'mlflow.db'}",
         "--artifacts-destination",
         str(folder / "artifacts"),
         "--serve-artifacts",
@@ -83,6 +93,81 @@ def mlflow_server(folder: Path, timeout: float = 90) -> Iterator[str]:
     try:
         wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200, timeout, "mlflow server",
               proc, log)  # fmt: skip
-        yield uri
+        yield uri, proc
     finally:
         stop_process_group(proc)
+
+
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (Debian keeps them in /usr/lib/postgresql/<major>/bin)."""
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@contextmanager
+def postgres_cluster(timeout: float = 60) -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a loopback port with one fresh database; yields its SQLAlchemy URI.
+
+    initdb and the server refuse to run as root, so as root they run as the ``postgres`` user (Debian's package
+    creates it) in a temp folder that user owns. Trust authentication: the server listens on 127.0.0.1 only
+    and lives as long as the test.
+    """
+    import pwd
+    import shutil
+    import tempfile
+
+    bindir = postgres_bin()
+    if bindir is None:
+        raise FileNotFoundError("PostgreSQL server programs not found (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="acol-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log, port = folder / "data", folder / "server.log", free_port()
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+    try:
+        run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+        )
+        database = f"mlflow_{os.getpid()}_{port}"
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database)
+        yield f"postgresql://postgres@127.0.0.1:{port}/{database}"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                           capture_output=True, timeout=timeout)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)

@@ -155,3 +155,37 @@ def test_fullsup_split_picks_the_threshold_on_train_fullsup_and_reports_all_of_v
     assert result.metrics["num_images"] == 60 and result.metrics["num_holdout_images"] == 0
     with pytest.raises(ValueError, match=r"data\.fullsup_metadata"):
         evaluate_method(columns_to_table(columns), manifest, tmp_path, params, fullsup=None)
+
+
+def test_no_held_out_image_is_an_error_not_a_default_threshold(tmp_path: Path) -> None:
+    manifest, columns, *_ = _dataset(tmp_path, n=3)
+    ids = manifest.column("image_id").to_pylist()
+    assert not holdout_mask(ids, 0.05).any()  # 3 images, 5 %: nothing held out
+    with pytest.raises(
+        ValueError, match=r"evaluate\.holdout_fraction=0\.05 leaves no held-out image among the 3"
+    ):
+        evaluate_method(columns_to_table(columns), manifest, tmp_path, EvaluateParams(holdout_fraction=0.05))
+
+
+def test_box_evaluator_threads_end_with_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_method closes its evaluators: no ``box-evaluator`` thread outlives it (small chunks force the
+    evaluators to start their thread pools on this small data)."""
+    import threading
+
+    started = []
+
+    class SmallChunks(BoxEvaluator):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.update(chunk_size=2, n_workers=2)
+            super().__init__(*args, **kwargs)
+
+        def _accumulate_chunks(self, maps, gts):
+            hits = super()._accumulate_chunks(maps, gts)
+            started.append(self._threads is not None)
+            return hits
+
+    monkeypatch.setattr("acol.evaluation.BoxEvaluator", SmallChunks)
+    manifest, columns, *_ = _dataset(tmp_path, n=20)
+    evaluate_method(columns_to_table(columns), manifest, tmp_path, EvaluateParams(interval=0.1))
+    assert started and all(started)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("box-evaluator")] == []

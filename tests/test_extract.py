@@ -232,3 +232,23 @@ def test_an_empty_manifest_gives_an_empty_readable_store(setup, engine):
         and table.schema.equals(MAPSTORE_SCHEMA, check_metadata=False)
     )
     assert read_metadata(out / "maps")["method"] == "acol"
+
+
+def test_rerun_keeps_the_gitignore_dvc_wrote(setup, tmp_path):
+    """DVC writes ``.gitignore`` (``/maps``) into the stage's folder; replacing the output keeps it."""
+    s = setup
+    out = tmp_path / "acol"
+    args = (
+        s["params"],
+        "acol",
+        s["manifest"],
+        s["root"],
+        s["work"] / "model.pt",
+        s["work"] / "model_card.json",
+    )
+    extract_plain(*args, out)
+    (out / ".gitignore").write_text("/maps\n")
+    extract_plain(*args, out)
+    assert (out / ".gitignore").read_text() == "/maps\n"
+    assert sorted(p.name for p in out.iterdir()) == [".gitignore", "maps", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acol"]

@@ -254,12 +254,14 @@ class RenameCrash(OSError):
 
 
 def _crash_on_rename(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every `os.replace` fails (a crash right before the rename): an output written in place still changes."""
+    """Every `os.replace` and folder exchange fails (a crash right before the rename): an output written in
+    place would still change."""
 
     def replace(src, dst):
         raise RenameCrash(f"injected crash before renaming {src} to {dst}")
 
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr("acol.io._exchange", replace)
 
 
 def _stale(folder: Path, names: list[str]) -> dict[str, bytes]:
@@ -294,7 +296,7 @@ def test_evaluate_outputs_survive_a_crash_before_rename(
     params = load_params(tmp_path / "absent.yaml", ["train.image_size=48", "extract.batch_size=8"])
     extract_plain(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract")
     out = tmp_path / "evaluate"
-    before = _stale(out, ["metrics.json", "box_acc.csv", "pr_curve.csv"])
+    before = _stale(out, ["evaluation.json", "metrics.json", "box_acc.csv", "pr_curve.csv"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     _crash_on_rename(monkeypatch)
     argv = ["--method", "acol", "--params", str(tmp_path / "absent.yaml"), "--maps", str(tmp_path / "extract/maps"),
@@ -418,3 +420,56 @@ def test_training_survives_a_worker_killed_from_outside(
     print(
         f"killed worker pid {killed['pid']} with checkpoints {killed['saved']} saved; restarts {outcome.restarts}"
     )
+
+
+# --- the tracking server goes away in the middle of a stage ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_stage_fails_the_stage_and_a_rerun_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chosen behaviour (README, "MLflow"): a stage whose server disappears fails with MlflowException once the
+    client's HTTP retries are spent (0 here), naming the server; what the stage wrote before stays complete
+    (atomic writes); its MLflow run is left RUNNING (nobody could tell the server otherwise); the rerun, once
+    the server is back, logs a new run under the same parent, which ends FINISHED."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from acol import tracking
+    from acol.io import write_json_atomic
+    from tests.services import mlflow_server_process, stop_process_group
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, "server-lost")
+    params = load_params(tmp_path / "absent.yaml", ["tracking.log_system_metrics=false"])
+    output = tmp_path / "out" / "metrics.json"
+    with mlflow_server_process(tmp_path) as (uri, server):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        start = time.monotonic()
+        with (
+            pytest.raises(MlflowException, match=r"127\.0\.0\.1"),
+            tracking.stage_run("evaluate", params, method="acol") as lost,
+        ):
+            mlflow.log_metric("before", 1.0)
+            write_json_atomic(output, {"MaxBoxAccV2": 50.0})
+            stop_process_group(server)  # the server goes away in the middle of the stage
+            mlflow.log_metric("after", 2.0)
+        seconds = time.monotonic() - start
+    assert json.loads(output.read_text()) == {"MaxBoxAccV2": 50.0}
+    mlflow.end_run()  # what the process exiting would do to its local run stack
+
+    # The server's own store, read directly (as a restarted server would serve it; saves a second start).
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    client = MlflowClient(store)
+    assert client.get_run(lost.info.run_id).info.status == "RUNNING"
+    assert client.get_run(lost.info.run_id).data.metrics == {"before": 1.0}
+    with tracking.stage_run("evaluate", params, method="acol") as rerun:
+        mlflow.log_metric("after", 2.0)
+    parent = rerun.data.tags["mlflow.parentRunId"]
+    assert parent == client.get_run(lost.info.run_id).data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).info.status == "FINISHED"
+    print(f"stage failed {seconds:.1f} s after it started, the server stopped inside it")

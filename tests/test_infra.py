@@ -8,8 +8,11 @@ exists in the base fails here rather than at `kubectl apply` time.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -272,3 +275,41 @@ def test_cronjob_runs_the_reevaluation_rayjob():
     assert {"create", "get"} <= set(role["rules"][0]["verbs"]) and role["rules"][0]["resources"] == [
         "rayjobs"
     ]
+
+
+def _run_stage(path_dirs: list[Path], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": os.pathsep.join(map(str, path_dirs)), "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        ["/bin/sh", str(REPO / "scripts" / "run_stage.sh"), "pipelines/train.py", "--help"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_stage_without_the_venv_says_so(tmp_path: Path) -> None:
+    """dvc.yaml runs every stage through scripts/run_stage.sh: a wrong or missing `python` gets a message
+    that names the venv (before: an ImportError traceback, and DVC's "exited with 1")."""
+    import shutil
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    cmds = [s.get("do", s)["cmd"] for s in stages.values()]
+    assert all(cmd.startswith("sh scripts/run_stage.sh pipelines/") for cmd in cmds)
+
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "dirname"):
+        os.symlink(shutil.which(tool) or f"/bin/{tool}", bare / tool)
+    missing = _run_stage([bare], tmp_path)  # no python at all
+    assert missing.returncode == 2 and "python' is not on PATH" in missing.stderr
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system:  # a python without the project's packages
+        os.symlink(system, bare / "python")
+        wrong = _run_stage([bare], tmp_path)
+        assert wrong.returncode == 2, wrong.stderr
+        assert (
+            "virtual environment, which is not active" in wrong.stderr
+            and "source .venv/bin/activate" in wrong.stderr
+        )
+    venv = _run_stage(
+        [Path(sys.executable).parent, bare.parent / "nothing", Path("/usr/bin"), Path("/bin")], tmp_path
+    )
+    assert venv.returncode == 0 and "--method" in venv.stdout, venv.stderr  # with the venv: the stage runs

@@ -183,3 +183,16 @@ def test_problem_log_and_counts() -> None:
     with pytest.raises(DataError, match=r"^a\.xml: malformed XML: bad tag$") as e:
         strict.add("a.xml", "malformed XML: bad tag")
     assert (e.value.path, e.value.reason) == ("a.xml", "malformed XML: bad tag") and not strict.problems
+
+
+@pytest.mark.parametrize("col", ["mask_path", "ignore_path"])
+@pytest.mark.parametrize("bad", ["../outside.png", "/etc/passwd", "masks/../../x.png"])
+def test_read_manifest_refuses_mask_paths_outside_the_root(tmp_path: Path, col: str, bad: str) -> None:
+    """The evaluator joins ``root / mask_path``: a manifest whose mask path leaves the root is refused when it is
+    read (no root needed), naming the file, the column and the image."""
+    rec = {"image_id": "val/a.JPEG", "class_id": "n1", "width": 10, "height": 10, "boxes": [[0, 0, 5, 5]]}
+    table = manifest_from_records([{**rec, col: bad}], ["n1"], "synthetic")
+    path = tmp_path / "val.parquet"
+    pq.write_table(table, path)  # written as a hostile file would be, without the writer's checks
+    with pytest.raises(DataError, match=rf"val\.parquet: {col} of val/a\.JPEG: unsafe path"):
+        read_manifest(path)

@@ -9,11 +9,13 @@ from acol.metrics import (
     BoxEvaluator,
     ClassicLocEvaluator,
     MaskEvaluator,
+    gt_known_correct,
     load_wsol_mask,
     select_cam_threshold,
     topk_correct,
 )
 from acol.metrics_reference import reference_box_accuracy, reference_pxap
+from acol.paths import UnsafePathError
 
 
 def smooth_maps(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -181,3 +183,39 @@ def test_select_cam_threshold_picks_the_best_on_held_out() -> None:
     assert select_cam_threshold(m[None], gt, interval=0.1) == 0.0
     small_gt = [np.array([[100, 100, 110, 110]])]
     assert select_cam_threshold(m[None], small_gt, interval=0.1) == pytest.approx(0.3)
+
+
+def test_iou_thresholds_are_percent_everywhere() -> None:
+    """One convention (percent, as ``evaluate.iou_thresholds``): GT-known at IoU 50 agrees with BoxEvaluator's
+    curve at the same CAM threshold, and a fraction is refused with a hint instead of meaning IoU >= 0.005."""
+    rng = np.random.default_rng(0)
+    maps = normalize_maps(rng.random((12, 224, 224)))
+    gts = [np.array([[20 + i, 30, 150, 160 + i]]) for i in range(12)]
+    box = BoxEvaluator((50,), interval=0.1, multi_contour=False)
+    box.accumulate(maps, gts)
+    curve = box.compute().curves[50]
+    for t_index, t in enumerate(box.thresholds[:5]):
+        assert 100 * gt_known_correct(maps, gts, float(t), iou_threshold=50).mean() == pytest.approx(
+            curve[t_index]
+        )
+    for call in (
+        lambda: gt_known_correct(maps, gts, 0.2, iou_threshold=0.5),
+        lambda: ClassicLocEvaluator(0.2, iou_threshold=0.5),
+        lambda: select_cam_threshold(maps, gts, 0.1, iou_threshold=0.5),
+        lambda: BoxEvaluator((0.3, 0.5, 0.7)),
+    ):
+        with pytest.raises(
+            ValueError, match=r"integer percentage in \[1, 100\].*a fraction\? IoU 0\.\d is \d0"
+        ):
+            call()
+    assert ClassicLocEvaluator(0.2).iou_threshold == 50
+
+
+def test_load_wsol_mask_refuses_paths_outside_the_root(tmp_path) -> None:
+    (tmp_path / "root").mkdir()
+    cv2.imwrite(str(tmp_path / "outside.png"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(UnsafePathError, match=r"\.\./outside\.png"):
+        load_wsol_mask(tmp_path / "root", ["../outside.png"], "")
+    cv2.imwrite(str(tmp_path / "root" / "in.png"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(UnsafePathError, match="absolute"):
+        load_wsol_mask(tmp_path / "root", ["in.png"], str(tmp_path / "outside.png"))

@@ -83,7 +83,7 @@ def pipeline_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
 @pytest.mark.slow
 def test_repro_writes_every_output(pipeline_copy: tuple[Path, dict[str, str]]) -> None:
-    work, _ = pipeline_copy
+    work, env = pipeline_copy
     out = work / "outputs"
     val_rows = pq.read_table(out / "prepare" / "val.parquet").num_rows
     assert val_rows == 4 * 8
@@ -94,14 +94,27 @@ def test_repro_writes_every_output(pipeline_copy: tuple[Path, dict[str, str]]) -
             maps.column_names
         )
         assert maps.column("error").null_count == val_rows
-        metrics = json.loads((out / "evaluate" / method / "metrics.json").read_text())
+        metrics = json.loads((out / "evaluate" / method / "evaluation.json").read_text())
         for key in ("top1_cls_error", "top1_loc_error", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "pxap"):
             assert 0.0 <= metrics[key] <= 100.0, (key, metrics[key])
+        shown = json.loads((out / "evaluate" / method / "metrics.json").read_text())
+        assert shown["MaxBoxAccV2"] == round(metrics["maxboxacc_v2"], 2) and "method" not in shown
+        assert set(json.loads((out / "train" / method / "metrics.json").read_text())) == {
+            "loss",
+            "acc",
+            "img/s",
+        }
         card = json.loads((out / "train" / method / "model_card.json").read_text())
         assert card["registered_model"]["name"] == f"e2e-{method}"
         assert (out / "train" / method / "model.pt").stat().st_size > 0
     html = (out / "report" / "index.html").read_text()
     assert "MaxBoxAccV2" in html or "maxboxacc_v2" in html
+    # DVC's own view of the real outputs: only the compared numbers, in a table a wide terminal holds
+    table = _run([str(VENV_BIN / "dvc"), "metrics", "show"], work, env).splitlines()
+    assert {"MaxBoxAccV2", "IoU50", "GT-known", "loc_err@1", "PxAP", "loss", "img/s"} <= set(table[0].split())
+    assert "mlflow_run_id" not in table[0] and max(map(len, table)) <= 175
+    # the extract stage kept the .gitignore DVC wrote in its folder
+    assert (out / "extract" / "acol" / ".gitignore").read_text().strip() == "/maps"
 
 
 @pytest.mark.slow
@@ -127,6 +140,12 @@ def test_mlflow_holds_runs_params_and_registered_models(pipeline_copy: tuple[Pat
     assert all(
         r.data.tags["acol.git_commit"] == stage_runs[0].data.tags["acol.git_commit"] for r in stage_runs
     )
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # model-training view
+    parent = client.get_run(parents.pop()).info
+    assert parent.status == "FINISHED"
+    assert parent.start_time <= min(r.info.start_time for r in stage_runs)
+    assert parent.end_time >= max(r.info.end_time for r in stage_runs)  # spans its stages
+    assert {d.dataset.name for d in train_run.inputs.dataset_inputs} == {"train", "val"}
     for method in ("acol", "cam"):
         version = client.get_model_version_by_alias(f"e2e-{method}", "champion")
         assert version.tags["metric.maxboxacc_v2"]

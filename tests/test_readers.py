@@ -350,3 +350,21 @@ def test_wsol_malformed_file_is_named(tmp_path: Path) -> None:
     (folder / "class_labels.txt").write_text("a.jpg,zero\n")
     with pytest.raises(DataError, match=r"class_labels\.txt: malformed line"):
         read_wsol_metadata(folder)
+
+
+def test_val_xml_with_entities_is_refused_not_expanded(ilsvrc: dict, tmp_path: Path) -> None:
+    """Annotation XML is untrusted: an entity declaration (the start of a "billion laughs" or an external
+    entity) makes the file a problem; the standard library parser would expand it and accept the image."""
+    import shutil
+
+    xml_dir = tmp_path / "xml"
+    shutil.copytree(ilsvrc["xml_dir"], xml_dir)
+    path = xml_dir / "ILSVRC2012_val_00000001.xml"
+    text = path.read_text()
+    wnid = re.search(r"<name>(\w+)</name>", text).group(1)
+    body = text[text.index("<annotation") :].replace(f"<name>{wnid}</name>", "<name>&w;</name>")
+    path.write_text(f'<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY w "{wnid}">]>\n{body}')
+    t, problems = read_ilsvrc_val(ilsvrc["root"], ilsvrc["synsets"], xml_dir=xml_dir)
+    assert vid(1) not in t.column("image_id").to_pylist()
+    assert problems_by_image(problems)[1] == "unsafe XML"
+    assert any("EntitiesForbidden" in p.reason for p in problems if "00000001" in p.path)

@@ -93,7 +93,7 @@ def _write_outputs(tmp: Path, manifest_path: Path, with_pr: bool = True, with_px
         metrics = dict(METRICS[method])
         if not with_pxap:
             metrics["pxap"] = None
-        (ev / "metrics.json").write_text(json.dumps(metrics))
+        (ev / "evaluation.json").write_text(json.dumps(metrics))
         bump = 1 - np.abs(thresholds - 0.3 - 0.05 * k)
         pd.DataFrame({"threshold": thresholds, "iou30": 90 * bump, "iou50": 60 * bump, "iou70": 30 * bump,
                       "single_iou50": 55 * bump}).to_csv(ev / "box_acc.csv", index=False)  # fmt: skip
@@ -178,14 +178,14 @@ def test_rebuild_replaces_folder_and_optional_inputs(tmp_path: Path, tiny_datase
 
 def test_missing_required_inputs_name_the_file(tmp_path: Path, tiny_dataset: dict) -> None:
     out = _write_outputs(tmp_path, tiny_dataset["val"])
-    (out["evaluate"] / "cam" / "metrics.json").unlink()
-    with pytest.raises(ReportError, match=r"cam/metrics\.json: required report input not found"):
+    (out["evaluate"] / "cam" / "evaluation.json").unlink()
+    with pytest.raises(ReportError, match=r"cam/evaluation\.json: required report input not found"):
         build_report(_inputs(out, tiny_dataset), tmp_path / "report")
     assert not (tmp_path / "report").exists()
-    (out["evaluate"] / "cam" / "metrics.json").write_text("[1, 2]")
-    with pytest.raises(ReportError, match=r"cam/metrics\.json: expected a JSON object"):
+    (out["evaluate"] / "cam" / "evaluation.json").write_text("[1, 2]")
+    with pytest.raises(ReportError, match=r"cam/evaluation\.json: expected a JSON object"):
         build_report(_inputs(out, tiny_dataset), tmp_path / "report")
-    bad = MethodInputs(metrics=out["evaluate"] / "acol" / "metrics.json", box_acc=tmp_path / "b.csv")
+    bad = MethodInputs(metrics=out["evaluate"] / "acol" / "evaluation.json", box_acc=tmp_path / "b.csv")
     pd.DataFrame({"thr": [0.1], "iou50": [1.0]}).to_csv(bad.box_acc, index=False)
     with pytest.raises(ReportError, match=r"b\.csv: missing column\(s\) \['threshold'\]"):
         build_report(ReportInputs(methods={"acol": bad}), tmp_path / "report")

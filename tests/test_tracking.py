@@ -8,6 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import BaseModel
@@ -173,23 +174,187 @@ def test_sqlite_in_missing_folder_is_an_error(monkeypatch: pytest.MonkeyPatch, t
         tracking.check_tracking_server()
 
 
-def test_log_model_registers_new_versions(params: Params) -> None:
-    import mlflow.pytorch
+def test_log_model_registers_versions_that_load_without_unpickling(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registered model is a state dict plus its card: no pickle file, no pickle warning, and it loads (as
+    the `WSOLModel`, and as an MLflow pyfunc) while every pickle loader is disabled."""
+    import pickle
 
+    import cloudpickle
+    import mlflow.pyfunc
+    from mlflow.artifacts import download_artifacts
+
+    from acol.mlflow_model import load_version
     from acol.models import build_model
 
     torch.manual_seed(0)
     model = build_model("small", 3, "cam", head_channels=8)
+    card = {"method": "cam", "backbone": "small", "num_classes": 3, "classes": ["n1", "n2", "n3"],
+            "model": {"head_channels": 8, "erase_threshold": 0.6}}  # fmt: skip
     example = torch.randn(2, 3, 32, 32)
     versions = []
-    for _ in range(2):
-        with tracking.stage_run("train", params, method="cam"):
-            versions.append(tracking.log_model(model, "cam", params, example))
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            with tracking.stage_run("train", params, method="cam"):
+                versions.append(tracking.log_model(model, "cam", params, example, card))
+    assert not [r.getMessage() for r in caplog.records if "pickle" in r.getMessage().lower()]
     assert versions[1] == str(int(versions[0]) + 1)
     name = tracking.registered_model_name(params, "cam")
     assert name == f"{params.tracking.registered_model}-cam"
-    loaded = mlflow.pytorch.load_model(f"models:/{name}/{versions[1]}")
+    files = {
+        p.name
+        for p in Path(download_artifacts(f"models:/{name}/{versions[1]}", dst_path=str(tmp_path))).rglob("*")
+    }
+    assert {"model.pt", "model_card.json", "MLmodel"} <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))]
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a pickle was loaded")
+
+    for module in (pickle, cloudpickle):
+        monkeypatch.setattr(module, "load", refuse)
+        monkeypatch.setattr(module, "loads", refuse)
+    rebuilt = load_version(name, versions[1], tmp_path / "acol")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{versions[1]}")
     with torch.inference_mode():
-        assert torch.allclose(loaded(example).logits, model(example).logits)
+        expected = model(example).logits
+        assert torch.equal(rebuilt(example).logits, expected)
+    np.testing.assert_array_equal(pyfunc.predict(example.numpy()), expected.numpy())
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        tracking.log_model(model, "cam", params, torch.zeros(3, 32, 32))
+        tracking.log_model(model, "cam", params, torch.zeros(3, 32, 32), card)
+
+
+@pytest.mark.parametrize("pipeline_id", ["it's-a-run", 'say "hi"', "x' or tags.y = '1"])
+def test_pipeline_ids_with_quotes_find_their_own_parent(
+    params: Params, monkeypatch: pytest.MonkeyPatch, pipeline_id: str
+) -> None:
+    """``ACOL_PIPELINE_RUN`` goes into a filter string: quoted so that two stages of one pipeline share one
+    parent whose tag is exactly the id (unquoted, a quote broke the filter or matched another pipeline)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, pipeline_id)
+    with tracking.stage_run("prepare", params) as first:
+        pass
+    with tracking.stage_run("train", params, method="acol") as second:
+        pass
+    client = MlflowClient()
+    parent = client.get_run(first.data.tags["mlflow.parentRunId"])
+    assert client.get_run(second.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.data.tags[tracking.PIPELINE_TAG] == pipeline_id
+
+
+def test_pipeline_ids_that_cannot_be_searched_are_refused_by_name() -> None:
+    for bad in ["both ' and \"", "ends in \\", "two\nlines", ""]:
+        with pytest.raises(ValueError, match=tracking.PIPELINE_RUN_ENV):
+            tracking.filter_literal(bad, tracking.PIPELINE_RUN_ENV)
+    assert tracking.filter_literal("abc-1", "X") == "'abc-1'"
+
+
+def test_experiment_opens_in_the_model_training_view(params: Params) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with tracking.stage_run("prepare", params):
+        pass
+    experiment = MlflowClient().get_experiment_by_name(params.tracking.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_manifests_are_logged_as_datasets_with_source_and_digest(params: Params, tmp_path: Path) -> None:
+    """The UI's Dataset column and ``datasets.digest`` filters: one dataset per manifest, digest = its version."""
+    from mlflow.tracking import MlflowClient
+
+    train, val = tmp_path / "train.parquet", tmp_path / "val.parquet"
+    train.write_bytes(b"train rows")
+    val.write_bytes(b"val rows")
+    with tracking.stage_run("train", params, method="acol", data_paths=[train, val]) as run:
+        pass
+    inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    logged = {d.dataset.name: d for d in inputs}
+    assert sorted(logged) == ["train", "val"]
+    for name, path, context in (("train", train, "training"), ("val", val, "validation")):
+        assert logged[name].dataset.digest == tracking.data_version([path])
+        assert str(path.resolve()) in logged[name].dataset.source
+        assert {t.key: t.value for t in logged[name].tags}["mlflow.data.context"] == context
+    digest = tracking.data_version([val])
+    found = MlflowClient().search_runs(
+        [run.info.experiment_id], filter_string=f"datasets.digest = '{digest}'"
+    )
+    assert [r.info.run_id for r in found] == [run.info.run_id]
+
+
+def test_parent_run_spans_its_stages_and_fails_with_one(params: Params) -> None:
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    with tracking.stage_run("prepare", params) as first:
+        parent_id = client.get_run(first.info.run_id).data.tags["mlflow.parentRunId"]
+        assert client.get_run(parent_id).info.status == "RUNNING"  # the pipeline runs with its stage
+        time.sleep(0.2)
+    with tracking.stage_run("train", params, method="acol") as second:
+        time.sleep(0.2)
+    parent, runs = (
+        client.get_run(parent_id).info,
+        [client.get_run(r.info.run_id).info for r in (first, second)],
+    )
+    assert parent.status == "FINISHED"
+    assert parent.start_time <= runs[0].start_time and parent.end_time >= runs[1].end_time
+    assert parent.end_time - parent.start_time >= 400  # milliseconds: both stages, not the 17 ms of before
+
+    with pytest.raises(RuntimeError), tracking.stage_run("evaluate", params, method="acol"):
+        raise RuntimeError("stage failed")
+    assert client.get_run(parent_id).info.status == "FAILED"
+    with tracking.stage_run("report", params):  # another stage succeeding does not hide the failure
+        pass
+    assert client.get_run(parent_id).info.status == "FAILED"
+    with tracking.stage_run("evaluate", params, method="acol"):  # the failed stage, rerun, succeeds
+        pass
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_champion_and_candidate_on_real_registered_versions(params: Params) -> None:
+    """The promotion rule on registered versions: the first evaluated takes `champion`; a better second takes it
+    over; a worse third only becomes `candidate`; for an error metric lower is better."""
+    from mlflow.tracking import MlflowClient
+
+    from acol.models import build_model
+    from acol.registry import record_and_promote
+
+    model = build_model("small", 2, "cam", head_channels=4)
+    card = {"method": "cam", "backbone": "small", "num_classes": 2, "classes": ["n1", "n2"],
+            "model": {"head_channels": 4, "erase_threshold": 0.6}}  # fmt: skip
+    params = params.model_copy(
+        update={"tracking": params.tracking.model_copy(update={"registered_model": "promo"})}
+    )
+    with tracking.stage_run("train", params, method="cam"):
+        versions = [
+            tracking.log_model(model, "cam", params, torch.zeros(1, 3, 16, 16), card) for _ in range(4)
+        ]
+    name = tracking.registered_model_name(params, "cam")
+    client = MlflowClient()
+
+    def aliases() -> tuple[str, str]:
+        return tuple(
+            str(client.get_model_version_by_alias(name, a).version) for a in ("champion", "candidate")
+        )
+
+    first = record_and_promote(name, versions[0], {"maxboxacc_v2": 50.0}, "maxboxacc_v2")
+    assert first["champion"] and aliases() == (versions[0], versions[0])
+    better = record_and_promote(name, versions[1], {"maxboxacc_v2": 60.0}, "maxboxacc_v2")
+    assert better["champion"] and better["previous_champion_value"] == 50.0
+    assert aliases() == (versions[1], versions[1])
+    worse = record_and_promote(name, versions[2], {"maxboxacc_v2": 55.0}, "maxboxacc_v2")
+    assert not worse["champion"] and aliases() == (versions[1], versions[2])
+    assert client.get_model_version(name, versions[2]).tags["metric.maxboxacc_v2"] == "55.0"
+    again = record_and_promote(name, versions[1], {"maxboxacc_v2": 59.0}, "maxboxacc_v2")  # re-evaluated
+    assert again["champion"] and aliases() == (versions[1], versions[1])  # the champion itself keeps it
+    # an error metric: 40 % beats the champion's 45 %, so lower wins
+    client.set_model_version_tag(name, versions[1], "metric.top1_loc_error", "45.0")
+    lower = record_and_promote(
+        name, versions[3], {"maxboxacc_v2": 1.0, "top1_loc_error": 40.0}, "top1_loc_error"
+    )
+    assert lower["champion"] and aliases() == (versions[3], versions[3])
+    with pytest.raises(KeyError, match="champion_metric"):
+        record_and_promote(name, versions[3], {"maxboxacc_v2": 1.0}, "pxap")

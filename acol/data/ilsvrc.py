@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as defused_et
 
 from acol.data.errors import DataError, DataProblem, ProblemLog
 from acol.data.images import ImageDecodeError, image_size, read_image
@@ -102,9 +104,13 @@ def read_solution_csv(path: str | os.PathLike[str], log: ProblemLog) -> dict[str
 def _parse_xml(path: Path) -> tuple[tuple[int, int] | None, list[tuple[str, Box]]]:
     """``((width, height) or None, [(wnid, box), ...])`` from one PASCAL VOC XML; raises `DataError`."""
     try:
-        root = ET.parse(path).getroot()
+        # annotation files are untrusted input: defusedxml refuses entity expansion ("billion laughs") and
+        # external entities or DTDs, which the standard library parser would follow
+        root = defused_et.parse(path).getroot()
     except FileNotFoundError:
         raise DataError(str(path), "missing annotation: no such XML file") from None
+    except DefusedXmlException as e:
+        raise DataError(str(path), f"unsafe XML: {type(e).__name__}: {e}") from None
     except (ET.ParseError, OSError) as e:
         raise DataError(str(path), f"malformed XML: {e}") from None
     size = None

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from acol.data.errors import DataError, DataProblem, ProblemLog, count_problems
 from acol.io import atomic_path
-from acol.paths import resolve_inside
+from acol.paths import UnsafePathError, resolve_inside
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -209,6 +209,14 @@ def validate_manifest(
         raise DataError(where, f"duplicate image_id {dup[0]['values'].as_py()!r}")
     for i in ids:
         resolve_inside(".", i)
+    # Mask paths are joined to the dataset root by the evaluator: refuse ones that leave it, naming the file.
+    for col in ("mask_path", "ignore_path"):
+        for image_id, rel in zip(ids, table.column(col).to_pylist(), strict=True):
+            if rel is not None:
+                try:
+                    resolve_inside(".", rel)
+                except UnsafePathError as e:
+                    raise DataError(f"{where}: {col} of {image_id}", e.reason) from None
     idx = table.column("class_index").to_numpy()
     bad = np.flatnonzero((idx < 0) | (idx >= len(classes)))
     if bad.size:

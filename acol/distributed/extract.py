@@ -22,8 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +43,7 @@ from acol.data.images import read_image
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, to_float_tensor
 from acol.distributed.session import ensure_ray
-from acol.io import replace_dir, write_json_atomic
+from acol.io import replacing_dir, write_json_atomic
 from acol.mapstore import (
     MAPSTORE_SCHEMA,
     METADATA_KEY,
@@ -347,13 +345,9 @@ def _run(
     }
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A run killed while writing leaves its temp folder; this run replaces the output, so remove them. (Two
-    # extractions into one folder at once are not supported: `dvc repro` holds a lock for that.)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        log.warning("removing %s, left by an interrupted extraction", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    # A killed run's temp folder (or a half-done swap) is cleaned first; DVC's .gitignore in the folder stays.
+    # (Two extractions into one folder at once are not supported: `dvc repro` holds a lock for that.)
+    with replacing_dir(out_dir, keep=(".gitignore",)) as tmp:
         (tmp / _MAPS_DIR).mkdir()
         writer = _PartWriter(tmp / _MAPS_DIR, params.extract.rows_per_file, metadata)
         log.info("%s extraction of %d images (%s) -> %s", engine, inputs.num_rows, method, out_dir)
@@ -396,10 +390,6 @@ def _run(
         )
         # Timings vary run to run; summary.json lives beside maps/ so the parts stay byte-identical.
         write_json_atomic(tmp / _SUMMARY_NAME, summary.to_json())
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info(
         "%d rows, %d errors, %.1f images/s, %.0f bytes/image",
         summary.rows,

@@ -1,8 +1,8 @@
 """Ray Train (V2) training: a per-worker loop over `acol.training` and a driver `fit` that writes the outputs.
 
-Each worker builds its own `DataLoader` over `ManifestDataset` (sharded by a `DistributedSampler` that
-`prepare_data_loader` adds; per-worker batch = global batch / workers), trains with `train_one_epoch`, and
-reports every epoch with a checkpoint written by rank 0:
+Each worker builds its own `DataLoader` over `ManifestDataset` (sharded by a `DistributedSampler` seeded with
+``train.seed``; per-worker batch = global batch / workers), trains with `train_one_epoch`, and reports every
+epoch with a checkpoint written by rank 0:
 
     <checkpoint>/model.pt        plain state dict of the WSOLModel (unwrapped from DDP, CPU tensors)
     <checkpoint>/optim.pt        {"optimizer": ..., "scheduler": ...} state dicts
@@ -10,7 +10,10 @@ reports every epoch with a checkpoint written by rank 0:
 
 A restarted worker group (`FailureConfig.max_failures`) or a driver relaunched with the same run name
 resumes from the latest checkpoint, history included, and counts one more restart (MLflow metric and tag
-``restarts``).
+``restarts``). The resumed run ends with the same weights and history, bit for bit, as an uninterrupted one on
+the same number of workers: every random state of an epoch (Python, NumPy, torch, the loader's worker seeds,
+the shuffle) is set from ``(train.seed, rank, epoch)`` at its start (`acol.training.seed_epoch`), so the
+completed-epoch count in the checkpoint is all the random state there is to restore.
 
 Fault injection for tests: if ``ACOL_FAIL_AT_EPOCH=N`` is set in the driver's environment, the rank-0 worker
 exits the process (``os._exit(1)``) at the start of epoch N (1-based) unless the marker file
@@ -49,6 +52,7 @@ from acol.training import (
     build_optimizer,
     build_scheduler,
     evaluate_classification,
+    seed_epoch,
     seed_everything,
     train_one_epoch,
 )
@@ -140,9 +144,13 @@ def _log_epochs(config: dict[str, Any], rows: list[dict[str, float]], restarts: 
         client.log_batch(run_id, metrics=metrics)
 
 
-def _loaders(config: dict[str, Any], world_size: int) -> tuple[DataLoader, DataLoader, int]:
-    """Train loader (shuffled, sharded by Ray) and the full val loader; returns them and the class count."""
+def _loaders(
+    config: dict[str, Any], world_size: int, rank: int
+) -> tuple[DataLoader, DataLoader, int, torch.Generator]:
+    """Train loader (shuffled and sharded by a seeded sampler), the full val loader, the class count, and the
+    train loader's generator (`seed_epoch` reseeds it; it draws the loader workers' base seed)."""
     import ray.train.torch
+    from torch.utils.data import DistributedSampler
 
     params = Params.model_validate(config["params"])
     train_table = read_manifest(config["train_manifest"])
@@ -156,13 +164,24 @@ def _loaders(config: dict[str, Any], world_size: int) -> tuple[DataLoader, DataL
         "num_workers": params.train.loader_workers,
         "persistent_workers": params.train.loader_workers > 0,
     }
+    # Our own sampler (Ray keeps a DistributedSampler it finds): the order follows train.seed and the epoch, on
+    # one worker as on several. Train workers are not persistent: each epoch's are seeded from `generator`.
+    sampler = DistributedSampler(
+        train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=params.train.seed
+    )
+    generator = torch.Generator()
     train_loader = DataLoader(
-        train_set, batch_size=per_worker_batch, shuffle=True, drop_last=False, **loader_args
+        train_set,
+        batch_size=per_worker_batch,
+        sampler=sampler,
+        drop_last=False,
+        generator=generator,
+        num_workers=params.train.loader_workers,
     )
     train_loader = ray.train.torch.prepare_data_loader(train_loader)
     # Validation runs on rank 0 over the whole split: no sampler, no collectives, exact numbers.
     val_loader = DataLoader(val_set, batch_size=per_worker_batch, shuffle=False, **loader_args)
-    return train_loader, val_loader, num_classes
+    return train_loader, val_loader, num_classes, generator
 
 
 def _save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, state: dict) -> None:
@@ -182,10 +201,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     params = Params.model_validate(config["params"])
+    # the same initial weights on every rank (DDP also broadcasts rank 0's); epochs reseed per rank below
     seed_everything(params.train.seed)
     device = ray.train.torch.get_device()
 
-    train_loader, val_loader, num_classes = _loaders(config, world_size)
+    train_loader, val_loader, num_classes, generator = _loaders(config, world_size, rank)
     model = build_model(
         **model_kwargs(params.model.model_dump(), config["method"], num_classes),
         backbone_weights=params.model.backbone_weights,
@@ -205,6 +225,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(optim["optimizer"])
         scheduler.load_state_dict(optim["scheduler"])
         start_epoch, restarts, history = state["epoch"], state["restarts"], state["history"]
+        if state.get("world_size", world_size) != world_size and rank == 0:
+            log.warning("resuming a %s-worker run on %d workers: the result will differ from an uninterrupted "
+                        "run (shards and per-rank seeds change)", state["world_size"], world_size)  # fmt: skip
         if start_epoch < params.train.epochs:  # a finished run relaunched only hands its checkpoint back
             restarts += 1
         if rank == 0:
@@ -230,6 +253,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             os._exit(1)
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # a new shuffle per epoch across the shards
+        seed_epoch(params.train.seed, rank, epoch, generator)  # this rank's own stream; resumes exactly
         start = time.perf_counter()
         train_metrics = train_one_epoch(
             model, train_loader, optimizer, scheduler, device, amp=params.train.amp
@@ -255,7 +279,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     model,
                     optimizer,
                     scheduler,
-                    {"epoch": epoch, "restarts": restarts, "history": history},
+                    {"epoch": epoch, "restarts": restarts, "history": history, "world_size": world_size},
                 )
                 _log_epochs(config, [row])
                 log.info(
