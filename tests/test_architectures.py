@@ -17,8 +17,15 @@ import torchvision
 
 from acol.models import ARCHITECTURES, build_model, load_backbone_weights, load_model_weights
 
-torch.set_grad_enabled(False)
 THRESHOLD = 0.6
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Forward passes only; scoped to each test so other modules keep autograd."""
+    with torch.no_grad():
+        yield
+
 
 # Map size at a 224 input of every backbone x method x large_feature_map (None = published default),
 # from the published descriptions (docs/models.md).
