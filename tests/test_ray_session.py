@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,6 +206,16 @@ def test_extract_runs_through_a_stale_record(tiny_dataset: dict, ray_tmp: Path) 
     assert record.read_text() == address  # the record is the user's: left as it was
 
 
+def _wait_for_record(path: Path, timeout: float = 60.0) -> str:
+    """The head writes its address record a moment after it answers (later on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ray start --head wrote no {path} within {timeout:.0f} s")
+        time.sleep(0.5)
+    return path.read_text()
+
+
 @pytest.mark.slow
 def test_stages_leave_a_live_local_cluster_alone_unless_asked(
     tiny_dataset: dict, ray_tmp: Path, monkeypatch: pytest.MonkeyPatch
@@ -218,7 +229,7 @@ def test_stages_leave_a_live_local_cluster_alone_unless_asked(
     with ray_cluster(["node_a"]) as cluster:
         head_dir = cluster.nodes["node_a"][1]
         (ray_tmp / "ray").symlink_to(head_dir)  # the stages' $RAY_TMPDIR/ray is the head's temp dir
-        record = (ray_tmp / "ray" / "ray_current_cluster").read_text()
+        record = _wait_for_record(ray_tmp / "ray" / "ray_current_cluster")
         env = _stage_env(ray_tmp, RAY_AUTH_MODE="disabled")
         out = ray_tmp / "train"
         manifests = [
