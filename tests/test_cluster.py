@@ -80,8 +80,12 @@ def _ray_env() -> dict[str, str]:
 
 
 @contextmanager
-def ray_cluster(node_resources: list[str], timeout: float = 90) -> Iterator[Cluster]:
-    """A head plus one node per extra entry of `node_resources` (custom resource names), one CPU each."""
+def ray_cluster(node_resources: list[str], timeout: float = 240) -> Iterator[Cluster]:
+    """A head plus one node per extra entry of `node_resources` (custom resource names), one CPU each.
+
+    `timeout` is generous: the first head started from a fresh venv took more than 90 s to answer in one CI-like
+    run (its dashboard's first start), the next ones a few seconds.
+    """
     temp_dir = Path(tempfile.mkdtemp(prefix="acolray-", dir="/tmp"))  # short: Ray's unix sockets live here
     env = _ray_env()
     gcs, dash = free_port(), free_port()
