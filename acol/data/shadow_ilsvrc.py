@@ -37,6 +37,7 @@ from acol.data.synthetic import (
     Split,
     SyntheticConfig,
     SyntheticSummary,
+    _background,
     _encode,
     _hsv_to_bgr,
     _texture_wave,
@@ -91,22 +92,6 @@ def _train_images(config: SyntheticConfig, val: list[ShadowImage]) -> list[Shado
             g = val[(k * config.train_per_class + n) % len(val)]
             out.append(ShadowImage(f"train/{wnid}/{wnid}_{n}.JPEG", g.width, g.height, k, g.boxes))
     return out
-
-
-def _background(rng: np.random.Generator, config: SyntheticConfig, width: int, height: int) -> np.ndarray:
-    """(H, W, 3) float32 grey: low-frequency brightness noise plus grey clutter (no hue), as the toy's."""
-    grey = cv2.resize(rng.uniform(70, 190, size=(4, 4)).astype(np.float32), (width, height),
-                      interpolation=cv2.INTER_CUBIC)  # fmt: skip
-    side = min(width, height)
-    for _ in range(int(rng.integers(config.clutter_count[0], config.clutter_count[1] + 1))):
-        shade = float(rng.uniform(40, 220))
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        w, h = (int(v) for v in rng.integers(side // 16 + 1, side // 5 + 2, size=2))
-        if rng.random() < 0.5:
-            cv2.rectangle(grey, (x, y), (x + w, y + h), shade, thickness=-1)
-        else:
-            cv2.ellipse(grey, (x, y), (w, h), float(rng.uniform(0, 180)), 0, 360, shade, thickness=-1)
-    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def _object_masks(

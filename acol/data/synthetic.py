@@ -268,15 +268,22 @@ def _texture_wave(
     return np.sign(wave_u * wave_v).astype(np.float32)  # checkerboards: square cells
 
 
-def _background(rng: np.random.Generator, config: SyntheticConfig) -> np.ndarray:
-    """(H, W, 3) float32 grey: smooth low-frequency brightness noise plus grey clutter shapes (no hue)."""
-    size = config.image_size
+def _background(
+    rng: np.random.Generator, config: SyntheticConfig, width: int | None = None, height: int | None = None
+) -> np.ndarray:
+    """(H, W, 3) float32 grey: smooth low-frequency brightness noise plus grey clutter shapes (no hue).
+
+    Square ``image_size`` images by default (the toy layout); the shadow layout passes each real size.
+    """
+    width = width or config.image_size
+    height = height or config.image_size
+    side = min(width, height)
     coarse = rng.uniform(70, 190, size=(4, 4)).astype(np.float32)
-    grey = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    grey = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     for _ in range(int(rng.integers(config.clutter_count[0], config.clutter_count[1] + 1))):
         shade = float(rng.uniform(40, 220))
-        x, y = (int(v) for v in rng.integers(0, size, size=2))
-        w, h = (int(v) for v in rng.integers(size // 16 + 1, size // 5 + 2, size=2))
+        x, y = (int(v) for v in rng.integers(0, (width, height)))  # = integers(0, size, size=2) when square
+        w, h = (int(v) for v in rng.integers(side // 16 + 1, side // 5 + 2, size=2))
         if rng.random() < 0.5:
             cv2.rectangle(grey, (x, y), (x + w, y + h), shade, thickness=-1)
         else:
