@@ -68,19 +68,23 @@ def setup(tiny_dataset, tmp_path_factory):
     return {"work": work, "root": root, "manifest": manifest, "params": params, "n": len(records)}
 
 
-@pytest.fixture(scope="module")
-def ray_out(setup, ray_session):
-    s = setup
-    out = s["work"] / "out" / "acol"
-    summary = extract(
+def _args(s: dict, manifest: Path | None = None) -> tuple:
+    """extract / extract_plain arguments before the output folder: params, method, manifest, root, model, card."""
+    work = s["work"]
+    return (
         s["params"],
         "acol",
-        s["manifest"],
+        manifest or s["manifest"],
         s["root"],
-        s["work"] / "model.pt",
-        s["work"] / "model_card.json",
-        out,
+        work / "model.pt",
+        work / "model_card.json",
     )
+
+
+@pytest.fixture(scope="module")
+def ray_out(setup, ray_session):
+    out = setup["work"] / "out" / "acol"
+    summary = extract(*_args(setup), out)
     return {"out": out, "summary": summary, "hashes": _hashes(out / "maps"), "table": read_maps(out / "maps")}
 
 
@@ -154,17 +158,8 @@ def test_maps_boxes_and_scores_are_sane(setup, ray_out):
 
 
 def test_rerun_is_byte_identical_and_replaces_the_folder(setup, ray_out):
-    s = setup
     out = ray_out["out"]
-    extract(
-        s["params"],
-        "acol",
-        s["manifest"],
-        s["root"],
-        s["work"] / "model.pt",
-        s["work"] / "model_card.json",
-        out,
-    )
+    extract(*_args(setup), out)
     assert _hashes(out / "maps") == ray_out["hashes"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["acol"]  # no temp or old folders left
 
@@ -175,15 +170,7 @@ def test_ray_equals_plain_loop(setup, ray_out):
     # as many threads as the Ray actor (extract.cpus_per_actor rounded up): other counts differ in the last bit
     torch.set_num_threads(math.ceil(s["params"].extract.cpus_per_actor))
     try:
-        summary = extract_plain(
-            s["params"],
-            "acol",
-            s["manifest"],
-            s["root"],
-            s["work"] / "model.pt",
-            s["work"] / "model_card.json",
-            s["work"] / "plain",
-        )
+        summary = extract_plain(*_args(s), s["work"] / "plain")
     finally:
         torch.set_num_threads(threads)
     assert summary.rows == 19 and summary.errors == 3 and summary.engine == "plain"
@@ -223,8 +210,7 @@ def test_an_empty_manifest_gives_an_empty_readable_store(setup, engine):
         manifest_from_records([], manifest_classes(read_manifest(s["manifest"])), "synthetic"), empty
     )
     out = s["work"] / "out-empty" / engine.__name__
-    args = (s["params"], "acol", empty, s["root"], s["work"] / "model.pt", s["work"] / "model_card.json", out)
-    summary = engine(*args)
+    summary = engine(*_args(s, empty), out)
     table = read_maps(out / "maps")
     assert (
         summary.rows == 0
@@ -236,19 +222,10 @@ def test_an_empty_manifest_gives_an_empty_readable_store(setup, engine):
 
 def test_rerun_keeps_the_gitignore_dvc_wrote(setup, tmp_path):
     """DVC writes ``.gitignore`` (``/maps``) into the stage's folder; replacing the output keeps it."""
-    s = setup
     out = tmp_path / "acol"
-    args = (
-        s["params"],
-        "acol",
-        s["manifest"],
-        s["root"],
-        s["work"] / "model.pt",
-        s["work"] / "model_card.json",
-    )
-    extract_plain(*args, out)
+    extract_plain(*_args(setup), out)
     (out / ".gitignore").write_text("/maps\n")
-    extract_plain(*args, out)
+    extract_plain(*_args(setup), out)
     assert (out / ".gitignore").read_text() == "/maps\n"
     assert sorted(p.name for p in out.iterdir()) == [".gitignore", "maps", "summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acol"]
