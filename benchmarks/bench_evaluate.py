@@ -5,7 +5,7 @@ Maps are synthetic CAM-like maps: random low-resolution fields (7x7, 14x14 or 28
 real ILSVRC val boxes (by default from the shipped archive ``tests/assets/wsol-metadata.tar.xz``,
 ``ILSVRC/test``, extracted to a temporary folder), scaled to 224 the protocol's way.
 
-The reference (``acol.metrics_reference``: ``cv2.threshold`` + ``cv2.findContours`` per map per threshold)
+The reference (``acol.wsol.reference``: ``cv2.threshold`` + ``cv2.findContours`` per map per threshold)
 is too slow for all maps: it runs on the first ``--reference-images`` maps in one process and its time is
 extrapolated linearly to all maps and to the full 50,000 (said so in the output). The evaluator's curves on
 that subset must equal the reference's exactly, or the script exits with an error. Wall time and CPU time
@@ -31,12 +31,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from acol.boxes import scale_boxes
-from acol.evaluate import read_wsol_metadata
 from acol.io import write_json_atomic
-from acol.maps import normalize_maps
-from acol.metrics import BoxEvaluator
-from acol.metrics_reference import reference_box_accuracy
+from acol.stages.score_npy import read_wsol_metadata
+from acol.wsol.boxes import scale_boxes
+from acol.wsol.metrics import BoxEvaluator
+from acol.wsol.reference import reference_box_accuracy
+from acol.wsol.scoremaps import normalize_maps
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "tests" / "assets" / "wsol-metadata.tar.xz"
 FULL_SCALE = 50_000  # ILSVRC val: the protocol's full evaluation

@@ -33,7 +33,7 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_from_records, read_manifest, write_manifest
 from acol.data.transforms import train_transform
 from acol.models import build_model
-from acol.training import build_optimizer, build_scheduler, seed_everything, train_one_epoch
+from acol.training.engine import build_optimizer, build_scheduler, seed_everything, train_one_epoch
 
 log = logging.getLogger("bench_train")
 CLASSES = ["n00000000", "n00000001", "n00000002", "n00000003"]

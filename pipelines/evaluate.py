@@ -1,7 +1,7 @@
 """Stage evaluate: every WSOL metric of one method from its extracted maps.
 
 Writes ``evaluation.json`` (the full record: counts, threshold, map statistics, method), ``metrics.json`` (the
-numbers ``dvc metrics show`` compares, `acol.dvc_metrics`), and the curves ``box_acc.csv`` / ``pr_curve.csv``.
+numbers ``dvc metrics show`` compares, `acol.tracking.dvc_metrics`), and the curves ``box_acc.csv`` / ``pr_curve.csv``.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from acol import tracking
-from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.manifest import read_manifest
-from acol.dvc_metrics import evaluation_metrics
-from acol.evaluation import evaluate_method
+from acol.inference.mapstore import read_maps
 from acol.io import write_json_atomic, write_text_atomic
-from acol.mapstore import read_maps
 from acol.models import METHODS
-from acol.registry import record_and_promote
+from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
+from acol.stages.evaluate import evaluate_method
+from acol.tracking import runs as tracking
+from acol.tracking.dvc_metrics import evaluation_metrics
+from acol.tracking.registry import record_and_promote
 
 log = logging.getLogger("evaluate")
 

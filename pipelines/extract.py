@@ -10,10 +10,10 @@ import json
 import logging
 from pathlib import Path
 
-from acol import tracking
-from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.distributed.extract import extract, extract_plain
 from acol.models import METHODS
+from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
+from acol.tracking import runs as tracking
 
 log = logging.getLogger("extract")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from acol import tracking
-from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.manifest import manifest_classes, write_manifest
 from acol.io import write_json_atomic
-from acol.prepare import index_dataset, index_fullsup, prepare_summary
+from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
+from acol.stages.prepare import index_dataset, index_fullsup, prepare_summary
+from acol.tracking import runs as tracking
 
 log = logging.getLogger("prepare")
 

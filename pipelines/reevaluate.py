@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from acol import tracking
-from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.models import METHODS
-from acol.reevaluate import REGRESSION_EXIT_CODE, ReevaluationError, reevaluate
+from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
+from acol.stages.reevaluate import REGRESSION_EXIT_CODE, ReevaluationError, reevaluate
+from acol.tracking import runs as tracking
 
 log = logging.getLogger("reevaluate")
 

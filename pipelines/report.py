@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from acol import tracking
-from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
-from acol.report import ReportInputs, build_report
+from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
+from acol.stages.report import ReportInputs, build_report
+from acol.tracking import runs as tracking
 
 log = logging.getLogger("report")
 

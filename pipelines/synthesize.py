@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
-from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.synthetic import generate_synthetic
+from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
 
 log = logging.getLogger("synthesize")
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from acol import tracking
-from acol.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.data.dataset import ManifestDataset
 from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
 from acol.distributed.train import fit
-from acol.dvc_metrics import training_metrics
 from acol.io import write_json_atomic
 from acol.models import METHODS, build_model, load_model_weights, model_kwargs
+from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
+from acol.tracking import runs as tracking
+from acol.tracking.dvc_metrics import training_metrics
 
 log = logging.getLogger("train")
 

@@ -2,11 +2,11 @@
 
 Generates the synthetic ILSVRC-format dataset (acol.data.synthetic) into a temporary folder, reads it back from
 disk, and trains CAM and ACoL on the "small" backbone with the pipeline's own training path and the same budget:
-`acol.training.build_optimizer` / `build_scheduler` (Adam, lr 1e-3, head x1, weight decay 1e-4, cosine to 0 per
+`acol.training.engine.build_optimizer` / `build_scheduler` (Adam, lr 1e-3, head x1, weight decay 1e-4, cosine to 0 per
 step), `train_one_epoch`, batch 64, `acol.data.transforms.train_transform(size)` (resize to size*8/7, random
 crop, flip, ImageNet normalization). Evaluation uses the project's metrics as the pipeline does: the normalized
-maps (A, B, fused = `WSOLModel.localization_maps`) go through `acol.maps.prepare_scoremap` (bicubic to 224x224,
-min-max), GT boxes through `acol.boxes.scale_boxes`, and `acol.metrics.BoxEvaluator` gives MaxBoxAccV2
+maps (A, B, fused = `WSOLModel.localization_maps`) go through `acol.wsol.scoremaps.prepare_scoremap` (bicubic to 224x224,
+min-max), GT boxes through `acol.wsol.boxes.scale_boxes`, and `acol.wsol.metrics.BoxEvaluator` gives MaxBoxAccV2
 (multi-contour, IoU 30/50/70) and GT-known MaxBoxAcc (largest contour, IoU 50), the threshold chosen on the
 evaluated split itself (both methods alike). It also reports the mean map inside the part, the body without the
 part and the background (masks resized nearest to 224), for A, B and fused.
@@ -27,16 +27,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from acol.boxes import scale_boxes
 from acol.config import TrainParams
 from acol.data.errors import ProblemLog
-from acol.data.ilsvrc import read_solution_csv
+from acol.data.readers.ilsvrc import read_solution_csv
 from acol.data.synthetic import SyntheticConfig, class_wnids, generate_synthetic, render_image
 from acol.data.transforms import eval_transform, train_transform
-from acol.maps import RESIZE_LENGTH, prepare_scoremap
-from acol.metrics import BoxEvaluator
 from acol.models import build_model, normalize_maps, select_class_maps
-from acol.training import build_optimizer, build_scheduler, seed_everything, train_one_epoch
+from acol.training.engine import build_optimizer, build_scheduler, seed_everything, train_one_epoch
+from acol.wsol.boxes import scale_boxes
+from acol.wsol.metrics import BoxEvaluator
+from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_scoremap
 
 
 def load_split(root: Path, config: SyntheticConfig, split: str) -> tuple[np.ndarray, np.ndarray, list]:

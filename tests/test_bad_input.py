@@ -24,9 +24,9 @@ from acol.config import ParamsError
 from acol.data.dataset import ManifestDataset
 from acol.data.errors import DataError
 from acol.data.manifest import manifest_classes, read_manifest
+from acol.data.paths import UnsafePathError
 from acol.models import WeightsError, build_model
-from acol.paths import UnsafePathError
-from acol.report import MethodInputs, ReportInputs, build_report
+from acol.stages.report import MethodInputs, ReportInputs, build_report
 from tests.conftest_data import WNIDS, write_ilsvrc
 
 REPO = Path(__file__).resolve().parents[1]

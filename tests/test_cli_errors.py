@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from acol.cli import run_stage
 from acol.config import ParamsError
+from acol.stages.cli import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"

@@ -1,12 +1,12 @@
-"""The union-find contour boxes of acol.components against OpenCV's findContours, cut by cut."""
+"""The union-find contour boxes of acol.wsol.contours against OpenCV's findContours, cut by cut."""
 
 import cv2
 import numpy as np
 import pytest
 
-from acol.components import best_iou_per_cut, box_hits, contour_boxes_all_cuts
-from acol.maps import normalize_maps, quantize
-from acol.metrics_reference import reference_boxes, reference_iou
+from acol.wsol.contours import best_iou_per_cut, box_hits, contour_boxes_all_cuts
+from acol.wsol.reference import reference_boxes, reference_iou
+from acol.wsol.scoremaps import normalize_maps, quantize
 
 
 def opencv_boxes(q: np.ndarray, cut: int) -> list[tuple[int, ...]]:

@@ -1,7 +1,7 @@
 """What DVC shows: the project's dvc.yaml with metrics files as the stages write them, read back by `dvc` itself.
 
 The oracle is DVC's own ``dvc metrics show``: its table has only the compared numbers (no run id, path or
-param), every metrics file in dvc.yaml is one the stages write with `acol.dvc_metrics`, and it fits a wide
+param), every metrics file in dvc.yaml is one the stages write with `acol.tracking.dvc_metrics`, and it fits a wide
 terminal (measured: 172 columns on the pipeline's real outputs, 1,640 before).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from acol.dvc_metrics import EVALUATION_KEYS, evaluation_metrics, training_metrics
+from acol.tracking.dvc_metrics import EVALUATION_KEYS, evaluation_metrics, training_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]

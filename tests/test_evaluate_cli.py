@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from acol.evaluate import main, read_wsol_metadata
+from acol.stages.score_npy import main, read_wsol_metadata
 
 
 def write_meta(root, ids, sizes, loc_lines) -> None:

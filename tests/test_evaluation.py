@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from acol.boxes import scale_boxes
 from acol.config import EvaluateParams
 from acol.data.manifest import manifest_from_records
-from acol.evaluation import evaluate_method, holdout_mask
-from acol.maps import prepare_scoremap
-from acol.mapstore import columns_to_table
-from acol.metrics import BoxEvaluator, ClassicLocEvaluator, select_cam_threshold
+from acol.inference.mapstore import columns_to_table
+from acol.stages.evaluate import evaluate_method, holdout_mask
+from acol.wsol.boxes import scale_boxes
+from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, select_cam_threshold
+from acol.wsol.scoremaps import prepare_scoremap
 
 CLASSES = [f"n9{i:07d}" for i in range(6)]
 SIZE, GRID = 64, 16
@@ -184,7 +184,7 @@ def test_box_evaluator_threads_end_with_the_call(tmp_path: Path, monkeypatch: py
             started.append(self._threads is not None)
             return hits
 
-    monkeypatch.setattr("acol.evaluation.BoxEvaluator", SmallChunks)
+    monkeypatch.setattr("acol.stages.evaluate.BoxEvaluator", SmallChunks)
     manifest, columns, *_ = _dataset(tmp_path, n=20)
     evaluate_method(columns_to_table(columns), manifest, tmp_path, EvaluateParams(interval=0.1))
     assert started and all(started)

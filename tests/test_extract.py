@@ -18,9 +18,17 @@ from acol.config import load_params
 from acol.data.images import read_image
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
 from acol.data.transforms import eval_transform, to_float_tensor
-from acol.distributed.extract import _split_eval_transform, decode_batch, extract, extract_plain
-from acol.mapstore import MAPSTORE_SCHEMA, boxes_from_maps, maps_array, ok_rows, read_maps, read_metadata
+from acol.distributed.extract import extract, extract_plain
+from acol.inference.mapstore import (
+    MAPSTORE_SCHEMA,
+    maps_array,
+    ok_rows,
+    read_maps,
+    read_metadata,
+)
+from acol.inference.predict import _split_eval_transform, decode_batch
 from acol.models import build_model
+from acol.wsol.boxes import boxes_from_maps
 
 pytestmark = pytest.mark.slow
 

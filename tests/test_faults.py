@@ -1,7 +1,7 @@
 """Fault injection: a dead tracking server, a stage killed mid-write, a crash at the rename, a killed worker.
 
 Chosen behaviour for an unreachable MLflow server: every stage script calls
-`acol.tracking.check_tracking_server()` right after parsing its params, so the stage fails with
+`acol.tracking.runs.check_tracking_server()` right after parsing its params, so the stage fails with
 `TrackingServerError` (naming the URI) before it reads data, starts Ray or writes anything, instead of after an
 hour of training. The tests here inject each fault and check what is left on disk: the previous complete
 output, or none, never a partial file where a later stage reads.
@@ -26,9 +26,9 @@ import torch
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
 from acol.distributed.extract import extract_plain
-from acol.mapstore import read_maps
+from acol.inference.mapstore import read_maps
 from acol.models import build_model
-from acol.tracking import TrackingServerError, check_tracking_server
+from acol.tracking.runs import TrackingServerError, check_tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
@@ -65,19 +65,19 @@ def _model_files(folder: Path, classes: list[str], method: str = "acol", seed: i
 
 # script -> (arguments besides --params/--out, library entry points that do the stage's real work)
 STAGES = {
-    "prepare": ([], ["acol.prepare.index_dataset"]),
+    "prepare": ([], ["acol.stages.prepare.index_dataset"]),
     "train": (["--method", "acol"], ["acol.distributed.train.fit"]),
     "extract": (["--method", "acol"], ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
-    "evaluate": (["--method", "acol"], ["acol.evaluation.evaluate_method", "acol.mapstore.read_maps"]),
-    "report": ([], ["acol.report.build_report"]),
-    "reevaluate": (["--method", "acol"], ["acol.reevaluate.reevaluate"]),
+    "evaluate": (["--method", "acol"], ["acol.stages.evaluate.evaluate_method", "acol.inference.mapstore.read_maps"]),
+    "report": ([], ["acol.stages.report.build_report"]),
+    "reevaluate": (["--method", "acol"], ["acol.stages.reevaluate.reevaluate"]),
 }  # fmt: skip
 
 
 def _patch_expensive(monkeypatch: pytest.MonkeyPatch, targets: list[str]) -> None:
     import ray
 
-    from acol.report import ReportInputs
+    from acol.stages.report import ReportInputs
 
     for target in targets:
         monkeypatch.setattr(target, _boom)
@@ -314,7 +314,7 @@ def test_train_and_report_writers_survive_a_crash_before_rename(
     report folder swap: old files intact, no temp file or folder left."""
     from acol.distributed.train import write_history_csv
     from acol.io import atomic_path, write_json_atomic
-    from acol.report import _write_folder
+    from acol.stages.report import _write_folder
 
     train_dir, report_dir = tmp_path / "train", tmp_path / "report"
     before = _stale(train_dir, ["history.csv", "model_card.json", "model.pt"])
@@ -365,8 +365,8 @@ def test_training_survives_a_worker_killed_from_outside(
     import psutil
     from mlflow.tracking import MlflowClient
 
-    from acol import tracking
     from acol.distributed.train import fit
+    from acol.tracking import runs as tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("ACOL_FAIL_AT_EPOCH", raising=False)
@@ -437,8 +437,8 @@ def test_tracking_server_lost_mid_stage_fails_the_stage_and_a_rerun_recovers(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from acol import tracking
     from acol.io import write_json_atomic
+    from acol.tracking import runs as tracking
     from tests.services import mlflow_server_process, stop_process_group
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

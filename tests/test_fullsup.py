@@ -8,8 +8,8 @@ import pytest
 
 from acol.config import DataParams
 from acol.data.manifest import manifest_classes, manifest_from_records
-from acol.data.wsol_metadata import write_wsol_metadata
-from acol.prepare import index_fullsup
+from acol.data.readers.wsol_metadata import write_wsol_metadata
+from acol.stages.prepare import index_fullsup
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]
 

@@ -21,7 +21,7 @@ from acol.data.manifest import (
     validate_manifest,
     write_manifest,
 )
-from acol.paths import UnsafePathError, resolve_inside
+from acol.data.paths import UnsafePathError, resolve_inside
 
 CLASSES = ["n01", "n02", "n03"]
 

@@ -4,15 +4,15 @@ import cv2
 import numpy as np
 import pytest
 
-from acol.boxes import (
+from acol.wsol.boxes import (
     best_iou_per_threshold,
     boxes_at_thresholds,
     boxes_from_mask,
     iou,
     scale_boxes,
 )
-from acol.maps import normalize_maps, prepare_scoremap, quantize, resize_maps
-from acol.metrics_reference import reference_boxes, reference_iou
+from acol.wsol.reference import reference_boxes, reference_iou
+from acol.wsol.scoremaps import normalize_maps, prepare_scoremap, quantize, resize_maps
 
 
 def smooth_map(rng: np.random.Generator, k: int) -> np.ndarray:

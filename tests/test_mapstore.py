@@ -9,19 +9,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from acol.mapstore import (
+from acol.inference.mapstore import (
     MAPSTORE_SCHEMA,
     MapStoreError,
-    boxes_from_maps,
     columns_to_table,
     maps_array,
     ok_rows,
     part_name,
-    predict_batch,
     read_maps,
     read_metadata,
 )
+from acol.inference.predict import predict_batch
 from acol.models import build_model, normalize_maps, select_class_maps
+from acol.wsol.boxes import boxes_from_maps
 
 
 def reference_box(raw: np.ndarray, width: int, height: int, threshold: float) -> np.ndarray:

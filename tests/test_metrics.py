@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from acol.maps import normalize_maps
-from acol.metrics import (
+from acol.data.paths import UnsafePathError
+from acol.wsol.metrics import (
     BoxEvaluator,
     ClassicLocEvaluator,
     MaskEvaluator,
@@ -14,8 +14,8 @@ from acol.metrics import (
     select_cam_threshold,
     topk_correct,
 )
-from acol.metrics_reference import reference_box_accuracy, reference_pxap
-from acol.paths import UnsafePathError
+from acol.wsol.reference import reference_box_accuracy, reference_pxap
+from acol.wsol.scoremaps import normalize_maps
 
 
 def smooth_maps(rng: np.random.Generator, n: int) -> np.ndarray:

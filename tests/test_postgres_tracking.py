@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from acol import tracking
 from acol.config import load_params
+from acol.tracking import runs as tracking
 from tests.services import mlflow_server, postgres_bin, postgres_cluster
 
 pytestmark = [
@@ -32,9 +32,9 @@ def test_stages_models_and_promotion_on_a_postgres_backed_server(
     import psycopg
     from mlflow.tracking import MlflowClient
 
-    from acol.mlflow_model import load_version
     from acol.models import build_model
-    from acol.registry import record_and_promote
+    from acol.tracking.mlflow_model import load_version
+    from acol.tracking.registry import record_and_promote
 
     with postgres_cluster() as database, mlflow_server(tmp_path, backend_uri=database) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acol.data.cub import cub_image_root, read_cub
 from acol.data.errors import DataError, count_problems
-from acol.data.ilsvrc import read_ilsvrc_train, read_ilsvrc_val, read_synsets
 from acol.data.manifest import manifest_classes, manifest_source, validate_manifest
-from acol.data.wsol_metadata import read_wsol_metadata, write_wsol_metadata
+from acol.data.readers.cub import cub_image_root, read_cub
+from acol.data.readers.ilsvrc import read_ilsvrc_train, read_ilsvrc_val, read_synsets
+from acol.data.readers.wsol_metadata import read_wsol_metadata, write_wsol_metadata
 from tests.conftest_data import (
     CUB_IMAGES,
     UNKNOWN_WNID,

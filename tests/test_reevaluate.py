@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from acol.config import load_params
-from acol.reevaluate import (
+from acol.stages.reevaluate import (
     REGRESSION_EXIT_CODE,
     ReevaluationError,
     ReevaluationReport,
@@ -91,13 +91,13 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
-    from acol import tracking
     from acol.data.manifest import manifest_classes, read_manifest
     from acol.distributed.extract import extract_plain
-    from acol.evaluation import evaluate_method
-    from acol.mapstore import read_maps
+    from acol.inference.mapstore import read_maps
     from acol.models import build_model
-    from acol.registry import record_and_promote
+    from acol.stages.evaluate import evaluate_method
+    from acol.tracking import runs as tracking
+    from acol.tracking.registry import record_and_promote
 
     root, val = tiny_dataset["root"], tiny_dataset["val"]
     params = load_params(tmp_path / "none.yaml", [*OVERRIDES, f"data.root={root}"])

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from acol.data.manifest import read_manifest
-from acol.mapstore import columns_to_table, part_name
-from acol.plots import overlay_map
-from acol.report import (
+from acol.inference.mapstore import columns_to_table, part_name
+from acol.stages.plots import overlay_map
+from acol.stages.report import (
     PUBLISHED,
     MethodInputs,
     ReportError,
@@ -268,8 +268,8 @@ def test_overlay_map_blends_jet() -> None:
 
 def test_gallery_boxes_at_best_threshold(tmp_path: Path, tiny_dataset: dict) -> None:
     """With a best threshold, the report's boxes come from the top-1 maps at it, not the stored pred_box."""
-    from acol.mapstore import boxes_from_maps
-    from acol.report import _gt_lookup, _read_map_info
+    from acol.stages.report import _gt_lookup, _read_map_info
+    from acol.wsol.boxes import boxes_from_maps
 
     out = _write_outputs(tmp_path, tiny_dataset["val"])
     gt = _gt_lookup(read_manifest(tiny_dataset["val"]))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from acol.data.ilsvrc import read_ilsvrc_val
+from acol.data.readers.ilsvrc import read_ilsvrc_val
 from acol.data.shadow_ilsvrc import _train_images, _write_chunk, shadow_geometry, shadow_texture
 from acol.data.synthetic import SyntheticConfig, class_wnids, generate_synthetic
 from tests.conftest_data import wsol_metadata_dir  # noqa: F401  (session fixture)

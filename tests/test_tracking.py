@@ -1,4 +1,4 @@
-"""acol.tracking: parent/child stage runs, flattened params, data versions, model registry, server checks."""
+"""acol.tracking.runs: parent/child stage runs, flattened params, data versions, model registry, server checks."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from acol import tracking
 from acol.config import Params, load_params
+from acol.tracking import runs as tracking
 
 pytest.importorskip("mlflow")
 
@@ -185,8 +185,8 @@ def test_log_model_registers_versions_that_load_without_unpickling(
     import mlflow.pyfunc
     from mlflow.artifacts import download_artifacts
 
-    from acol.mlflow_model import load_version
     from acol.models import build_model
+    from acol.tracking.mlflow_model import load_version
 
     torch.manual_seed(0)
     model = build_model("small", 3, "cam", head_channels=8)
@@ -320,7 +320,7 @@ def test_champion_and_candidate_on_real_registered_versions(params: Params) -> N
     from mlflow.tracking import MlflowClient
 
     from acol.models import build_model
-    from acol.registry import record_and_promote
+    from acol.tracking.registry import record_and_promote
 
     model = build_model("small", 2, "cam", head_channels=4)
     card = {"method": "cam", "backbone": "small", "num_classes": 2, "classes": ["n1", "n2"],

@@ -16,7 +16,7 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
 from acol.models import build_model, load_model_weights
-from acol.training import build_optimizer, seed_everything, train_one_epoch
+from acol.training.engine import build_optimizer, seed_everything, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = [
@@ -132,8 +132,8 @@ def test_fit_resumes_after_injected_fault(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from acol import tracking
     from acol.distributed.train import FAULT_MARKER, fit
+    from acol.tracking import runs as tracking
 
     params = load_params(
         tmp_path / "absent.yaml",

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from acol.data.images import read_image
 from acol.data.transforms import to_float_tensor
-from acol.paths import resolve_inside
+from acol.data.paths import resolve_inside
 
 __all__ = ["ManifestDataset"]
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from acol.data.errors import DataError, DataProblem, ProblemLog, count_problems
 from acol.io import atomic_path
-from acol.paths import UnsafePathError, resolve_inside
+from acol.data.paths import UnsafePathError, resolve_inside
 
 __all__ = [
     "MANIFEST_SCHEMA",

@@ -3,7 +3,7 @@
 Why: the pipeline's cost at the real scale (50,000 val images of ~500x375 px, 1.6 boxes each, 1,000 classes)
 can be measured, and every stage run end to end, without the ImageNet images. The geometry comes from a WSOL
 metadata folder (``SyntheticConfig.shadow_metadata``, e.g. ``ILSVRC/test`` of the shipped
-``tests/assets/wsol-metadata.tar.xz``), read with ``acol.data.wsol_metadata.read_wsol_metadata``.
+``tests/assets/wsol-metadata.tar.xz``), read with ``acol.data.readers.wsol_metadata.read_wsol_metadata``.
 
 Layout written under ``root`` (the real release's):
 
@@ -44,7 +44,7 @@ from acol.data.synthetic import (
     class_wnids,
     write_marker,
 )
-from acol.data.wsol_metadata import read_wsol_metadata
+from acol.data.readers.wsol_metadata import read_wsol_metadata
 from acol.io import write_bytes_atomic
 
 __all__ = ["ShadowImage", "generate_shadow_ilsvrc", "render_shadow_image", "shadow_geometry"]

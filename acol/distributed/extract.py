@@ -1,4 +1,4 @@
-"""Extraction: run a trained model over a whole manifest and write its maps to Parquet (`acol.mapstore`).
+"""Extraction: run a trained model over a whole manifest and write its maps to Parquet (`acol.inference.mapstore`).
 
 Two engines share every step but the scheduling, so one is the correctness reference of the other:
 
@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,38 +33,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from acol.config import Params
-from acol.data.errors import DataError
-from acol.data.images import read_image
 from acol.data.manifest import manifest_classes, read_manifest
-from acol.data.transforms import eval_transform, to_float_tensor
 from acol.distributed.session import ensure_ray
-from acol.io import replacing_dir, write_json_atomic
-from acol.mapstore import (
+from acol.inference.mapstore import (
     MAPSTORE_SCHEMA,
     METADATA_KEY,
     PARQUET_OPTIONS,
     columns_to_table,
     part_name,
-    predict_batch,
 )
-from acol.models import WSOLModel, build_model, load_model_weights
-from acol.models import model_kwargs as architecture_kwargs
-from acol.paths import resolve_inside
+from acol.inference.model_card import check_weights, load_model_card, model_kwargs_from_card
+from acol.inference.predict import MapPredictor, decode_batch
+from acol.io import replacing_dir, write_json_atomic
 
-__all__ = [
-    "ExtractSummary",
-    "MapPredictor",
-    "check_weights",
-    "decode_batch",
-    "extract",
-    "extract_plain",
-    "load_model_card",
-    "model_from_card",
-]
+__all__ = ["ExtractSummary", "extract", "extract_plain"]
 
 log = logging.getLogger(__name__)
 
@@ -94,171 +78,6 @@ class ExtractSummary:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# --- model ---
-
-
-def load_model_card(card: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
-    """A model card (path to model_card.json, or the dict itself); errors name the file."""
-    if isinstance(card, dict):
-        return card
-    path = Path(card)
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read model card {path}: {e}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"model card {path}: expected a JSON object, got {type(loaded).__name__}")
-    return loaded
-
-
-def _model_kwargs(card: dict[str, Any], params: Params, method: str, classes: list[str]) -> dict[str, Any]:
-    """build_model arguments: the card's architecture (it describes the saved weights), params as fallback.
-
-    The card's ``classes`` must equal the manifest's (the class indices would mean other classes otherwise).
-    Keys read: ``method``, ``backbone``, ``num_classes``, ``classes``, and ``head_channels`` /
-    ``erase_threshold`` from ``card["model"]`` or ``card["params"]["model"]``.
-    """
-    if card.get("method", method) != method:
-        raise ValueError(f"model card is for method {card['method']!r}, extraction asked for {method!r}")
-    if "classes" in card and list(card["classes"]) != classes:
-        raise ValueError("model card classes differ from the manifest classes (another dataset or order?)")
-    model_section = card.get("model")
-    if not isinstance(model_section, dict):  # {"params": {"model": {...}}} is accepted too
-        nested = card.get("params")
-        model_section = nested.get("model", {}) if isinstance(nested, dict) else {}
-    num_classes = int(card.get("num_classes", len(classes)))
-    if num_classes != len(classes):
-        raise ValueError(f"model card has {num_classes} classes, the manifest {len(classes)}")
-    section = {**params.model.model_dump(), **model_section}
-    if "backbone" in card:
-        section["backbone"] = card["backbone"]
-    return architecture_kwargs(section, method, num_classes)
-
-
-def check_weights(model_kwargs: dict[str, Any], model_path: str | os.PathLike[str]) -> None:
-    """Raise `WeightsError` naming `model_path` unless it holds a state dict of exactly this architecture.
-
-    Run on the driver before Ray starts: in a `MapPredictor` actor the same error would only surface as an
-    actor-construction failure after the cluster and the decode tasks are up. The model is built on the meta
-    device (no memory, no init), so the check costs one read of the file.
-    """
-    with torch.device("meta"):
-        model = build_model(**model_kwargs)
-    with warnings.catch_warnings():  # copying real tensors into meta ones is a no-op, which is the point
-        warnings.simplefilter("ignore", UserWarning)
-        load_model_weights(model, model_path)
-
-
-def model_from_card(
-    model_kwargs: dict[str, Any],
-    model_path: str | os.PathLike[str],
-    device: torch.device | str = "cpu",
-    channels_last: bool = False,
-) -> WSOLModel:
-    """Build the model (no backbone weights: the state dict has them all), load weights, eval mode."""
-    model = build_model(**model_kwargs)
-    load_model_weights(model, model_path)
-    model = model.to(device).eval()
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-# --- decode and predict (shared by both engines) ---
-
-
-def _split_eval_transform(size: int) -> tuple[Callable, Callable]:
-    """`eval_transform(size)` as (uint8 resize, float normalize): composed, they are exactly the original."""
-    steps = eval_transform(size).transforms
-    if not isinstance(steps[0], v2.Resize):
-        raise RuntimeError("eval_transform no longer starts with Resize; update _split_eval_transform")
-    return steps[0], v2.Compose(steps[1:])
-
-
-def decode_batch(batch: dict[str, np.ndarray], root: str, size: int) -> dict[str, np.ndarray]:
-    """Read, decode and resize the images of a batch: adds ``image`` (B, 3, S, S) uint8 and ``error`` (B,).
-
-    ``error`` is "" when fine, else "<kind>: <reason>"; a failed image gets a zero placeholder.
-    """
-    resize, _ = _split_eval_transform(size)
-    ids = [str(i) for i in batch["image_id"]]
-    images = np.zeros((len(ids), 3, size, size), dtype=np.uint8)
-    errors = np.full(len(ids), "", dtype=object)
-    for k, image_id in enumerate(ids):
-        try:
-            pixels = read_image(resolve_inside(root, image_id))
-            images[k] = resize(to_float_tensor(pixels)).numpy()
-        except DataError as e:
-            errors[k] = e.reason
-        except Exception as e:  # a run over 1M images must not stop on one odd file; it is recorded
-            errors[k] = f"unexpected: {type(e).__name__}: {e}"
-    return {**batch, "image": images, "error": errors}
-
-
-class MapPredictor:
-    """Ray Data callable class: loads the model once, maps a numpy batch dict to the map-store columns."""
-
-    def __init__(
-        self,
-        model_kwargs: dict[str, Any],
-        model_path: str,
-        size: int,
-        box_threshold: float,
-        device: str = "cpu",
-        amp: bool = False,
-        channels_last: bool = False,
-        num_threads: int | None = None,
-    ) -> None:
-        if num_threads is not None:  # Ray sets OMP_NUM_THREADS to the actor's whole CPUs (1 for 1.5)
-            torch.set_num_threads(num_threads)
-        self.device = torch.device(device)
-        self.model = model_from_card(model_kwargs, model_path, self.device, channels_last)
-        self.normalize = _split_eval_transform(size)[1]
-        self.box_threshold = box_threshold
-        self.amp = amp
-        self.channels_last = channels_last
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        errors = np.asarray(batch["error"], dtype=object)
-        ok = errors == ""
-        out: dict[str, Any] = {
-            "image_id": batch["image_id"],
-            "label": np.asarray(batch["class_index"], dtype=np.int32),
-            "width": batch["width"],
-            "height": batch["height"],
-            "error": errors,
-        }
-        if ok.any():
-            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).to(self.device)
-            images = self.normalize(images)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            cols = predict_batch(
-                self.model,
-                images,
-                np.asarray(batch["class_index"])[ok],
-                np.asarray(batch["width"])[ok],
-                np.asarray(batch["height"])[ok],
-                self.box_threshold,
-                amp=self.amp,
-            )
-        else:  # all failed: shapes from a zero image, so every batch has the same columns
-            cols = predict_batch(
-                self.model,
-                self.normalize(torch.zeros((1, *batch["image"].shape[1:]), dtype=torch.uint8)),
-                np.zeros(1),
-                np.ones(1),
-                np.ones(1),
-                self.box_threshold,
-            )
-        for name, values in cols.items():
-            if values is None:  # CAM has no branch B: the column is left out and written as null
-                continue
-            full = np.zeros((len(errors), *values.shape[1:]), dtype=values.dtype)
-            if ok.any():
-                full[ok] = values
-            out[name] = full
-        return out
 
 
 # --- writing ---
@@ -335,7 +154,7 @@ def _run(
 ) -> ExtractSummary:
     """Shared frame of both engines: inputs, metadata, temp folder, writer, summary, rename into place."""
     inputs, classes = _sorted_inputs(manifest_path)
-    model_kwargs = _model_kwargs(load_model_card(model_card), params, method, classes)
+    model_kwargs = model_kwargs_from_card(load_model_card(model_card), params, method, classes)
     metadata = {
         "method": method,
         "classes": classes,

@@ -1,4 +1,4 @@
-"""Ray Train (V2) training: a per-worker loop over `acol.training` and a driver `fit` that writes the outputs.
+"""Ray Train (V2) training: a per-worker loop over `acol.training.engine` and a driver `fit` that writes the outputs.
 
 Each worker builds its own `DataLoader` over `ManifestDataset` (sharded by a `DistributedSampler` seeded with
 ``train.seed``; per-worker batch = global batch / workers), trains with `train_one_epoch`, and reports every
@@ -12,7 +12,7 @@ A restarted worker group (`FailureConfig.max_failures`) or a driver relaunched w
 resumes from the latest checkpoint, history included, and counts one more restart (MLflow metric and tag
 ``restarts``). The resumed run ends with the same weights and history, bit for bit, as an uninterrupted one on
 the same number of workers: every random state of an epoch (Python, NumPy, torch, the loader's worker seeds,
-the shuffle) is set from ``(train.seed, rank, epoch)`` at its start (`acol.training.seed_epoch`), so the
+the shuffle) is set from ``(train.seed, rank, epoch)`` at its start (`acol.training.engine.seed_epoch`), so the
 completed-epoch count in the checkpoint is all the random state there is to restore.
 
 Fault injection for tests: if ``ACOL_FAIL_AT_EPOCH=N`` is set in the driver's environment, the rank-0 worker
@@ -48,7 +48,7 @@ from acol.data.transforms import eval_transform, train_transform
 from acol.distributed.session import ensure_ray
 from acol.io import atomic_path
 from acol.models import build_model, model_kwargs
-from acol.training import (
+from acol.training.engine import (
     build_optimizer,
     build_scheduler,
     evaluate_classification,
@@ -338,12 +338,12 @@ def fit(
     """Train `method` with Ray Train; write ``out_dir/model.pt`` (state dict) and ``out_dir/history.csv``.
 
     `run_id` is the MLflow run that rank 0 logs per-epoch metrics to (the tracking URI is this process's
-    `acol.tracking.tracking_uri()`). Checkpoints live under ``params.train.storage_path/<run_name>``.
+    `acol.tracking.runs.tracking_uri()`). Checkpoints live under ``params.train.storage_path/<run_name>``.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from acol.tracking import data_version, tracking_uri
+    from acol.tracking.runs import data_version, tracking_uri
 
     tp = params.train
     train_manifest, val_manifest = Path(train_manifest).resolve(), Path(val_manifest).resolve()

@@ -24,8 +24,8 @@ _USER_ERRORS = (
     ("acol.config", "ParamsError"),
     ("acol.data.errors", "DataError"),  # UnsafePathError and ImageDecodeError too
     ("acol.models.factory", "WeightsError"),
-    ("acol.mapstore", "MapStoreError"),
-    ("acol.report", "ReportError"),
+    ("acol.inference.mapstore", "MapStoreError"),
+    ("acol.stages.report", "ReportError"),
     ("acol.distributed.session", "RaySessionError"),
     ("builtins", "FileNotFoundError"),
 )

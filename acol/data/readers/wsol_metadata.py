@@ -27,7 +27,7 @@ from acol.data.errors import DataError, DataProblem, ProblemLog
 from acol.data.images import ImageDecodeError, image_size
 from acol.data.manifest import manifest_classes, manifest_from_columns
 from acol.io import write_text_atomic
-from acol.paths import UnsafePathError, resolve_inside
+from acol.data.paths import UnsafePathError, resolve_inside
 
 __all__ = ["read_wsol_metadata", "write_wsol_metadata"]
 
@@ -64,7 +64,7 @@ def read_wsol_metadata(
 ) -> tuple[pa.Table, list[DataProblem]]:
     """Read a WSOL metadata folder into a manifest (rows in ``image_ids.txt`` order).
 
-    ``classes`` gives the class ids in index order (e.g. sorted wnids from `acol.data.ilsvrc.read_synsets`);
+    ``classes`` gives the class ids in index order (e.g. sorted wnids from `acol.data.readers.ilsvrc.read_synsets`);
     without it the ids are the indices as strings, ``"0"`` to ``str(max label)``. Images without a class
     label or size, duplicate ids, unsafe paths, and boxes of unknown images or outside their image are
     recorded as problems and dropped (the image, or the box); ``strict`` raises on the first.

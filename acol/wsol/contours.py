@@ -1,6 +1,6 @@
 """Numba kernels: the WSOL boxes of a quantized map at every cut (all contours, or the largest), by union-find.
 
-Why: the protocol (``acol.metrics_reference``) calls ``cv2.findContours(q > c, RETR_TREE,
+Why: the protocol (``acol.wsol.reference``) calls ``cv2.findContours(q > c, RETR_TREE,
 CHAIN_APPROX_SIMPLE)`` once per CAM threshold. For a uint8 map ``q`` (H, W) the contours of ``q > c`` are,
 as checked against OpenCV 5 on thousands of maps in ``tests/test_components.py``:
 
@@ -13,7 +13,7 @@ as checked against OpenCV 5 on thousands of maps in ``tests/test_components.py``
 
 Foreground components only grow and merge as the cut decreases, holes only grow and merge as it increases,
 so one sweep of each over the pixels sorted by value (union-find with per-root bounding boxes) gives the
-boxes at all 256 cuts. Boxes are ``(x0, y0, x1, y1)`` int, inclusive, as in ``acol.boxes``; IoUs are
+boxes at all 256 cuts. Boxes are ``(x0, y0, x1, y1)`` int, inclusive, as in ``acol.wsol.boxes``; IoUs are
 computed with the same integer areas and one float64 division as the reference, so they are bit-identical.
 
 The single largest contour (``max(contours, key=cv2.contourArea)``, classic MaxBoxAcc) comes from a third

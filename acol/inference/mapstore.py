@@ -20,7 +20,7 @@ Columns (`MAPSTORE_SCHEMA`):
 - ``error`` (string): null when fine; an image that could not be read or decoded has its reason here, and null
   maps, scores and box.
 
-The schema metadata ``acol.mapstore`` holds a JSON object (method, classes, box threshold, image size).
+The schema metadata key ``acol.mapstore`` holds a JSON object (method, classes, box threshold, image size).
 """
 
 from __future__ import annotations
@@ -35,20 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
-from acol.boxes import boxes_at_thresholds
 from acol.io import readable_path
-from acol.maps import RESIZE_LENGTH, prepare_scoremap
-from acol.models import WSOLModel, normalize_maps, select_class_maps
 
 __all__ = [
     "MAPSTORE_SCHEMA",
     "MAP_COLUMNS",
     "METADATA_KEY",
     "MapStoreError",
-    "predict_batch",
-    "boxes_from_maps",
     "columns_to_table",
     "part_name",
     "read_maps",
@@ -57,9 +51,8 @@ __all__ = [
     "ok_rows",
 ]
 
-METADATA_KEY = b"acol.mapstore"
+METADATA_KEY = b"acol.mapstore"  # the format's name in Parquet schema metadata (not the module path)
 MAP_COLUMNS = ("map_gt", "map_top1", "map_a_gt", "map_b_gt")
-TOP_K = 5
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "write_statistics": False}
 
 MAPSTORE_SCHEMA = pa.schema(
@@ -82,89 +75,6 @@ MAPSTORE_SCHEMA = pa.schema(
 
 class MapStoreError(ValueError):
     """A map store folder or table that cannot be used; the message names the file or column."""
-
-
-def _flat_f16(maps: torch.Tensor) -> np.ndarray:
-    """(B, h, w) float maps -> (B, h*w) float16 NumPy, the stored precision."""
-    return maps.float().flatten(1).to(torch.float16).cpu().numpy()
-
-
-def boxes_from_maps(
-    maps: np.ndarray, widths: np.ndarray, heights: np.ndarray, box_threshold: float
-) -> np.ndarray:
-    """Boxes (B, 4) float32 in original pixels from normalized (B, h, w) maps, the protocol's way.
-
-    Each map is resized bicubic to 224x224 and min-max normalized (`acol.maps.prepare_scoremap`); the box of
-    the largest contour at ``box_threshold`` (inclusive x0y0x1y1 in the 224 frame, (0, 0, 0, 0) when nothing
-    is above it) is scaled to the original ``width`` x ``height`` image by ``x * width / 224``.
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must have shape (B, h, w); got {maps.shape}")
-    scale = np.stack([widths, heights, widths, heights], axis=1).astype(np.float64) / RESIZE_LENGTH
-    thresholds = np.array([box_threshold], dtype=np.float64)
-    boxes224 = (
-        np.stack(
-            [boxes_at_thresholds(prepare_scoremap(m), thresholds, multi_contour=False)[0][0] for m in maps]
-        )
-        if len(maps)
-        else np.zeros((0, 4))
-    )
-    return (boxes224 * scale).astype(np.float32)
-
-
-def predict_batch(
-    model: WSOLModel,
-    images: torch.Tensor,
-    labels: torch.Tensor | np.ndarray,
-    widths: np.ndarray | Sequence[int],
-    heights: np.ndarray | Sequence[int],
-    box_threshold: float,
-    *,
-    amp: bool = False,
-) -> dict[str, np.ndarray | None]:
-    """Run the model once (eval mode, inference mode) and return the map-store columns of a batch.
-
-    images: (B, 3, S, S) float, normalized, on the model's device (or moved there); labels (B,) ground-truth
-    class indices; widths/heights (B,) original image sizes. ``amp`` runs the forward under bf16 autocast.
-    Returns NumPy arrays: ``top5_classes`` (B, k) int32, ``top5_scores`` (B, k) float32, ``map_height``,
-    ``map_width`` (B,) int32, ``map_gt``, ``map_top1``, ``map_a_gt`` (B, h*w) float16, ``map_b_gt`` the same
-    or None (CAM), ``pred_box`` (B, 4) float32 (see `boxes_from_maps`).
-    """
-    model.eval()
-    # The forward erases with the labels (the GT-class maps); `localization_maps` of the top-1 class runs B
-    # again erased by the top-1 class, so the predicted box never depends on the label.
-    device = next(model.parameters()).device
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    with torch.inference_mode():
-        images = images.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(images, labels_t)
-        out.logits = out.logits.float()
-        out.maps_a = out.maps_a.float()
-        if out.maps_b is not None:
-            out.maps_b = out.maps_b.float()
-        probs = torch.softmax(out.logits, dim=1)
-        scores, classes = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
-        map_gt = model.localization_maps(out, labels_t)  # (B, h, w)
-        map_top1 = model.localization_maps(out, classes[:, 0])
-        map_a = normalize_maps(select_class_maps(out.maps_a, labels_t))
-        map_b = None if out.maps_b is None else normalize_maps(select_class_maps(out.maps_b, labels_t))
-    b, h, w = map_gt.shape
-    top1_f16 = _flat_f16(map_top1)
-    return {
-        "top5_classes": classes.to(torch.int32).cpu().numpy(),
-        "top5_scores": scores.cpu().numpy().astype(np.float32),
-        "map_height": np.full(b, h, dtype=np.int32),
-        "map_width": np.full(b, w, dtype=np.int32),
-        "map_gt": _flat_f16(map_gt),
-        "map_top1": top1_f16,
-        "map_a_gt": _flat_f16(map_a),
-        "map_b_gt": None if map_b is None else _flat_f16(map_b),
-        "pred_box": boxes_from_maps(
-            top1_f16.reshape(b, h, w), np.asarray(widths), np.asarray(heights), box_threshold
-        ),
-    }
 
 
 def _list_column(values: np.ndarray | None, ok: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -256,7 +166,7 @@ def read_maps(folder: str | os.PathLike[str], columns: Sequence[str] | None = No
 
 
 def read_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``acol.mapstore`` JSON metadata (method, classes, box_threshold, image_size) of the first part."""
+    """The ``acol.inference.mapstore`` JSON metadata (method, classes, box_threshold, image_size) of the first part."""
     part = _parts(folder)[0]
     meta = pq.read_schema(part).metadata or {}
     if METADATA_KEY not in meta:

@@ -336,7 +336,7 @@ def log_model(
 ) -> str:
     """Log `model` to the active run as ``model`` and register it; returns the new registered version.
 
-    Stored without pickle (`acol.mlflow_model`): the state dict and `card` (the model card: ``method``,
+    Stored without pickle (`acol.tracking.mlflow_model`): the state dict and `card` (the model card: ``method``,
     ``backbone``, ``classes``, ``model`` params...), which rebuild the `WSOLModel`, and a few lines of code for
     ``mlflow.pyfunc``. `example_input` is a (B, 3, S, S) float32 tensor of normalized images; the signature
     records it and the (B, K) logits of branch A.
@@ -348,7 +348,7 @@ def log_model(
     import torch
     from mlflow.models import infer_signature
 
-    from acol.mlflow_model import MODEL_CODE, artifacts_for
+    from acol.tracking.mlflow_model import MODEL_CODE, artifacts_for
 
     model = model.module if hasattr(model, "module") else model
     model = model.cpu().eval()

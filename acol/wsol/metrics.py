@@ -2,8 +2,8 @@
 
 Evaluators follow one contract: ``accumulate(...)`` takes a batch (call it as often as needed), ``compute()``
 returns a result dataclass over everything accumulated so far. Score maps are (N, 224, 224) float in [0, 1],
-already prepared (``acol.maps.prepare_scoremap``); boxes are int x0y0x1y1 inclusive in the 224x224 frame.
-Numbers are identical to the per-threshold protocol loop (``acol.metrics_reference``; checked in tests).
+already prepared (``acol.wsol.scoremaps.prepare_scoremap``); boxes are int x0y0x1y1 inclusive in the 224x224 frame.
+Numbers are identical to the per-threshold protocol loop (``acol.wsol.reference``; checked in tests).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from acol.boxes import best_iou_per_threshold, check_boxes
-from acol.components import box_hits
-from acol.maps import RESIZE_LENGTH, quantize
-from acol.paths import resolve_inside
+from acol.data.paths import resolve_inside
+from acol.wsol.boxes import best_iou_per_threshold, check_boxes
+from acol.wsol.contours import box_hits
+from acol.wsol.scoremaps import RESIZE_LENGTH, quantize
 
 
 def iou_percent(value: float, name: str = "iou_threshold") -> int:
@@ -96,7 +96,7 @@ class BoxEvaluator:
 
     ``accumulate(scoremaps (N, 224, 224) float in [0, 1], gt_boxes: N arrays (k_i, 4))``; ``compute()`` ->
     ``BoxResult``. MaxBoxAccV2 = ``multi_contour=True``, IoU (30, 50, 70), mean; the original MaxBoxAcc =
-    ``multi_contour=False``, IoU 50. Both come from one union-find pass per map (``acol.components``);
+    ``multi_contour=False``, IoU 50. Both come from one union-find pass per map (``acol.wsol.contours``);
     ``n_workers > 1`` spreads chunks of maps over threads of that GIL-free kernel (use as a context manager
     or call ``close()``).
     """

@@ -3,7 +3,7 @@
 Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate stage's ``evaluation.json``,
 ``box_acc.csv`` (``threshold`` plus one column per curve, values in percent) and optional ``pr_curve.csv``
 (``threshold, precision, recall``); the train stage's ``history.csv``; the extract stage's map store folder
-(`acol.mapstore`); the val manifest, dataset root and prepare ``summary.json``. A path set to None leaves its
+(`acol.inference.mapstore`); the val manifest, dataset root and prepare ``summary.json``. A path set to None leaves its
 section out; a path that is set but missing stops the report with a `ReportError` naming it, before any work.
 
 Output: ``index.html`` with every figure embedded as base64 PNG, the same PNGs next to it; the folder is built
@@ -30,9 +30,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from acol import plots
-from acol.boxes import iou
 from acol.io import readable_path, replacing_dir, write_bytes_atomic
+from acol.stages import plots
+from acol.wsol.boxes import iou
 
 __all__ = [
     "ReportError",
@@ -224,7 +224,7 @@ def box_region_means(
 def best_ious(pred_boxes: Sequence[np.ndarray | None], gt_boxes: Sequence[np.ndarray]) -> np.ndarray:
     """(N,) float64: best IoU of each predicted box with the image's GT boxes; NaN without a prediction or GT.
 
-    Boxes are rounded to whole pixels and compared with the protocol's inclusive-pixel IoU (`acol.boxes.iou`).
+    Boxes are rounded to whole pixels and compared with the protocol's inclusive-pixel IoU (`acol.wsol.boxes.iou`).
     """
     out = np.full(len(gt_boxes), np.nan)
     for i, (pred, gt) in enumerate(zip(pred_boxes, gt_boxes, strict=True)):
@@ -329,7 +329,8 @@ def _read_map_info(
     top-1 class maps at that threshold, so the galleries show the boxes the metrics scored; without it, the
     map store's ``pred_box`` (drawn at ``extract.box_threshold``) is used.
     """
-    from acol.mapstore import MapStoreError, boxes_from_maps, read_maps
+    from acol.inference.mapstore import MapStoreError, read_maps
+    from acol.wsol.boxes import boxes_from_maps
 
     columns = ["pred_box", "error"] if threshold is None else ["map_top1", "map_height", "map_width", "error"]
     try:
@@ -356,7 +357,7 @@ def _read_map_info(
 
 def _maps_for(folder: Path, image_ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Maps of the given images: {image_id: {column: (h, w) float32 or None}}, only rows without error."""
-    from acol.mapstore import read_maps
+    from acol.inference.mapstore import read_maps
 
     table = read_maps(folder, columns=[*columns, "map_height", "map_width", "error"])
     table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(list(image_ids), pa.string())))
@@ -478,7 +479,7 @@ def _coverage_sentences(
     folder: Path, gt: Mapping[str, tuple[np.ndarray, int, int]], erase: float | None, n_max: int, seed: int
 ) -> list[str]:
     """B vs A inside and outside the GT boxes, on up to ``n_max`` images of one ACoL map store."""
-    from acol.mapstore import maps_array, ok_rows, read_maps
+    from acol.inference.mapstore import maps_array, ok_rows, read_maps
 
     table = ok_rows(read_maps(folder, columns=["map_a_gt", "map_b_gt", "map_height", "map_width", "error"]))
     table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(list(gt), pa.string())))
@@ -523,7 +524,7 @@ def _gallery_pngs(
 ) -> dict[str, bytes]:
     """Best / worst / random galleries ranked by ACoL's IoU (else the first method's), all methods side by side."""
     from acol.data.images import ImageDecodeError, read_image
-    from acol.paths import resolve_inside
+    from acol.data.paths import resolve_inside
 
     ranker = next((m for m in _PREFERRED_ORDER if m in infos), next(iter(infos)))
     info = infos[ranker]

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from acol.config import DataParams
 from acol.data.errors import DataProblem, count_problems
 from acol.data.manifest import manifest_classes, manifest_from_records, validate_manifest
-from acol.data.wsol_metadata import read_wsol_metadata
+from acol.data.readers.wsol_metadata import read_wsol_metadata
 
 __all__ = ["attach_masks", "index_dataset", "index_fullsup", "manifest_stats", "prepare_summary"]
 
@@ -48,7 +48,7 @@ def index_dataset(data: DataParams) -> tuple[pa.Table, pa.Table, list[DataProble
         raise FileNotFoundError(f"data.root: dataset folder {root} does not exist")
     common: dict[str, Any] = {"verify_images": data.verify_images, "strict": data.strict}
     if data.source in ("synthetic", "ilsvrc"):
-        from acol.data.ilsvrc import read_ilsvrc_train, read_ilsvrc_val
+        from acol.data.readers.ilsvrc import read_ilsvrc_train, read_ilsvrc_val
 
         synsets = root / data.synsets
         train, train_problems = read_ilsvrc_train(root, synsets, **common)
@@ -60,7 +60,7 @@ def index_dataset(data: DataParams) -> tuple[pa.Table, pa.Table, list[DataProble
             **common,
         )
     else:
-        from acol.data.cub import read_cub
+        from acol.data.readers.cub import read_cub
 
         # CUB ids are relative to CUB_200_2011/images (the WSOL convention); the pipeline keeps every id
         # relative to data.root, so they get the images/ prefix here.

@@ -43,7 +43,7 @@ def _finite(value: Any) -> bool:
 
 
 def evaluation_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """The DVC metrics of an evaluation record (`acol.evaluation.EvaluationResult.metrics`); absent keys
+    """The DVC metrics of an evaluation record (`acol.stages.evaluate.EvaluationResult.metrics`); absent keys
     (PxAP without masks, IoUs not configured) are left out."""
     return {
         column: round(float(record[key]), 2)

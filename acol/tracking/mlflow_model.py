@@ -36,19 +36,21 @@ __all__ = [
 WEIGHTS_ARTIFACT, CARD_ARTIFACT = "weights", "model_card"
 _FILES = {WEIGHTS_ARTIFACT: "model.pt", CARD_ARTIFACT: "model_card.json"}
 # The code file MLflow stores with the model and runs to load it (models from code): a few lines, no pickle.
-MODEL_CODE = "from mlflow.models import set_model\n\nfrom acol.mlflow_model import WSOLPyfunc\n\nset_model(WSOLPyfunc())\n"
+MODEL_CODE = "from mlflow.models import set_model\n\nfrom acol.tracking.mlflow_model import WSOLPyfunc\n\nset_model(WSOLPyfunc())\n"
 
 
 def build_from_card(card: dict[str, Any], weights: str | os.PathLike[str]) -> Any:
     """The `WSOLModel` a card describes, with `weights` loaded (``weights_only``), on the CPU, in eval mode."""
     from acol.config import Params
-    from acol.distributed.extract import _model_kwargs, model_from_card
+    from acol.inference.model_card import model_from_card, model_kwargs_from_card
 
     if "method" not in card or "classes" not in card:
         raise ValueError(
             f"model card needs 'method' and 'classes' to rebuild the model; it has {sorted(card)}"
         )
-    return model_from_card(_model_kwargs(card, Params(), card["method"], list(card["classes"])), weights)
+    return model_from_card(
+        model_kwargs_from_card(card, Params(), card["method"], list(card["classes"])), weights
+    )
 
 
 class WSOLPyfunc(mlflow.pyfunc.PythonModel):
@@ -94,7 +96,7 @@ def download_version(name: str, version: str, dest: str | os.PathLike[str]) -> t
     if not (weights.is_file() and card.is_file()):
         raise FileNotFoundError(
             f"models:/{name}/{version} has no artifacts/{_FILES[WEIGHTS_ARTIFACT]} and "
-            f"artifacts/{_FILES[CARD_ARTIFACT]}: it was not logged by acol.tracking.log_model (retrain it)"
+            f"artifacts/{_FILES[CARD_ARTIFACT]}: it was not logged by acol.tracking.runs.log_model (retrain it)"
         )
     return weights, json.loads(card.read_text())
 

@@ -32,7 +32,7 @@ from defusedxml import ElementTree as defused_et
 from acol.data.errors import DataError, DataProblem, ProblemLog
 from acol.data.images import ImageDecodeError, image_size, read_image
 from acol.data.manifest import manifest_from_records
-from acol.paths import resolve_inside
+from acol.data.paths import resolve_inside
 
 __all__ = ["IMAGE_EXTENSIONS", "read_ilsvrc_train", "read_ilsvrc_val", "read_solution_csv", "read_synsets"]
 

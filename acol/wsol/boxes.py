@@ -9,7 +9,7 @@ gives ``x0, y0, x1, y1 = x, y, x + w, y + h`` from
 ``cv2.boundingRect`` with x1, y1 clipped to 223; no contour gives the box (0, 0, 0, 0).
 
 Speed: a quantized map has at most 256 distinct masks, so thresholds are mapped to integer cuts. The boxes
-of all cuts come from one union-find sweep per map (``acol.components``), without ``findContours``: with
+of all cuts come from one union-find sweep per map (``acol.wsol.contours``), without ``findContours``: with
 ``multi_contour`` (MaxBoxAccV2) outer borders = 8-connected components, hole borders = enclosed 4-connected
 background components grown by one pixel; the single largest contour (MaxBoxAcc, classic metrics) = the
 top-level component of largest ``cv2.contourArea``, counted from 2x2 cells of the hole-filled map.
@@ -20,8 +20,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from acol.components import best_iou_per_cut
-from acol.maps import RESIZE_LENGTH, quantize
+from acol.wsol.contours import best_iou_per_cut
+from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_scoremap, quantize
 
 EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)  # what the protocol returns where no contour is found
 
@@ -130,7 +130,7 @@ def best_iou_per_threshold(
     """Best IoU (T,) float64 of the estimated box(es) with any GT box, at each threshold of the grid.
 
     ``scoremap`` is a normalized (H, W) float map or its quantized uint8 form; ``gt_boxes`` (k, 4) in the
-    same frame; thresholds >= 0. Identical to the per-threshold protocol loop (``acol.metrics_reference``).
+    same frame; thresholds >= 0. Identical to the per-threshold protocol loop (``acol.wsol.reference``).
     """
     q = scoremap if np.asarray(scoremap).dtype == np.uint8 else quantize(scoremap)
     if q.ndim != 2:
@@ -142,3 +142,27 @@ def best_iou_per_threshold(
         raise ValueError("thresholds must be >= 0 (the protocol's grid is [0, 1))")
     cuts = threshold_cuts(int(q.max()), thresholds)  # cuts >= q.max() hold the empty box's IoU
     return best_iou_per_cut(q, gt, cuts, multi_contour)[np.minimum(cuts, 255)]
+
+
+def boxes_from_maps(
+    maps: np.ndarray, widths: np.ndarray, heights: np.ndarray, box_threshold: float
+) -> np.ndarray:
+    """Boxes (B, 4) float32 in original pixels from normalized (B, h, w) maps, the protocol's way.
+
+    Each map is resized bicubic to 224x224 and min-max normalized (`acol.wsol.scoremaps.prepare_scoremap`); the box of
+    the largest contour at ``box_threshold`` (inclusive x0y0x1y1 in the 224 frame, (0, 0, 0, 0) when nothing
+    is above it) is scaled to the original ``width`` x ``height`` image by ``x * width / 224``.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must have shape (B, h, w); got {maps.shape}")
+    scale = np.stack([widths, heights, widths, heights], axis=1).astype(np.float64) / RESIZE_LENGTH
+    thresholds = np.array([box_threshold], dtype=np.float64)
+    boxes224 = (
+        np.stack(
+            [boxes_at_thresholds(prepare_scoremap(m), thresholds, multi_contour=False)[0][0] for m in maps]
+        )
+        if len(maps)
+        else np.zeros((0, 4))
+    )
+    return (boxes224 * scale).astype(np.float32)

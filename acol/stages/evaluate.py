@@ -18,18 +18,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from acol.boxes import scale_boxes
 from acol.config import EvaluateParams
 from acol.data.manifest import manifest_classes
-from acol.maps import RESIZE_LENGTH, prepare_scoremap
-from acol.mapstore import maps_array
-from acol.metrics import (
+from acol.inference.mapstore import maps_array
+from acol.wsol.boxes import scale_boxes
+from acol.wsol.metrics import (
     BoxEvaluator,
     ClassicLocEvaluator,
     MaskEvaluator,
     load_wsol_mask,
     select_cam_threshold,
 )
+from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_scoremap
 
 __all__ = ["EvaluationResult", "holdout_mask", "evaluate_method"]
 
@@ -107,7 +107,7 @@ def evaluate_method(
     params: EvaluateParams,
     fullsup: tuple[pa.Table, pa.Table] | None = None,
 ) -> EvaluationResult:
-    """All metrics of one method; `maps_table` follows `acol.mapstore`, `manifest` the prepare stage's val.
+    """All metrics of one method; `maps_table` follows `acol.inference.mapstore`, `manifest` the prepare stage's val.
 
     The CAM threshold of the classic metrics comes from ``params.threshold_split``: ``holdout`` picks it on a
     held-out part of val (the rest is reported); ``fullsup`` on the train-fullsup split, ``fullsup`` = (its

@@ -2,9 +2,9 @@
 
 A cron job (Kubernetes CronJob, or a crontab line on one machine) runs `reevaluate` on the *current* validation
 manifest: it resolves ``models:/<registered_model>-<method>@<alias>`` to a version, fetches that version's
-weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.evaluation.evaluate_method`) and
+weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.stages.evaluate.evaluate_method`) and
 compares with the metrics recorded on the version's tags when the evaluate stage promoted it
-(`acol.registry.version_metrics`). A metric that got worse by more than ``params.reevaluate.tolerance`` points
+(`acol.tracking.registry.version_metrics`). A metric that got worse by more than ``params.reevaluate.tolerance`` points
 is a regression: the report says which, and ``pipelines/reevaluate.py`` exits with `REGRESSION_EXIT_CODE`.
 
 Why: the data drifts (a new val manifest, re-annotated boxes, a changed decoder), the model does not; this
@@ -190,13 +190,13 @@ def _resolve(name: str, alias: str) -> Any:
 def fetch_model(name: str, version: str, dest: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     """Weights (state dict, ``dest/model.pt``) and model card of a registered version.
 
-    Both are the registered model's own artifacts (`acol.mlflow_model`): the state dict loads with
+    Both are the registered model's own artifacts (`acol.tracking.mlflow_model`): the state dict loads with
     ``weights_only=True`` and the card gives the architecture, so no pickled code is ever loaded. A version
     without them (logged another way) is a `ReevaluationError` naming it.
     """
     from mlflow.exceptions import MlflowException
 
-    from acol.mlflow_model import download_version
+    from acol.tracking.mlflow_model import download_version
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -227,12 +227,12 @@ def reevaluate(
     compared metric, ``regression`` true/false and the report as artifacts. With ``engine="ray"`` on a
     cluster, `out_dir`, `manifest` and `root` must be on storage every node sees.
     """
-    from acol import tracking
     from acol.data.manifest import read_manifest
     from acol.distributed.extract import extract, extract_plain
-    from acol.evaluation import evaluate_method
-    from acol.mapstore import read_maps
-    from acol.registry import version_metrics
+    from acol.inference.mapstore import read_maps
+    from acol.stages.evaluate import evaluate_method
+    from acol.tracking import runs as tracking
+    from acol.tracking.registry import version_metrics
 
     tracking.configure(params)
     name = tracking.registered_model_name(params, method)

@@ -1,0 +1,179 @@
+"""Model -> map-store columns: decode a batch of files, run the model, take its maps, boxes and top-k.
+
+Why one module: the Ray Data engine and the plain DataLoader engine (`acol.distributed.extract`) and the
+tests all call these same steps, so the two engines can only differ in scheduling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from acol.data.errors import DataError
+from acol.data.images import read_image
+from acol.data.paths import resolve_inside
+from acol.data.transforms import eval_transform, to_float_tensor
+from acol.inference.model_card import model_from_card
+from acol.models import WSOLModel, normalize_maps, select_class_maps
+from acol.wsol.boxes import boxes_from_maps
+
+__all__ = ["TOP_K", "MapPredictor", "decode_batch", "predict_batch"]
+
+TOP_K = 5
+
+
+def _flat_f16(maps: torch.Tensor) -> np.ndarray:
+    """(B, h, w) float maps -> (B, h*w) float16 NumPy, the stored precision."""
+    return maps.float().flatten(1).to(torch.float16).cpu().numpy()
+
+
+def predict_batch(
+    model: WSOLModel,
+    images: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    widths: np.ndarray | Sequence[int],
+    heights: np.ndarray | Sequence[int],
+    box_threshold: float,
+    *,
+    amp: bool = False,
+) -> dict[str, np.ndarray | None]:
+    """Run the model once (eval mode, inference mode) and return the map-store columns of a batch.
+
+    images: (B, 3, S, S) float, normalized, on the model's device (or moved there); labels (B,) ground-truth
+    class indices; widths/heights (B,) original image sizes. ``amp`` runs the forward under bf16 autocast.
+    Returns NumPy arrays: ``top5_classes`` (B, k) int32, ``top5_scores`` (B, k) float32, ``map_height``,
+    ``map_width`` (B,) int32, ``map_gt``, ``map_top1``, ``map_a_gt`` (B, h*w) float16, ``map_b_gt`` the same
+    or None (CAM), ``pred_box`` (B, 4) float32 (see `boxes_from_maps`).
+    """
+    model.eval()
+    # The forward erases with the labels (the GT-class maps); `localization_maps` of the top-1 class runs B
+    # again erased by the top-1 class, so the predicted box never depends on the label.
+    device = next(model.parameters()).device
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    with torch.inference_mode():
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(images, labels_t)
+        out.logits = out.logits.float()
+        out.maps_a = out.maps_a.float()
+        if out.maps_b is not None:
+            out.maps_b = out.maps_b.float()
+        probs = torch.softmax(out.logits, dim=1)
+        scores, classes = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
+        map_gt = model.localization_maps(out, labels_t)  # (B, h, w)
+        map_top1 = model.localization_maps(out, classes[:, 0])
+        map_a = normalize_maps(select_class_maps(out.maps_a, labels_t))
+        map_b = None if out.maps_b is None else normalize_maps(select_class_maps(out.maps_b, labels_t))
+    b, h, w = map_gt.shape
+    top1_f16 = _flat_f16(map_top1)
+    return {
+        "top5_classes": classes.to(torch.int32).cpu().numpy(),
+        "top5_scores": scores.cpu().numpy().astype(np.float32),
+        "map_height": np.full(b, h, dtype=np.int32),
+        "map_width": np.full(b, w, dtype=np.int32),
+        "map_gt": _flat_f16(map_gt),
+        "map_top1": top1_f16,
+        "map_a_gt": _flat_f16(map_a),
+        "map_b_gt": None if map_b is None else _flat_f16(map_b),
+        "pred_box": boxes_from_maps(
+            top1_f16.reshape(b, h, w), np.asarray(widths), np.asarray(heights), box_threshold
+        ),
+    }
+
+
+def _split_eval_transform(size: int) -> tuple[Callable, Callable]:
+    """`eval_transform(size)` as (uint8 resize, float normalize): composed, they are exactly the original."""
+    steps = eval_transform(size).transforms
+    if not isinstance(steps[0], v2.Resize):
+        raise RuntimeError("eval_transform no longer starts with Resize; update _split_eval_transform")
+    return steps[0], v2.Compose(steps[1:])
+
+
+def decode_batch(batch: dict[str, np.ndarray], root: str, size: int) -> dict[str, np.ndarray]:
+    """Read, decode and resize the images of a batch: adds ``image`` (B, 3, S, S) uint8 and ``error`` (B,).
+
+    ``error`` is "" when fine, else "<kind>: <reason>"; a failed image gets a zero placeholder.
+    """
+    resize, _ = _split_eval_transform(size)
+    ids = [str(i) for i in batch["image_id"]]
+    images = np.zeros((len(ids), 3, size, size), dtype=np.uint8)
+    errors = np.full(len(ids), "", dtype=object)
+    for k, image_id in enumerate(ids):
+        try:
+            pixels = read_image(resolve_inside(root, image_id))
+            images[k] = resize(to_float_tensor(pixels)).numpy()
+        except DataError as e:
+            errors[k] = e.reason
+        except Exception as e:  # a run over 1M images must not stop on one odd file; it is recorded
+            errors[k] = f"unexpected: {type(e).__name__}: {e}"
+    return {**batch, "image": images, "error": errors}
+
+
+class MapPredictor:
+    """Ray Data callable class: loads the model once, maps a numpy batch dict to the map-store columns."""
+
+    def __init__(
+        self,
+        model_kwargs: dict[str, Any],
+        model_path: str,
+        size: int,
+        box_threshold: float,
+        device: str = "cpu",
+        amp: bool = False,
+        channels_last: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        if num_threads is not None:  # Ray sets OMP_NUM_THREADS to the actor's whole CPUs (1 for 1.5)
+            torch.set_num_threads(num_threads)
+        self.device = torch.device(device)
+        self.model = model_from_card(model_kwargs, model_path, self.device, channels_last)
+        self.normalize = _split_eval_transform(size)[1]
+        self.box_threshold = box_threshold
+        self.amp = amp
+        self.channels_last = channels_last
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = np.asarray(batch["error"], dtype=object)
+        ok = errors == ""
+        out: dict[str, Any] = {
+            "image_id": batch["image_id"],
+            "label": np.asarray(batch["class_index"], dtype=np.int32),
+            "width": batch["width"],
+            "height": batch["height"],
+            "error": errors,
+        }
+        if ok.any():
+            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).to(self.device)
+            images = self.normalize(images)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            cols = predict_batch(
+                self.model,
+                images,
+                np.asarray(batch["class_index"])[ok],
+                np.asarray(batch["width"])[ok],
+                np.asarray(batch["height"])[ok],
+                self.box_threshold,
+                amp=self.amp,
+            )
+        else:  # all failed: shapes from a zero image, so every batch has the same columns
+            cols = predict_batch(
+                self.model,
+                self.normalize(torch.zeros((1, *batch["image"].shape[1:]), dtype=torch.uint8)),
+                np.zeros(1),
+                np.ones(1),
+                np.ones(1),
+                self.box_threshold,
+            )
+        for name, values in cols.items():
+            if values is None:  # CAM has no branch B: the column is left out and written as null
+                continue
+            full = np.zeros((len(errors), *values.shape[1:]), dtype=values.dtype)
+            if ok.any():
+                full[ok] = values
+            out[name] = full
+        return out

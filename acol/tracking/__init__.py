@@ -1,0 +1,1 @@
+"""MLflow runs, the model registry and the MLflow model format; the DVC metrics the stages write."""
