@@ -80,3 +80,53 @@ def test_dvc_metrics_show_fits_a_terminal(dvc_repo: Path) -> None:
     print(f"dvc metrics show: {len(lines)} lines, {width} columns")
     assert width <= 175
     assert "mlflow_run_id" not in table and "data/synthetic" not in table
+
+
+def test_compare_turns_dvc_exp_show_around(dvc_repo: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`python -m acol.stages.compare` on DVC's own ``exp show --json``: every method's numbers, narrow."""
+    from acol.stages.compare import METRIC_ROWS, main
+
+    subprocess.run(["git", "add", "-A"], cwd=dvc_repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "metrics"],
+        cwd=dvc_repo,
+        check=True,
+    )
+    monkeypatch.chdir(dvc_repo)
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()  # the workspace and the commit (its branch name), each with acol and cam
+    assert len(header) == 4 and header[:2] == ["workspace"] * 2 and header[2] == header[3] != "workspace"
+    assert lines[1].split() == ["acol", "cam", "acol", "cam"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert list(rows) == list(METRIC_ROWS)
+    shown = {**evaluation_metrics(RECORD), **training_metrics(LAST_EPOCH)}
+    for name, values in rows.items():
+        assert {float(v) for v in values} == {shown[name]}, name  # the file's number in every column
+    print(f"compare: {len(lines)} lines, {max(map(len, lines))} columns")
+    assert max(map(len, lines)) <= 80
+
+
+def test_compare_reads_experiments_under_their_commit() -> None:
+    from acol.stages.compare import columns_from_exp_show, render
+
+    def row(rev: str, name: str | None, maxbox: float) -> dict:
+        data = {"metrics": {"outputs/evaluate/acol/metrics.json": {"data": {"MaxBoxAccV2": maxbox}}}}
+        return {"rev": rev, "name": name, "data": data, "error": None, "experiments": None}
+
+    head = row("abc1234def", "main", 50.0)
+    head["experiments"] = [{"name": "seed-1", "revs": [row("ffff", "seed-1", 55.5)]}]
+    failed = {"rev": "dead", "name": "broken", "data": None, "error": {"msg": "x"}, "experiments": None}
+    columns = columns_from_exp_show([row("workspace", None, 49.0), head, failed])
+    assert [(c.experiment, c.method, c.metrics["MaxBoxAccV2"]) for c in columns] == [
+        ("workspace", "acol", 49.0),
+        ("main", "acol", 50.0),
+        ("seed-1", "acol", 55.5),
+    ]
+    table = render(columns).splitlines()
+    assert table[2].split() == ["MaxBoxAccV2", "49", "50", "55.5"] and table[3].split() == [
+        "IoU30",
+        "-",
+        "-",
+        "-",
+    ]

@@ -1,0 +1,105 @@
+"""Compare runs side by side: one row per metric, one column per experiment and method.
+
+Why: ``dvc exp show`` and ``dvc metrics show`` put every metric in its own column, and the acol and cam files
+share metric names, so ``dvc exp show`` names each column by its full file path
+(``outputs/evaluate/acol/metrics.json:MaxBoxAccV2``): 26 metric columns plus every param and dependency make
+a table thousands of characters wide. This reads the same numbers (``dvc exp show --json``) and turns the
+table around, so a handful of experiments fit a terminal.
+
+    python -m acol.stages.compare                 # workspace and HEAD's experiments
+    python -m acol.stages.compare -A              # every commit; any `dvc exp show` option passes through
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from acol.tracking.dvc_metrics import EVALUATION_KEYS, TRAINING_KEYS
+
+__all__ = ["RunColumn", "columns_from_exp_show", "main", "render"]
+
+METRIC_ROWS: tuple[str, ...] = (*EVALUATION_KEYS.values(), *(name for name, _, _ in TRAINING_KEYS.values()))
+_METRICS_FILE = re.compile(r"^outputs/(train|evaluate)/(?P<method>[^/]+)/metrics\.json$")
+
+
+@dataclass
+class RunColumn:
+    """The metrics of one method in one experiment (or commit, or the workspace)."""
+
+    experiment: str
+    method: str
+    metrics: dict[str, float]
+
+
+def _rows(entries: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every row of ``dvc exp show --json``: commits and workspace, then the experiments under each."""
+    for entry in entries:
+        yield entry
+        for experiment in entry.get("experiments") or []:
+            yield from _rows(experiment.get("revs") or [])
+
+
+def _label(row: dict[str, Any]) -> str:
+    return str(row.get("name") or row.get("rev", "?"))[:12]
+
+
+def columns_from_exp_show(entries: list[dict[str, Any]]) -> list[RunColumn]:
+    """One column per (row, method) that has metrics; rows that failed or have none are skipped."""
+    columns: list[RunColumn] = []
+    for row in _rows(entries):
+        by_method: dict[str, dict[str, float]] = {}
+        for path, content in ((row.get("data") or {}).get("metrics") or {}).items():
+            match = _METRICS_FILE.match(path)
+            if match and isinstance(content, dict) and isinstance(content.get("data"), dict):
+                by_method.setdefault(match["method"], {}).update(content["data"])
+        columns += [RunColumn(_label(row), method, values) for method, values in sorted(by_method.items())]
+    return columns
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value:g}"
+
+
+def render(columns: list[RunColumn]) -> str:
+    """A plain-text table: experiment and method as a two-line header, one metric a line."""
+    if not columns:
+        return "no metrics found (run `dvc repro` or `dvc exp run` first)"
+    name_width = max(len(name) for name in METRIC_ROWS)
+    cells = [[_cell(c.metrics.get(name)) for c in columns] for name in METRIC_ROWS]
+    widths = [
+        max(len(c.experiment), len(c.method), *(len(row[k]) for row in cells)) for k, c in enumerate(columns)
+    ]
+    lines = [
+        " " * name_width + "".join(f"  {c.experiment:>{w}}" for c, w in zip(columns, widths, strict=True)),
+        " " * name_width + "".join(f"  {c.method:>{w}}" for c, w in zip(columns, widths, strict=True)),
+    ]
+    for name, row in zip(METRIC_ROWS, cells, strict=True):
+        lines.append(
+            f"{name:<{name_width}}" + "".join(f"  {v:>{w}}" for v, w in zip(row, widths, strict=True))
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``dvc exp show --json`` (this interpreter's DVC) with the given options; print the table."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json", *args], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        print(result.stderr.strip() or "dvc exp show failed", file=sys.stderr)
+        return result.returncode
+    print(render(columns_from_exp_show(json.loads(result.stdout))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
