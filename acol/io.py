@@ -49,12 +49,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`.
+
+    ``durable=False`` skips the fsync: still never half-written, but a power cut may lose the newest files;
+    for bulk outputs that are regenerated deterministically (the synthetic images), where one fsync per file
+    would dominate the run.
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -152,7 +152,7 @@ def _write_chunk(
     for index, image in jobs:
         array = render_shadow_image(config, split, index, image)
         jpeg = _encode(array, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality], image.name)
-        write_bytes_atomic(Path(root) / image.name, jpeg)
+        write_bytes_atomic(Path(root) / image.name, jpeg, durable=False)
     return len(jobs)
 
 

@@ -44,6 +44,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from acol.io import write_bytes_atomic
+
 __all__ = [
     "SPLITS",
     "TEXTURE_PATTERNS",
@@ -392,19 +394,6 @@ def render_image(config: SyntheticConfig, split: Split, index: int) -> RenderedI
     return RenderedImage(image=image, label=label, objects=objects, mask=mask, part_mask=part_mask)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _voc_xml(filename: str, size: int, wnid: str, objects: list[SyntheticObject], folder: str) -> bytes:
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
@@ -441,7 +430,7 @@ def _generate_one(root: str, config: SyntheticConfig, split: Split, index: int) 
     name = image_name(config, split, index, rendered.label)
     base = Path(root)
     jpeg = _encode(rendered.image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality], name)
-    _write_atomic(base / name, jpeg)
+    write_bytes_atomic(base / name, jpeg, durable=False)
     boxes = [list(obj.box) for obj in rendered.objects]
     part_ratio = float(
         np.median(
@@ -455,9 +444,9 @@ def _generate_one(root: str, config: SyntheticConfig, split: Split, index: int) 
     if split != "train":
         stem = Path(name).stem
         xml = _voc_xml(Path(name).name, config.image_size, wnid, rendered.objects, split)
-        _write_atomic(base / "Annotations" / "CLS-LOC" / split / f"{stem}.xml", xml)
+        write_bytes_atomic(base / "Annotations" / "CLS-LOC" / split / f"{stem}.xml", xml, durable=False)
         png = _encode(rendered.mask.astype(np.uint8) * 255, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 3], stem)
-        _write_atomic(base / "masks" / split / f"{stem}.png", png)
+        write_bytes_atomic(base / "masks" / split / f"{stem}.png", png, durable=False)
     return rendered.label, boxes, part_ratio
 
 
@@ -520,7 +509,7 @@ def generate_synthetic(
         raise ValueError(f"workers must be >= 1, got {workers}")
     wnids = class_wnids(config.num_classes)
     root.mkdir(parents=True, exist_ok=True)
-    _write_atomic(
+    write_bytes_atomic(
         root / "LOC_synset_mapping.txt",
         "".join(f"{wnid} synthetic class {k}\n" for k, wnid in enumerate(wnids)).encode(),
     )
@@ -547,7 +536,7 @@ def generate_synthetic(
                 bar.update(len(part))
             bar.close()
             if split != "train":
-                _write_atomic(root / f"LOC_{split}_solution.csv", _solution_csv(config, split, results))  # type: ignore[arg-type]
+                write_bytes_atomic(root / f"LOC_{split}_solution.csv", _solution_csv(config, split, results))  # type: ignore[arg-type]
                 annotated.extend(results)
     finally:
         if executor is not None:
@@ -585,4 +574,4 @@ def write_marker(root: Path, config: SyntheticConfig, summary: SyntheticSummary)
     payload = {"config": json.loads(config.model_dump_json(exclude=shadow)), "summary": asdict(summary)}
     payload["summary"].pop("created")
     payload["summary"].pop("root")
-    _write_atomic(root / _MARKER, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(root / _MARKER, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
