@@ -155,7 +155,7 @@ def test_entrypoints_name_existing_scripts_and_options():
     for script, args in _commands():
         path = REPO / script
         assert path.is_file(), f"{script} is named in infra/docs but does not exist"
-        source = path.read_text() + (REPO / "acol" / "cli.py").read_text()
+        source = path.read_text() + (REPO / "acol" / "stages" / "cli.py").read_text()
         for flag in (a for a in args if a.startswith("--")):
             assert f'"{flag}"' in source, f"{script} has no option {flag}"
 
