@@ -6,8 +6,10 @@ Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate st
 (`acol.inference.mapstore`); the val manifest, dataset root and prepare ``summary.json``. A path set to None leaves its
 section out; a path that is set but missing stops the report with a `ReportError` naming it, before any work.
 
-Output: ``index.html`` with every figure embedded as base64 PNG, the same PNGs next to it; the folder is built
-under a temp name and renamed into place (`acol.io.replace_dir`), so a reader never sees half a report.
+Output: ``index.html`` laid out by ``templates/report.html.j2`` (Jinja2, autoescaped: values read from the inputs
+are escaped by the engine; StrictUndefined) from plain data prepared here, every figure embedded as base64 PNG,
+the same PNGs next to it; the folder is built under a temp name and renamed into place
+(`acol.io.replace_dir`), so a reader never sees half a report.
 
 Published numbers are listed separately and labelled as published, each with its source; only figures that
 could be confirmed from a text source are included (`PUBLISHED`).
