@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "acol.wsol": {"acol.io", "acol.data"},
     "acol.training": {"acol.config", "acol.models"},
     "acol.inference": {"acol.io", "acol.config", "acol.data", "acol.models", "acol.wsol"},
-    "acol.tracking": {"acol.io", "acol.config", "acol.data", "acol.models", "acol.inference"},
+    "acol.tracking": {"acol.io", "acol.config", "acol.data", "acol.models", "acol.inference", "acol.wsol"},
     "acol.distributed": _BELOW_DISTRIBUTED,
     "acol.stages": _BELOW_DISTRIBUTED | {"acol.distributed"},
     "acol.evaluate": {"acol.stages"},  # the documented `python -m acol.evaluate`, an alias

@@ -294,3 +294,49 @@ def test_gallery_boxes_at_best_threshold(tmp_path: Path, tiny_dataset: dict) -> 
     assert np.isnan(redrawn.ious[-1])
     # the stored boxes drift further off down the list; the redrawn ones follow the maps (the GT boxes)
     assert np.nanmean(redrawn.ious) > np.nanmean(stored.ious)
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_values_from_files_are_escaped(tmp_path: Path, tiny_dataset: dict) -> None:
+    """A class id, image id, method name, metric key or value from the inputs is text, never markup."""
+    manifest = read_manifest(tiny_dataset["val"])
+    data = _fake_maps(manifest, "cam", shift=1)
+    data["image_id"] = [f"{HOSTILE}/{i}.png" for i in range(manifest.num_rows)]
+    data["error"] = [f"{HOSTILE}: unreadable"] * manifest.num_rows
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    pq.write_table(columns_to_table(data), maps / part_name(0))
+    metrics = tmp_path / "evaluation.json"
+    metrics.write_text(json.dumps({"top1_loc_error": 40.0, "backbone": HOSTILE, HOSTILE: 1.0}))
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"classes": [HOSTILE, "b"], HOSTILE: {"x": 1}}))
+    inputs = ReportInputs(methods={HOSTILE: MethodInputs(metrics=metrics, maps=maps)}, summary=summary)
+    text = build_report(inputs, tmp_path / "report").read_text()
+    assert "<script" not in text
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<h1>WSOL report: {escaped}</h1>" in text  # method name
+    assert f"<th>{escaped}</th>" in text
+    assert f"<td>{escaped}</td>" in text  # metric value (backbone)
+    assert f"<td class=k>{escaped}</td>" in text  # metric key
+    assert f"<td>{escaped}, b</td>" in text  # class ids
+    assert f"<td class='k'>{escaped}.x</td>" in text  # summary key
+    assert f"<td class='k'>error: {escaped}</td>" in text  # map store error of a hostile image id
+
+
+def test_template_is_strict() -> None:
+    """Every variable the template uses must be given: a missing one fails the render, not a blank section."""
+    import jinja2
+
+    from acol.stages.report import render_html
+
+    context = {"methods": ["acol"], "shows": ["s"], "metric_rows": [], "published": [], "curves": [],
+               "has_pr_curve": False, "galleries": [], "summary": None, "extraction": None}  # fmt: skip
+    assert "<h1>WSOL report: acol</h1>" in render_html(context)
+    for key in context:
+        with pytest.raises(jinja2.UndefinedError):
+            render_html({k: v for k, v in context.items() if k != key})
+    row = {"key": "pxap", "cells": [{"text": "1.00", "best": False}]}  # no "arrow"
+    with pytest.raises(jinja2.UndefinedError, match="arrow"):
+        render_html({**context, "metric_rows": [row]})

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from acol.config import Params
 from acol.io import write_json_atomic, write_text_atomic
+from acol.wsol.metrics import lower_is_better
 
 __all__ = [
     "COMPARED_METRICS",
@@ -57,11 +58,6 @@ _COMPARED_PREFIXES = ("maxboxacc_v2_iou",)  # one per IoU threshold: maxboxacc_v
 
 class ReevaluationError(RuntimeError):
     """Re-evaluation cannot run (no such alias, no recorded metrics, weights missing); the message says which."""
-
-
-def lower_is_better(name: str) -> bool:
-    """Error rates (``*_error``) improve downwards; every other compared metric is an accuracy."""
-    return name.endswith("_error")
 
 
 def _compared(name: str) -> bool:
@@ -227,32 +223,17 @@ def reevaluate(
     compared metric, ``regression`` true/false and the report as artifacts. With ``engine="ray"`` on a
     cluster, `out_dir`, `manifest` and `root` must be on storage every node sees.
     """
-    from acol.data.manifest import read_manifest
-    from acol.distributed.extract import extract, extract_plain
-    from acol.inference.mapstore import read_maps
-    from acol.stages.evaluate import evaluate_method
     from acol.tracking import runs as tracking
-    from acol.tracking.registry import version_metrics
 
     tracking.configure(params)
     name = tracking.registered_model_name(params, method)
     alias = params.reevaluate.alias
-    version = _resolve(name, alias)
-    recorded = version_metrics(name, version.version)
-    if not any(_compared(k) for k in recorded):
-        raise ReevaluationError(
-            f"{name} v{version.version} has no recorded metrics (model version tags metric.<name>); "
-            "the evaluate stage records them when it promotes a version"
-        )
+    version, recorded = _recorded_metrics(name, alias)
     out_dir = Path(out_dir)
     log.info("re-evaluating %s v%s (@%s) on %s", name, version.version, alias, manifest)
     model_path, card = fetch_model(name, str(version.version), out_dir / "model")
     card = {**card, "method": card.get("method") or method}
-    run = extract if engine == "ray" else extract_plain
-    run(params, method, manifest, root, model_path, card, out_dir / "extract")
-    result = evaluate_method(
-        read_maps(out_dir / "extract" / "maps"), read_manifest(manifest), root, params.evaluate
-    )
+    metrics = _extract_and_evaluate(params, method, manifest, root, model_path, card, out_dir, engine)
     report = ReevaluationReport(
         model_name=name,
         model_version=str(version.version),
@@ -262,15 +243,70 @@ def reevaluate(
         manifest=str(manifest),
         data_version=tracking.data_version([manifest]),
         trained_data_version=card.get("data_version"),
-        metrics=result.metrics,
-        comparisons=compare_metrics(recorded, result.metrics, params.reevaluate.tolerance),
+        metrics=metrics,
+        comparisons=compare_metrics(recorded, metrics, params.reevaluate.tolerance),
     )
-    tags = {"model_name": name, "model_version": report.model_version, "model_alias": alias}
-    with tracking.stage_run("reevaluate", params, method=method, tags=tags, data_paths=[manifest]) as mlrun:
-        import mlflow
+    _log_and_write(report, params, manifest, out_dir)
+    (log.info if report.passed else log.error)("%s", report.summary())
+    return report
 
+
+def _recorded_metrics(name: str, alias: str) -> tuple[Any, dict[str, float]]:
+    """The version behind ``name@alias`` and the metrics tagged on it; none to compare is an error."""
+    from acol.tracking.registry import version_metrics
+
+    version = _resolve(name, alias)
+    recorded = version_metrics(name, version.version)
+    if not any(_compared(k) for k in recorded):
+        raise ReevaluationError(
+            f"{name} v{version.version} has no recorded metrics (model version tags metric.<name>); "
+            "the evaluate stage records them when it promotes a version"
+        )
+    return version, recorded
+
+
+def _extract_and_evaluate(
+    params: Params,
+    method: str,
+    manifest: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    model_path: Path,
+    card: dict[str, Any],
+    out_dir: Path,
+    engine: Literal["ray", "plain"],
+) -> dict[str, Any]:
+    """Maps into ``out_dir/extract`` as the extract stage makes them, then the evaluate stage's metrics."""
+    from acol.data.manifest import read_manifest
+    from acol.distributed.extract import extract, extract_plain
+    from acol.inference.mapstore import read_maps
+    from acol.stages.evaluate import evaluate_method
+
+    run = extract if engine == "ray" else extract_plain
+    run(params, method, manifest, root, model_path, card, out_dir / "extract")
+    result = evaluate_method(
+        read_maps(out_dir / "extract" / "maps"), read_manifest(manifest), root, params.evaluate
+    )
+    return result.metrics
+
+
+def _log_and_write(
+    report: ReevaluationReport, params: Params, manifest: str | os.PathLike[str], out_dir: Path
+) -> None:
+    """The MLflow stage run (metrics, ``drop.*``, ``regression`` tag, artifacts) and the report files."""
+    import mlflow
+
+    from acol.tracking import runs as tracking
+
+    tags = {
+        "model_name": report.model_name,
+        "model_version": report.model_version,
+        "model_alias": report.alias,
+    }
+    with tracking.stage_run(
+        "reevaluate", params, method=report.method, tags=tags, data_paths=[manifest]
+    ) as mlrun:
         report.mlflow_run_id = mlrun.info.run_id
-        numbers = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+        numbers = {k: float(v) for k, v in report.metrics.items() if isinstance(v, int | float)}
         numbers.update({f"drop.{c.name}": c.drop for c in report.comparisons if math.isfinite(c.drop)})
         mlflow.log_metrics(numbers)
         mlflow.set_tag("regression", str(not report.passed).lower())
@@ -278,5 +314,3 @@ def reevaluate(
         mlflow.log_artifact(str(json_path))
         mlflow.log_artifact(str(md_path))
         mlflow.log_artifact(str(out_dir / "extract" / "summary.json"), artifact_path="extract")
-    (log.info if report.passed else log.error)("%s", report.summary())
-    return report

@@ -6,8 +6,10 @@ Inputs (paths in `ReportInputs`, one `MethodInputs` per method): the evaluate st
 (`acol.inference.mapstore`); the val manifest, dataset root and prepare ``summary.json``. A path set to None leaves its
 section out; a path that is set but missing stops the report with a `ReportError` naming it, before any work.
 
-Output: ``index.html`` with every figure embedded as base64 PNG, the same PNGs next to it; the folder is built
-under a temp name and renamed into place (`acol.io.replace_dir`), so a reader never sees half a report.
+Output: ``index.html`` laid out by ``templates/report.html.j2`` (Jinja2, autoescaped: values read from the inputs
+are escaped by the engine; StrictUndefined) from plain data prepared here, every figure embedded as base64 PNG,
+the same PNGs next to it; the folder is built under a temp name and renamed into place
+(`acol.io.replace_dir`), so a reader never sees half a report.
 
 Published numbers are listed separately and labelled as published, each with its source; only figures that
 could be confirmed from a text source are included (`PUBLISHED`).
@@ -16,15 +18,16 @@ could be confirmed from a text source are included (`PUBLISHED`).
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -33,6 +36,7 @@ import pyarrow.compute as pc
 from acol.io import readable_path, replacing_dir, write_bytes_atomic
 from acol.stages import plots
 from acol.wsol.boxes import iou
+from acol.wsol.metrics import metric_direction
 
 __all__ = [
     "ReportError",
@@ -46,6 +50,7 @@ __all__ = [
     "gallery_indices",
     "best_ious",
     "build_report",
+    "render_html",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,6 @@ _METRIC_ORDER = (
     "erase_threshold",
     "backbone",
 )
-_HIGHER_IS_BETTER = ("maxboxacc", "gt_known_loc", "pxap", "acc", "top1", "top5")
 _PREFERRED_ORDER = ("acol", "cam")  # ranking and column order: ACoL first, then CAM, then the rest
 
 
@@ -168,15 +172,6 @@ PUBLISHED: tuple[PublishedNumber, ...] = (
 
 
 # --------------------------------------------------------------------------------------------------- numbers
-
-
-def metric_direction(key: str) -> Literal["lower", "higher"] | None:
-    """Which way is better for a metric key: errors lower, accuracies/MaxBoxAcc/PxAP higher, others neither."""
-    if "error" in key or key.endswith("loss"):
-        return "lower"
-    if any(tag in key for tag in _HIGHER_IS_BETTER) and "threshold" not in key:
-        return "higher"
-    return None
 
 
 def _number(value: Any) -> float | None:
@@ -375,13 +370,24 @@ def _maps_for(folder: Path, image_ids: Sequence[str], columns: Sequence[str]) ->
 
 # --------------------------------------------------------------------------------------------------- HTML
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;line-height:1.4}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 10px;text-align:right}
-th{background:#f2f2f2}td.k{text-align:left;font-family:monospace}td.best{background:#d8f3d8;font-weight:bold}
-.published{border-left:4px solid #e0a000;padding-left:1em}.note{color:#666;font-size:90%}
-img{max-width:100%;border:1px solid #ddd;margin:0.3em 0}
-"""
+TEMPLATE = "report.html.j2"  # in acol/stages/templates, shipped as package data
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """Autoescaping (values from files are escaped by the engine) and StrictUndefined (a typo fails loudly)."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("acol.stages", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_html(context: Mapping[str, Any]) -> str:
+    """The report page from plain data (`_html_context`); a missing variable raises `jinja2.UndefinedError`."""
+    return _environment().get_template(TEMPLATE).render(context)
 
 
 def _fmt(value: Any) -> str:
@@ -398,48 +404,34 @@ def _fmt(value: Any) -> str:
     return json.dumps(value)
 
 
-def _esc(value: Any) -> str:
-    return html.escape(_fmt(value))
-
-
-def _metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+def _metric_rows(metrics: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per metric key (known keys in `_METRIC_ORDER` first): formatted cells, the better one marked."""
     keys = [k for k in _METRIC_ORDER if any(k in m for m in metrics.values())]
     keys += sorted({k for m in metrics.values() for k in m} - set(keys) - {"method"})
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     rows = []
     for key in keys:
         values = {m: metrics[m].get(key) for m in metrics}
         best = best_methods(key, values)
-        direction = metric_direction(key)
-        arrow = {"lower": " ↓", "higher": " ↑"}.get(direction or "", "")
-        cells = "".join(f"<td{' class=best' if m in best else ''}>{_esc(v)}</td>" for m, v in values.items())
-        rows.append(f"<tr><td class=k>{html.escape(key)}{arrow}</td>{cells}</tr>")
-    return f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
+        arrow = {"lower": " ↓", "higher": " ↑"}.get(metric_direction(key) or "", "")
+        cells = [{"text": _fmt(v), "best": m in best} for m, v in values.items()]
+        rows.append({"key": key, "arrow": arrow, "cells": cells})
+    return rows
 
 
-def _published_table() -> str:
-    rows = "".join(
-        f"<tr><td class='k'>{html.escape(p.paper)}</td><td class='k'>{html.escape(p.dataset)}</td>"
-        f"<td class='k'>{html.escape(p.backbone)}</td><td class='k'>{html.escape(p.method)}</td>"
-        f"<td class='k'>{html.escape(p.metric)}</td><td>{p.value:.2f}</td>"
-        f"<td class='k'><a href='{html.escape(p.source)}'>{html.escape(p.source)}</a>"
-        f"{'<br><span class=note>' + html.escape(p.note) + '</span>' if p.note else ''}</td></tr>"
+def _published_rows() -> list[dict[str, str]]:
+    return [
+        {
+            "paper": p.paper,
+            "dataset": p.dataset,
+            "backbone": p.backbone,
+            "method": p.method,
+            "metric": p.metric,
+            "value": f"{p.value:.2f}",
+            "source": p.source,
+            "note": p.note,
+        }
         for p in PUBLISHED
-    )
-    return (
-        "<div class='published'><h2>Published numbers (from the papers, not ours)</h2>"
-        "<p class='note'>Reported by the cited papers on the full datasets with their own protocol and "
-        "backbones; for orientation only, not comparable with the numbers above. Figures that could not be "
-        "confirmed from a text source are left out (Choe et al. CVPR 2020 publish their per-backbone "
-        "MaxBoxAccV2 / PxAP table as an image: see https://github.com/clovaai/wsolevaluation).</p>"
-        "<table><tr><th>paper</th><th>dataset</th><th>backbone</th><th>method</th><th>metric</th>"
-        f"<th>value (%)</th><th>source</th></tr>{rows}</table></div>"
-    )
-
-
-def _kv_table(pairs: Sequence[tuple[str, Any]]) -> str:
-    rows = "".join(f"<tr><td class='k'>{html.escape(k)}</td><td>{_esc(v)}</td></tr>" for k, v in pairs)
-    return f"<table><tr><th>key</th><th>value</th></tr>{rows}</table>"
+    ]
 
 
 def _flatten(data: Any, prefix: str = "", limit: int = 200) -> list[tuple[str, Any]]:
@@ -457,8 +449,21 @@ def _flatten(data: Any, prefix: str = "", limit: int = 200) -> list[tuple[str, A
     return out[:limit]
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+def _png(png: bytes, name: str) -> dict[str, str]:
+    return {"name": name, "png": base64.b64encode(png).decode()}
+
+
+def _extraction(infos: Mapping[str, _MapInfo]) -> dict[str, Any] | None:
+    """Row and error counts per method's map store, one row per kind of error."""
+    if not infos:
+        return None
+    kinds = [
+        "rows",
+        "errors",
+        *sorted({k for i in infos.values() for k in i.error_counts} - {"rows", "errors"}),
+    ]
+    rows = [{"kind": k, "counts": [str(i.error_counts.get(k, 0)) for i in infos.values()]} for k in kinds]
+    return {"methods": list(infos), "rows": rows}
 
 
 def _diff_sentence(key: str, label: str, metrics: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -554,14 +559,9 @@ def _gallery_pngs(
             except ImageDecodeError as e:
                 log.warning("gallery: skipping %s: %s", image_id, e)
                 continue
-            boxes = gt[image_id][0]
-            row = [plots.tile(image, None, boxes, None)]
-            for m in infos:
-                mm = maps[m].get(image_id, {})
-                box = pred[m].get(image_id)
-                cols = ["map_gt", "map_a_gt", "map_b_gt"] if has_b[m] else ["map_gt"]
-                row += [plots.tile(image, mm.get(c), boxes, box) for c in cols]
-            rows.append(row)
+            row_maps = {m: maps[m].get(image_id, {}) for m in infos}
+            row_preds = {m: pred[m].get(image_id) for m in infos}
+            rows.append(_gallery_row(image, gt[image_id][0], row_maps, row_preds, has_b))
             ious = ", ".join(f"{m} {iou_of[m].get(image_id, math.nan):.2f}" for m in infos)
             labels.append(f"{Path(image_id).name[:28]}\nIoU {ious}")
         if rows:
@@ -573,6 +573,21 @@ def _gallery_pngs(
                 "maps: GT class)",
             )
     return out
+
+
+def _gallery_row(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    maps: Mapping[str, Mapping[str, Any]],
+    pred: Mapping[str, Any],
+    has_b: Mapping[str, bool],
+) -> list[np.ndarray]:
+    """One image's tiles: the image with its GT boxes, then each method's maps (fused, A, B) with its box."""
+    row = [plots.tile(image, None, boxes, None)]
+    for m, mm in maps.items():
+        cols = ["map_gt", "map_a_gt", "map_b_gt"] if has_b[m] else ["map_gt"]
+        row += [plots.tile(image, mm.get(c), boxes, pred[m]) for c in cols]
+    return row
 
 
 def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
@@ -609,7 +624,8 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
         pngs.update(_gallery_pngs(infos, folders, inputs.dataset_root, gt, inputs.gallery_size, inputs.seed))
 
     shows = _what_this_shows(inputs, metrics, gt)
-    _write_folder(out_dir, {**pngs, "index.html": _render_html(inputs, metrics, pngs, shows, infos).encode()})
+    page = render_html(_html_context(inputs, metrics, pngs, shows, infos))
+    _write_folder(out_dir, {**pngs, "index.html": page.encode()})
     log.info("report written to %s (%d figures)", out_dir / "index.html", len(pngs))
     return out_dir / "index.html"
 
@@ -646,58 +662,32 @@ _CAPTIONS = {
 }
 
 
-def _render_html(
+def _html_context(
     inputs: ReportInputs,
     metrics: Mapping[str, Mapping[str, Any]],
     pngs: Mapping[str, bytes],
     shows: Sequence[str],
     infos: Mapping[str, _MapInfo],
-) -> str:
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>ACoL vs CAM: WSOL report</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>WSOL report: {html.escape(' vs '.join(inputs.methods))}</h1>",
-        "<h2>What this shows</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in shows) + "</ul>",
-        "<h2>Our metrics (this run)</h2><p class='note'>Percent; ↓ lower is better, ↑ higher is better; the "
-        "better method per metric is highlighted.</p>",
-        _metrics_table(metrics),
-        _published_table(),
-        "<h2>Curves</h2>",
-    ]
-    for name, caption in _CAPTIONS.items():
-        if name in pngs:
-            parts += [_img(pngs[name], name), f"<p class='note'>{html.escape(caption)}</p>"]
-    if "pr_curve.png" not in pngs:
-        parts.append("<p class='note'>No pixel PR curve (no masks: PxAP not computed).</p>")
-    parts.append("<h2>Galleries</h2>")
-    gallery = [_img(png, name) for name, png in pngs.items() if name.startswith("gallery_")]
-    if gallery:
-        parts.append(
-            "<p class='note'>Green: ground-truth boxes; red: the method's predicted box (largest contour of the "
-            "top-1 class map at the method's best threshold, chosen on the held-out split; extract.box_threshold "
-            "when there is none). Overlays: jet colour map of the normalized maps "
-            "of the ground-truth class (fused, branch A, branch B). Rows are ranked by the IoU shown at the left."
-            "</p>"
-        )
-    parts += gallery or ["<p class='note'>No galleries (maps, manifest or dataset root not given).</p>"]
+) -> dict[str, Any]:
+    """Everything the template shows, as plain strings and lists (numbers formatted, PNGs as base64)."""
+    summary = None
     if inputs.summary:
-        parts += ["<h2>Data summary</h2>", _kv_table(_flatten(_read_json(inputs.summary)))]
-    if infos:
-        kinds = [
-            "rows",
-            "errors",
-            *sorted({k for i in infos.values() for k in i.error_counts} - {"rows", "errors"}),
-        ]
-        head = "".join(f"<th>{html.escape(m)}</th>" for m in infos)
-        rows = "".join(
-            f"<tr><td class='k'>{html.escape(k)}</td>"
-            + "".join(f"<td>{i.error_counts.get(k, 0)}</td>" for i in infos.values())
-            + "</tr>"
-            for k in kinds
-        )
-        parts += ["<h2>Extraction</h2>", f"<table><tr><th>count</th>{head}</tr>{rows}</table>"]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        summary = [(k, _fmt(v)) for k, v in _flatten(_read_json(inputs.summary))]
+    return {
+        "methods": list(inputs.methods),
+        "shows": list(shows),
+        "metric_rows": _metric_rows(metrics),
+        "published": _published_rows(),
+        "curves": [
+            {**_png(pngs[name], name), "caption": caption}
+            for name, caption in _CAPTIONS.items()
+            if name in pngs
+        ],
+        "has_pr_curve": "pr_curve.png" in pngs,
+        "galleries": [_png(png, name) for name, png in pngs.items() if name.startswith("gallery_")],
+        "summary": summary,
+        "extraction": _extraction(infos),
+    }
 
 
 def _write_folder(out_dir: Path, files: Mapping[str, bytes]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from acol.wsol.metrics import lower_is_better
+
 __all__ = ["METRIC_TAG_PREFIX", "record_and_promote", "version_metrics"]
 
 METRIC_TAG_PREFIX = "metric."
@@ -26,7 +28,7 @@ def version_metrics(name: str, version: str) -> dict[str, float]:
 def record_and_promote(name: str, version: str, metrics: dict[str, Any], metric: str) -> dict[str, Any]:
     """Tag `version` with its metrics, alias it `candidate`, and `champion` if it beats the current champion.
 
-    Higher is better for `metric` (accuracies); an error metric (`*_error`) counts lower as better.
+    Which way is better is `acol.wsol.metrics.lower_is_better`: errors and losses lower, accuracies higher.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -44,8 +46,7 @@ def record_and_promote(name: str, version: str, metrics: dict[str, Any], metric:
     except MlflowException:
         champion = None
     previous = version_metrics(name, champion.version).get(metric) if champion is not None else None
-    lower_is_better = metric.endswith("_error")
-    better = previous is None or (new < previous if lower_is_better else new > previous)
+    better = previous is None or (new < previous if lower_is_better(metric) else new > previous)
     if champion is not None and str(champion.version) == str(version):  # MLflow returns an int version
         better = True  # re-evaluating the champion itself keeps it
     if better:
