@@ -9,8 +9,12 @@ shorter side to 8/7 of it, random crop, flip, normalize) and count the images th
   are also timed apart.
 - ``ray_data``: `acol.distributed.ingest.epoch_dataset` on a local Ray with ``--cores`` CPUs (one decode task
   per CPU), consumed here with `iter_torch_batches` and normalized, as a worker would on its device. One epoch
-  warms the task workers up; the next one is timed. Per core = images/s / ``--cores`` (this consuming
+  warms the task workers up; the next ones are timed. Per core = images/s / ``--cores`` (this consuming
   process runs on top of those cores).
+
+Each path also reports images per CPU second: CPU time (user + system) of this process and, for Ray Data, of
+every process under it (raylet, GCS, task workers): the cost per image whatever the machine's load, which on a
+shared machine is the fairer "per core" figure (wall-clock rates there fall with the other users' load).
 
     python benchmarks/bench_input.py --images 512 --cores 1
 
@@ -65,6 +69,22 @@ def write_jpegs(root: Path, count: int, seed: int = 0) -> tuple[Path, float]:
     return path, float(np.mean(sizes))
 
 
+def _cpu_seconds(with_children: bool = False) -> float:
+    """User + system CPU seconds of this process (and of every live process under it)."""
+    import psutil
+
+    me = psutil.Process()
+    processes = [me, *me.children(recursive=True)] if with_children else [me]
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def loader_path(
     manifest: Path, root: Path, size: int, protocol: str, batch: int, rounds: int
 ) -> dict[str, Any]:
@@ -72,12 +92,14 @@ def loader_path(
     torch.set_num_threads(1)
     table = read_manifest(manifest)
     dataset = ManifestDataset(table, root, train_transform(size, protocol))
-    rates = []
+    rates, cpu_start, total = [], _cpu_seconds(), 0
     for _ in range(rounds):
         start, count = time.perf_counter(), 0
         for images, _, _ in DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0):
             count += images.shape[0]
         rates.append(count / (time.perf_counter() - start))
+        total += count
+    cpu = _cpu_seconds() - cpu_start
     ids = dataset.image_ids
     start = time.perf_counter()
     decoded = [load_image(root, i) for i in ids]
@@ -90,6 +112,7 @@ def loader_path(
     return {
         "images_per_second_per_core": statistics.median(rates),
         "rounds": rates,
+        "images_per_cpu_second": total / cpu,
         "decode_ms_per_image": 1000 * decode_s / len(ids),
         "transform_ms_per_image": 1000 * transform_s / len(ids),
     }
@@ -107,21 +130,26 @@ def ray_data_path(
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     norm = normalize()
-    rates = []
+    rates, total, cpu_start = [], 0, 0.0
     try:
         for epoch in range(rounds + 1):
             dataset = epoch_dataset(manifest, root, size, protocol=protocol, seed=0, epoch=epoch + 1)
+            if epoch == 1:
+                cpu_start = _cpu_seconds(with_children=True)
             start, count = time.perf_counter(), 0
             for rows in dataset.iter_torch_batches(batch_size=batch, device="cpu"):
                 count += norm(rows["image"]).shape[0]
             if epoch:  # the first epoch starts the task workers
                 rates.append(count / (time.perf_counter() - start))
+                total += count
+        cpu = _cpu_seconds(with_children=True) - cpu_start
     finally:
         ray.shutdown()
     return {
         "images_per_second": statistics.median(rates),
         "images_per_second_per_core": statistics.median(rates) / cores,
         "rounds": rates,
+        "images_per_cpu_second": total / cpu,
         "cores": cores,
     }
 
@@ -162,6 +190,10 @@ def main() -> None:
         "ray_data_over_loader_per_core": ray_data["images_per_second_per_core"] / per_core,
         # arithmetic from the measured loader rate, not a measurement on an H100
         "cores_to_feed_one_h100_at_1600_images_per_s": H100_IMAGES_PER_SECOND / per_core,
+        "cores_by_cpu_seconds": {
+            "loader": H100_IMAGES_PER_SECOND / loader["images_per_cpu_second"],
+            "ray_data": H100_IMAGES_PER_SECOND / ray_data["images_per_cpu_second"],
+        },
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -173,8 +205,8 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("loader", "ray_data", "cores_to_feed_one_h100_at_1600_images_per_s")},
-                     indent=2))  # fmt: skip
+    keys = ("loader", "ray_data", "cores_to_feed_one_h100_at_1600_images_per_s", "cores_by_cpu_seconds")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
 
 
 if __name__ == "__main__":
