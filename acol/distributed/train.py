@@ -23,8 +23,8 @@ is dynamic.
 Epoch hook: `fit(epoch_hook=...)` or, when not given, ``ACOL_EPOCH_HOOK=package.module:function`` in the
 driver's environment names a function that every worker calls with an `EpochStart` before each epoch (after
 the resume, before the epoch's seeding). A string is imported in the worker, so it works for a ``ray job
-submit`` as well, as long as the module is in the job's working dir or installed. The tests kill a worker
-there to check the resume (``tests/fault_injection.py``, docs/ray-local.md).
+submit`` as well, as long as the module is in the job's working dir or installed. Uses: profiling, external
+stop signals, killing a worker to check the resume (docs/ray-local.md).
 """
 
 from __future__ import annotations
