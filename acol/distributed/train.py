@@ -15,7 +15,7 @@ the same number of workers: every random state of an epoch (Python, NumPy, torch
 the shuffle) is set from ``(train.seed, rank, epoch)`` at its start (`acol.training.engine.seed_epoch`), so the
 completed-epoch count in the checkpoint is all the random state there is to restore.
 
-Input (``train.input``): ``loader`` (default) decodes and augments in the worker (`_loaders`); ``ray_data``
+Input (``train.input``): ``loader`` (default) decodes and augments in the worker (`_loader_batches`); ``ray_data``
 streams decoded, augmented images from Ray Data tasks that may run on other (CPU-only) nodes
 (`acol.distributed.ingest`). Only ``loader`` resumes bit for bit: Ray Data's split of the rows over workers
 is dynamic.
