@@ -93,6 +93,9 @@ class TrainParams(_Section):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray worker
+    # training input: "loader" decodes in each Ray Train worker (DataLoader); "ray_data" streams decoded,
+    # augmented images from Ray Data tasks, which may run on CPU-only nodes (acol.distributed.ingest)
+    input: Literal["loader", "ray_data"] = "loader"
     amp: bool = False  # bf16 autocast on GPUs
     max_failures: int = Field(2, ge=-1)  # Ray Train FailureConfig: restarts from the last checkpoint
     checkpoints_to_keep: int = Field(2, ge=1)

@@ -126,7 +126,7 @@ def main() -> None:
             "train.lr_schedule=constant",
         ]
         params = load_params(root / "absent.yaml", overrides)
-        os.environ.pop("ACOL_FAIL_AT_EPOCH", None)
+        os.environ.pop("ACOL_EPOCH_HOOK", None)
         ray.init(num_cpus=max(args.threads, 1) + 1, include_dashboard=False, log_to_driver=False)
         try:
             plain = plain_loop(params, args.method, train, root, args.threads)

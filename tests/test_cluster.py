@@ -282,7 +282,7 @@ def test_train_job_spreads_over_two_nodes_and_resumes(tiny_dataset, tmp_path):
     with mlflow_server(tmp_path) as uri, ray_cluster(["node_a", "node_b"]) as cluster:
         env_vars = {
             "MLFLOW_TRACKING_URI": uri,
-            "ACOL_FAIL_AT_EPOCH": "2",
+            "ACOL_EPOCH_HOOK": "tests.fault_injection:kill_rank0_at_epoch_2",  # in the uploaded working dir
             "ACOL_PIPELINE_RUN": "cluster-test",
         }
         job = _submit(cluster, _train_entrypoint(tiny_dataset, out, shared), env_vars)

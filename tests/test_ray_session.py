@@ -162,7 +162,7 @@ def _stage_env(ray_tmp: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmp), **extra}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{ray_tmp / 'mlflow.db'}", ACOL_PIPELINE_RUN=ray_tmp.name)
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
-    for key in ("RAY_ADDRESS", "ACOL_FAIL_AT_EPOCH", "ACOL_DEBUG"):
+    for key in ("RAY_ADDRESS", "ACOL_EPOCH_HOOK", "ACOL_DEBUG"):
         env.pop(key, None)
     return env
 

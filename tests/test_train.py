@@ -51,7 +51,7 @@ def mlflow_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("ACOL_PIPELINE_RUN", f"test-{tmp_path.name}")
-    monkeypatch.delenv("ACOL_FAIL_AT_EPOCH", raising=False)
+    monkeypatch.delenv("ACOL_EPOCH_HOOK", raising=False)
     return uri
 
 
@@ -132,8 +132,9 @@ def test_fit_resumes_after_injected_fault(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from acol.distributed.train import FAULT_MARKER, fit
+    from acol.distributed.train import fit
     from acol.tracking import runs as tracking
+    from tests.fault_injection import FAULT_MARKER, HOOK_PATH
 
     params = load_params(
         tmp_path / "absent.yaml",
@@ -147,7 +148,7 @@ def test_fit_resumes_after_injected_fault(
         update={"train": params.train.model_copy(update={"storage_path": str(tmp_path / "ray-reference")})}
     )
     straight = fit(reference, "cam", *data, tmp_path / "reference")  # the same run, never killed
-    monkeypatch.setenv("ACOL_FAIL_AT_EPOCH", "2")
+    monkeypatch.setenv("ACOL_EPOCH_HOOK", HOOK_PATH)  # by import path, as a `ray job submit` passes it
     outcome = fit(params, "cam", *data, tmp_path / "out", run_id=run.info.run_id)
     _assert_same_run(straight, outcome)  # exact resume on 2 workers (per-rank seeds, sampler, optimizer)
 
@@ -169,6 +170,19 @@ def test_fit_resumes_after_injected_fault(
         rows = list(csv.DictReader(f))
     assert [r["acc_b"] for r in rows] == ["", ""]
     load_model_weights(build_model("small", 4, "cam", head_channels=16), outcome.model_path)
+
+
+def test_epoch_hooks_resolve_from_import_paths() -> None:
+    from acol.distributed.train import resolve_epoch_hook
+    from tests.fault_injection import HOOK_PATH, kill_rank0_at_epoch_2
+
+    assert resolve_epoch_hook(HOOK_PATH) is kill_rank0_at_epoch_2
+    assert resolve_epoch_hook(kill_rank0_at_epoch_2) is kill_rank0_at_epoch_2
+    assert resolve_epoch_hook(None) is None
+    with pytest.raises(ValueError, match="expected"):
+        resolve_epoch_hook("tests.fault_injection")
+    with pytest.raises(TypeError, match="not callable"):
+        resolve_epoch_hook("tests.fault_injection:FAULT_MARKER")
 
 
 def test_finished_runs_are_recognized_from_their_checkpoints(tmp_path: Path) -> None:
@@ -201,12 +215,12 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     ray_session,
     mlflow_env: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One worker, ACoL: killed at the start of epoch 2 (rank 0 exits; Ray restarts it from the epoch-1
     checkpoint), the run ends with the weights and history of a run never killed. Two workers: in
     `test_fit_resumes_after_injected_fault`."""
-    from acol.distributed.train import FAULT_MARKER, fit
+    from acol.distributed.train import fit
+    from tests.fault_injection import FAULT_MARKER, kill_rank0_at_epoch_2
 
     data = [tiny_dataset["train"], tiny_dataset["val"], tiny_dataset["root"]]
     outcomes = {}
@@ -216,9 +230,8 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
             [*TINY_OVERRIDES, "train.num_workers=1", "train.max_failures=1", "train.seed=7",
              f"train.storage_path={tmp_path / kind}"],
         )  # fmt: skip
-        if kind == "killed":
-            monkeypatch.setenv("ACOL_FAIL_AT_EPOCH", "2")
-        outcomes[kind] = fit(params, "acol", *data, tmp_path / kind / "out")
+        hook = kill_rank0_at_epoch_2 if kind == "killed" else None  # a callable, pickled to the worker
+        outcomes[kind] = fit(params, "acol", *data, tmp_path / kind / "out", epoch_hook=hook)
     killed = outcomes["killed"]
     assert (tmp_path / "killed" / killed.run_name / FAULT_MARKER).is_file() and killed.restarts == 1
     _assert_same_run(outcomes["uninterrupted"], killed)

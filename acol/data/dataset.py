@@ -1,19 +1,49 @@
-"""A PyTorch dataset over a manifest: decodes images from the dataset root and applies a transform."""
+"""Decoding a manifest's images from the dataset root, with a transform: as a PyTorch dataset (the DataLoader
+input) and as whole arrays of rows (the Ray Data input, `acol.distributed.ingest`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
 from acol.data.images import read_image
-from acol.data.transforms import to_float_tensor
 from acol.data.paths import resolve_inside
+from acol.data.transforms import to_float_tensor
 
-__all__ = ["ManifestDataset"]
+__all__ = ["ManifestDataset", "decode_rows", "load_image"]
+
+
+def load_image(root: str | Path, image_id: str) -> torch.Tensor:
+    """The (3, H, W) uint8 image of `image_id`, its path resolved inside `root`."""
+    return to_float_tensor(read_image(resolve_inside(Path(root), image_id)))
+
+
+def decode_rows(
+    root: str | Path,
+    image_ids: Sequence[str],
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    seeds: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Transformed images stacked into one (n, 3, S, S) array.
+
+    With `seeds`, image i's random draws (crop, flip) come from the torch generator seeded with ``seeds[i]``
+    (the global state is restored after): the same image whatever process decodes it, in whatever order.
+    """
+    images = []
+    for i, image_id in enumerate(image_ids):
+        image = load_image(root, image_id)
+        if seeds is None:
+            images.append(transform(image))
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seeds[i]))
+            images.append(transform(image))
+    return torch.stack(images).numpy()
 
 
 class ManifestDataset(Dataset):
@@ -31,5 +61,4 @@ class ManifestDataset(Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image = read_image(resolve_inside(self.root, self.image_ids[index]))
-        return self.transform(to_float_tensor(image)), self.labels[index], index
+        return self.transform(load_image(self.root, self.image_ids[index])), self.labels[index], index

@@ -22,6 +22,7 @@ __all__ = [
     "PROTOCOLS",
     "train_transform",
     "eval_transform",
+    "normalize",
     "to_float_tensor",
 ]
 
@@ -35,9 +36,19 @@ def to_float_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
 
 
-def train_transform(size: int, protocol: str = "acol") -> v2.Compose:
+def _normalize_steps() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def normalize() -> v2.Compose:
+    """uint8 (..., 3, H, W) -> float ImageNet-normalized: the last steps of both transforms, apart so that a
+    pipeline can ship uint8 images (4x less than float) and normalize them where they are used."""
+    return v2.Compose(_normalize_steps())
+
+
+def train_transform(size: int, protocol: str = "acol", *, normalized: bool = True) -> v2.Compose:
     """Resize to size*8/7 (256 for 224; the shorter side for "acol", both sides for "choe"), random crop
-    `size`, random flip, normalize."""
+    `size`, random flip, normalize (``normalized=False``: uint8 out, `normalize` left to the caller)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown transform protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     resize = round(size * 8 / 7)
@@ -46,18 +57,12 @@ def train_transform(size: int, protocol: str = "acol") -> v2.Compose:
             v2.Resize(resize if protocol == "acol" else (resize, resize), antialias=True),
             v2.RandomCrop(size),
             v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            *(_normalize_steps() if normalized else []),
         ]
     )
 
 
-def eval_transform(size: int) -> v2.Compose:
+def eval_transform(size: int, *, normalized: bool = True) -> v2.Compose:
     """Resize the whole image to (size, size), normalize: the map grid then covers the image exactly."""
-    return v2.Compose(
-        [
-            v2.Resize((size, size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+    steps = _normalize_steps() if normalized else []
+    return v2.Compose([v2.Resize((size, size), antialias=True), *steps])

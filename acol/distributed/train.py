@@ -15,16 +15,23 @@ the same number of workers: every random state of an epoch (Python, NumPy, torch
 the shuffle) is set from ``(train.seed, rank, epoch)`` at its start (`acol.training.engine.seed_epoch`), so the
 completed-epoch count in the checkpoint is all the random state there is to restore.
 
-Fault injection for tests: if ``ACOL_FAIL_AT_EPOCH=N`` is set in the driver's environment, the rank-0 worker
-exits the process (``os._exit(1)``) at the start of epoch N (1-based) unless the marker file
-``<storage_path>/<run name>/acol_fault_injected`` exists; it writes the marker first, so the retry runs
-through.
+Input (``train.input``): ``loader`` (default) decodes and augments in the worker (`_loader_batches`); ``ray_data``
+streams decoded, augmented images from Ray Data tasks that may run on other (CPU-only) nodes
+(`acol.distributed.ingest`). Only ``loader`` resumes bit for bit: Ray Data's split of the rows over workers
+is dynamic.
+
+Epoch hook: `fit(epoch_hook=...)` or, when not given, ``ACOL_EPOCH_HOOK=package.module:function`` in the
+driver's environment names a function that every worker calls with an `EpochStart` before each epoch (after
+the resume, before the epoch's seeding). A string is imported in the worker, so it works for a ``ray job
+submit`` as well, as long as the module is in the job's working dir or installed. Uses: profiling, external
+stop signals, killing a worker to check the resume (docs/ray-local.md).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -33,6 +40,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +66,13 @@ from acol.training.engine import (
 )
 
 __all__ = [
-    "FAIL_AT_EPOCH_ENV",
-    "FAULT_MARKER",
+    "EPOCH_HOOK_ENV",
     "HISTORY_COLUMNS",
+    "EpochHook",
+    "EpochStart",
     "TrainOutcome",
     "fit",
+    "resolve_epoch_hook",
     "run_name",
     "train_loop_per_worker",
     "write_history_csv",
@@ -70,10 +80,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FAIL_AT_EPOCH_ENV = "ACOL_FAIL_AT_EPOCH"
-FAULT_MARKER = "acol_fault_injected"
+EPOCH_HOOK_ENV = "ACOL_EPOCH_HOOK"
 HISTORY_COLUMNS = ("epoch", "loss", "acc_a", "acc_b", "val_top1", "val_top5", "val_loss", "lr", "seconds")
 _MODEL_FILE, _OPTIM_FILE, _STATE_FILE = "model.pt", "optim.pt", "state.json"
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    """What an epoch hook is told: the 1-based epoch about to start, on which worker, in which run folder."""
+
+    epoch: int
+    rank: int
+    world_size: int
+    run_dir: str  # <train.storage_path>/<run name>: a local folder, or an object store URI
+
+
+EpochHook = Callable[[EpochStart], None]
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,35 @@ class TrainOutcome:
     run_name: str
     checkpoint_path: str
     classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """A worker's training state: what the epochs update and what a checkpoint restores."""
+
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    train_batches: Callable[[int], Iterable]  # epoch -> this rank's batches (images, labels, indices)
+    val_loader: DataLoader
+    device: torch.device
+    epochs: int
+    start_epoch: int = 0
+    restarts: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_epoch_hook(hook: str | EpochHook | None) -> EpochHook | None:
+    """A callable as it is; ``"package.module:function"`` imported (in the worker: Ray pickles the config)."""
+    if hook is None or callable(hook):
+        return hook
+    module, sep, name = hook.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"epoch hook {hook!r}: expected 'package.module:function'")
+    function = getattr(importlib.import_module(module), name)
+    if not callable(function):
+        raise TypeError(f"epoch hook {hook!r} is not callable")
+    return function
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -144,44 +195,82 @@ def _log_epochs(config: dict[str, Any], rows: list[dict[str, float]], restarts: 
         client.log_batch(run_id, metrics=metrics)
 
 
-def _loaders(
-    config: dict[str, Any], world_size: int, rank: int
-) -> tuple[DataLoader, DataLoader, int, torch.Generator]:
-    """Train loader (shuffled and sharded by a seeded sampler), the full val loader, the class count, and the
-    train loader's generator (`seed_epoch` reseeds it; it draws the loader workers' base seed)."""
+def _loader_batches(
+    config: dict[str, Any], params: Params, train_table: Any, world_size: int, rank: int
+) -> tuple[Callable[[int], Iterable], int]:
+    """``train.input: loader``: this worker's own DataLoader, shuffled and sharded by a seeded sampler.
+
+    Returns ``epoch -> loader`` (which sets the shuffle and every random state of the epoch first) and the
+    batches per epoch."""
     import ray.train.torch
     from torch.utils.data import DistributedSampler
 
-    params = Params.model_validate(config["params"])
-    train_table = read_manifest(config["train_manifest"])
-    val_table = read_manifest(config["val_manifest"])
-    num_classes = len(manifest_classes(train_table))
-    size = params.train.image_size
-    per_worker_batch = max(1, params.train.batch_size // world_size)
-    train_set = ManifestDataset(train_table, config["root"], train_transform(size, params.train.transform))
-    val_set = ManifestDataset(val_table, config["root"], eval_transform(size))
-    loader_args = {
-        "num_workers": params.train.loader_workers,
-        "persistent_workers": params.train.loader_workers > 0,
-    }
+    tp = params.train
+    train_set = ManifestDataset(train_table, config["root"], train_transform(tp.image_size, tp.transform))
     # Our own sampler (Ray keeps a DistributedSampler it finds): the order follows train.seed and the epoch, on
     # one worker as on several. Train workers are not persistent: each epoch's are seeded from `generator`.
-    sampler = DistributedSampler(
-        train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=params.train.seed
-    )
-    generator = torch.Generator()
-    train_loader = DataLoader(
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=tp.seed)
+    generator = torch.Generator()  # draws the loader workers' base seed; `seed_epoch` reseeds it
+    loader = DataLoader(
         train_set,
-        batch_size=per_worker_batch,
+        batch_size=_per_worker_batch(params, world_size),
         sampler=sampler,
         drop_last=False,
         generator=generator,
-        num_workers=params.train.loader_workers,
+        num_workers=tp.loader_workers,
     )
-    train_loader = ray.train.torch.prepare_data_loader(train_loader)
-    # Validation runs on rank 0 over the whole split: no sampler, no collectives, exact numbers.
-    val_loader = DataLoader(val_set, batch_size=per_worker_batch, shuffle=False, **loader_args)
-    return train_loader, val_loader, num_classes, generator
+    loader = ray.train.torch.prepare_data_loader(loader)
+
+    def batches(epoch: int) -> Iterable:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)  # a new shuffle per epoch across the shards
+        seed_epoch(tp.seed, rank, epoch, generator)  # this rank's own stream; resumes exactly
+        return loader
+
+    return batches, len(loader)
+
+
+def _per_worker_batch(params: Params, world_size: int) -> int:
+    return max(1, params.train.batch_size // world_size)
+
+
+def _val_loader(config: dict[str, Any], params: Params, world_size: int) -> DataLoader:
+    """Validation runs on rank 0 over the whole split: no sampler, no collectives, exact numbers."""
+    workers = params.train.loader_workers
+    val_set = ManifestDataset(
+        read_manifest(config["val_manifest"]), config["root"], eval_transform(params.train.image_size)
+    )
+    return DataLoader(
+        val_set,
+        batch_size=_per_worker_batch(params, world_size),
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+
+
+def _build_run(
+    config: dict[str, Any], params: Params, world_size: int, rank: int, device: torch.device
+) -> _Run:
+    """Input, model, optimizer and schedule of one worker, before any checkpoint is restored."""
+    train_table = read_manifest(config["train_manifest"])
+    num_classes = len(manifest_classes(train_table))
+    if params.train.input == "ray_data":
+        from acol.distributed.ingest import ray_data_batches
+
+        batches, steps = ray_data_batches(
+            params.train, len(train_table), world_size, rank, _per_worker_batch(params, world_size), device
+        )
+    else:
+        batches, steps = _loader_batches(config, params, train_table, world_size, rank)
+    val_loader = _val_loader(config, params, world_size)
+    model = build_model(
+        **model_kwargs(params.model.model_dump(), config["method"], num_classes),
+        backbone_weights=params.model.backbone_weights,
+    )
+    optimizer = build_optimizer(model, params.train)
+    scheduler = build_scheduler(optimizer, params.train, steps)
+    return _Run(model, optimizer, scheduler, batches, val_loader, device, params.train.epochs)
 
 
 def _save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, state: dict) -> None:
@@ -193,6 +282,70 @@ def _save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: 
     (folder / _STATE_FILE).write_text(json.dumps(state))
 
 
+def _restore(run: _Run, checkpoint: Any, epochs: int, world_size: int, rank: int) -> None:
+    """Load model, optimizer, schedule, history and restart count from a Ray Train checkpoint into `run`."""
+    with checkpoint.as_directory() as folder:
+        run.model.load_state_dict(
+            torch.load(Path(folder) / _MODEL_FILE, map_location="cpu", weights_only=True)
+        )
+        optim = torch.load(Path(folder) / _OPTIM_FILE, map_location="cpu", weights_only=True)
+        state = json.loads((Path(folder) / _STATE_FILE).read_text())
+    run.optimizer.load_state_dict(optim["optimizer"])
+    run.scheduler.load_state_dict(optim["scheduler"])
+    run.start_epoch, run.restarts, run.history = state["epoch"], state["restarts"], state["history"]
+    if state.get("world_size", world_size) != world_size and rank == 0:
+        log.warning("resuming a %s-worker run on %d workers: the result will differ from an uninterrupted "
+                    "run (shards and per-rank seeds change)", state["world_size"], world_size)  # fmt: skip
+    if run.start_epoch < epochs:  # a finished run relaunched only hands its checkpoint back
+        run.restarts += 1
+    if rank == 0:
+        log.info("resuming from epoch %d (restart %d)", run.start_epoch, run.restarts)
+
+
+def _train_epoch(run: _Run, params: Params, epoch: int) -> tuple[dict, dict]:
+    """One epoch on this worker's batches; returns the history row (train part) and the all-reduced metrics."""
+    train_metrics = train_one_epoch(
+        run.model, run.train_batches(epoch), run.optimizer, run.scheduler, run.device, amp=params.train.amp
+    )
+    train_metrics = _allreduce_epoch(train_metrics, run.device)
+    row: dict[str, float] = {
+        "epoch": epoch,
+        "loss": train_metrics["loss"],
+        "acc_a": train_metrics["acc_a"],
+        "lr": run.optimizer.param_groups[0]["lr"],
+    }
+    if "acc_b" in train_metrics:  # ACoL only: accuracy of the erased branch B
+        row["acc_b"] = train_metrics["acc_b"]
+    return row, train_metrics
+
+
+def _finish_epoch(
+    config: dict[str, Any], run: _Run, row: dict, train_metrics: dict, started: float, context: EpochStart
+) -> None:
+    """Rank 0 validates, logs and checkpoints; every rank reports (Ray Train waits for all of them)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if context.rank == 0:
+            row.update(evaluate_classification(_unwrap(run.model), run.val_loader, run.device))
+            row["seconds"] = time.perf_counter() - started
+            # training throughput of all workers together (validation excluded)
+            row["samples_per_second"] = train_metrics["samples"] / max(train_metrics["seconds"], 1e-9)
+            run.history.append(row)
+            state = {"epoch": context.epoch, "restarts": run.restarts, "history": run.history,
+                     "world_size": context.world_size}  # fmt: skip
+            _save_checkpoint(Path(tmp), run.model, run.optimizer, run.scheduler, state)
+            _log_epochs(config, [row])
+            log.info("epoch %d/%d %s", context.epoch, run.epochs, {k: round(v, 4) for k, v in row.items()})
+        # Rank 0 alone hands over the checkpoint (its files hold the whole state); all ranks must report.
+        ray.train.report(
+            {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            | {"restarts": run.restarts},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp) if context.rank == 0 else None,
+            checkpoint_dir_name=f"epoch-{context.epoch:04d}",
+        )
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function; `config` is built by `fit` (params as a dict, paths, MLflow run id)."""
     import ray.train
@@ -201,97 +354,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     params = Params.model_validate(config["params"])
-    # the same initial weights on every rank (DDP also broadcasts rank 0's); epochs reseed per rank below
+    # the same initial weights on every rank (DDP also broadcasts rank 0's); epochs reseed per rank
     seed_everything(params.train.seed)
     device = ray.train.torch.get_device()
-
-    train_loader, val_loader, num_classes, generator = _loaders(config, world_size, rank)
-    model = build_model(
-        **model_kwargs(params.model.model_dump(), config["method"], num_classes),
-        backbone_weights=params.model.backbone_weights,
-    )
-    optimizer = build_optimizer(model, params.train)
-    scheduler = build_scheduler(optimizer, params.train, len(train_loader))
-
-    start_epoch, restarts, history = 0, 0, []
+    run = _build_run(config, params, world_size, rank, device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            model.load_state_dict(
-                torch.load(Path(folder) / _MODEL_FILE, map_location="cpu", weights_only=True)
-            )
-            optim = torch.load(Path(folder) / _OPTIM_FILE, map_location="cpu", weights_only=True)
-            state = json.loads((Path(folder) / _STATE_FILE).read_text())
-        optimizer.load_state_dict(optim["optimizer"])
-        scheduler.load_state_dict(optim["scheduler"])
-        start_epoch, restarts, history = state["epoch"], state["restarts"], state["history"]
-        if state.get("world_size", world_size) != world_size and rank == 0:
-            log.warning("resuming a %s-worker run on %d workers: the result will differ from an uninterrupted "
-                        "run (shards and per-rank seeds change)", state["world_size"], world_size)  # fmt: skip
-        if start_epoch < params.train.epochs:  # a finished run relaunched only hands its checkpoint back
-            restarts += 1
-        if rank == 0:
-            log.info("resuming from epoch %d (restart %d)", start_epoch, restarts)
+        _restore(run, checkpoint, params.train.epochs, world_size, rank)
     if rank == 0:  # the history so far (missing after a driver relaunch) and the restart count
-        _log_epochs(config, history, restarts=restarts)
-    model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world_size > 1
+        _log_epochs(config, run.history, restarts=run.restarts)
+    run.model = ray.train.torch.prepare_model(run.model)  # moves to the device; DDP when world_size > 1
 
-    fault_marker = Path(config["run_dir"] or ".") / FAULT_MARKER
-    for epoch in range(start_epoch + 1, params.train.epochs + 1):
-        if (
-            rank == 0
-            and config["run_dir"]
-            and config.get("fail_at_epoch") == epoch
-            and not fault_marker.exists()
-        ):
-            fault_marker.parent.mkdir(parents=True, exist_ok=True)
-            fault_marker.write_text(f"fault injected at epoch {epoch}\n")
-            # Reports reach the controller by polling: wait until the last checkpoint is registered, so the
-            # retry resumes from it (a real crash may lose the last report and resume one epoch earlier).
-            ray.train.get_all_reported_checkpoints(timeout_s=60)
-            log.warning("%s=%d: killing rank 0 to test fault tolerance", FAIL_AT_EPOCH_ENV, epoch)
-            os._exit(1)
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # a new shuffle per epoch across the shards
-        seed_epoch(params.train.seed, rank, epoch, generator)  # this rank's own stream; resumes exactly
-        start = time.perf_counter()
-        train_metrics = train_one_epoch(
-            model, train_loader, optimizer, scheduler, device, amp=params.train.amp
-        )
-        train_metrics = _allreduce_epoch(train_metrics, device)
-        row: dict[str, float] = {
-            "epoch": epoch,
-            "loss": train_metrics["loss"],
-            "acc_a": train_metrics["acc_a"],
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        if "acc_b" in train_metrics:  # ACoL only: accuracy of the erased branch B
-            row["acc_b"] = train_metrics["acc_b"]
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                row.update(evaluate_classification(_unwrap(model), val_loader, device))
-                row["seconds"] = time.perf_counter() - start
-                # training throughput of all workers together (validation excluded)
-                row["samples_per_second"] = train_metrics["samples"] / max(train_metrics["seconds"], 1e-9)
-                history.append(row)
-                _save_checkpoint(
-                    Path(tmp),
-                    model,
-                    optimizer,
-                    scheduler,
-                    {"epoch": epoch, "restarts": restarts, "history": history, "world_size": world_size},
-                )
-                _log_epochs(config, [row])
-                log.info(
-                    "epoch %d/%d %s", epoch, params.train.epochs, {k: round(v, 4) for k, v in row.items()}
-                )
-            # Rank 0 alone hands over the checkpoint (its files hold the whole state); all ranks must report.
-            ray.train.report(
-                {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-                | {"restarts": restarts},
-                checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
-                checkpoint_dir_name=f"epoch-{epoch:04d}",
-            )
+    hook = resolve_epoch_hook(config.get("epoch_hook"))
+    for epoch in range(run.start_epoch + 1, params.train.epochs + 1):
+        start = EpochStart(epoch=epoch, rank=rank, world_size=world_size, run_dir=config["run_dir"])
+        if hook is not None:
+            hook(start)
+        started = time.perf_counter()
+        row, train_metrics = _train_epoch(run, params, epoch)
+        _finish_epoch(config, run, row, train_metrics, started, start)
 
 
 def run_name(params: Params, method: str, data: str) -> str:
@@ -334,16 +415,15 @@ def fit(
     out_dir: str | os.PathLike[str],
     *,
     run_id: str | None = None,
+    epoch_hook: str | EpochHook | None = None,
 ) -> TrainOutcome:
     """Train `method` with Ray Train; write ``out_dir/model.pt`` (state dict) and ``out_dir/history.csv``.
 
     `run_id` is the MLflow run that rank 0 logs per-epoch metrics to (the tracking URI is this process's
     `acol.tracking.runs.tracking_uri()`). Checkpoints live under ``params.train.storage_path/<run_name>``.
+    `epoch_hook` (default: ``$ACOL_EPOCH_HOOK``) runs on every worker before each epoch (module docstring).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from acol.tracking.runs import data_version, tracking_uri
+    from acol.tracking.runs import data_version
 
     tp = params.train
     train_manifest, val_manifest = Path(train_manifest).resolve(), Path(val_manifest).resolve()
@@ -356,8 +436,40 @@ def fit(
     remote = "://" in tp.storage_path
     storage = tp.storage_path.rstrip("/") if remote else str(Path(tp.storage_path).resolve())
     run_dir = f"{storage}/{name}"
-    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV, "").strip()
-    config = {
+    if epoch_hook is None:
+        epoch_hook = os.environ.get(EPOCH_HOOK_ENV, "").strip() or None
+    config = _loop_config(params, method, train_manifest, val_manifest, root, run_id, run_dir, epoch_hook)
+    if not remote and _finished_epochs(Path(run_dir)) >= tp.epochs:
+        # The same name means the same params and data. A finished run asked for again (dvc repro -f, or changed
+        # code) is trained afresh; only an unfinished one (a crashed driver relaunched) is resumed.
+        log.info("Ray Train run %s already finished: training it again from scratch", name)
+        shutil.rmtree(run_dir)
+    _check_backbone_weights(params, method, len(classes))
+    gpus = tp.num_workers if tp.use_gpu else 0  # one GPU per worker
+    ensure_ray(tp.num_workers * tp.cpus_per_worker, gpus, params.ray.join_local)
+    log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, run_dir)
+    result = _trainer(params, config, name, storage, train_manifest, root).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name} ended without a checkpoint (see {run_dir})")
+    return _outcome(result.checkpoint, Path(out_dir), name, classes)
+
+
+def _loop_config(
+    params: Params,
+    method: str,
+    train_manifest: Path,
+    val_manifest: Path,
+    root: str | os.PathLike[str],
+    run_id: str | None,
+    run_dir: str,
+    epoch_hook: str | EpochHook | None,
+) -> dict[str, Any]:
+    """The `train_loop_per_worker` config: plain values Ray pickles to every worker."""
+    from acol.tracking.runs import tracking_uri
+
+    if isinstance(epoch_hook, str):
+        resolve_epoch_hook(epoch_hook)  # a wrong path fails here, before Ray starts, not in every worker
+    return {
         "params": params.model_dump(mode="json"),
         "method": method,
         "train_manifest": str(train_manifest),
@@ -365,26 +477,43 @@ def fit(
         "root": str(Path(root).resolve()),
         "run_id": run_id,
         "tracking_uri": tracking_uri(),
-        "run_dir": None if remote else run_dir,  # fault injection (tests) needs a local folder
-        "fail_at_epoch": int(fail_at) if fail_at else None,
+        "run_dir": run_dir,
+        "epoch_hook": epoch_hook,
     }
-    if not remote and _finished_epochs(Path(run_dir)) >= tp.epochs:
-        # The same name means the same params and data. A finished run asked for again (dvc repro -f, or changed
-        # code) is trained afresh; only an unfinished one (a crashed driver relaunched) is resumed.
-        log.info("Ray Train run %s already finished: training it again from scratch", name)
-        shutil.rmtree(run_dir)
-    # A bad backbone weights file fails here, named, instead of in every worker after Ray has started.
-    if params.model.backbone_weights:
-        with torch.device("meta"), warnings.catch_warnings():  # meta: no memory; copies into it are no-ops
-            warnings.simplefilter("ignore", UserWarning)
-            build_model(
-                **model_kwargs(params.model.model_dump(), method, len(classes)),
-                backbone_weights=params.model.backbone_weights,
-            )
-    gpus = tp.num_workers if tp.use_gpu else 0  # one GPU per worker
-    ensure_ray(tp.num_workers * tp.cpus_per_worker, gpus, params.ray.join_local)
-    log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, run_dir)
-    trainer = TorchTrainer(
+
+
+def _check_backbone_weights(params: Params, method: str, num_classes: int) -> None:
+    """A bad backbone weights file fails here, named, instead of in every worker after Ray has started."""
+    if not params.model.backbone_weights:
+        return
+    with torch.device("meta"), warnings.catch_warnings():  # meta: no memory; copies into it are no-ops
+        warnings.simplefilter("ignore", UserWarning)
+        build_model(
+            **model_kwargs(params.model.model_dump(), method, num_classes),
+            backbone_weights=params.model.backbone_weights,
+        )
+
+
+def _trainer(
+    params: Params,
+    config: dict[str, Any],
+    name: str,
+    storage: str,
+    train_manifest: Path,
+    root: str | os.PathLike[str],
+) -> Any:
+    """The `TorchTrainer` of a run: scaling and failure policy from ``train``; with ``train.input: ray_data``,
+    one Ray Data dataset per epoch for the workers' `get_dataset_shard`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tp = params.train
+    datasets = None
+    if tp.input == "ray_data":
+        from acol.distributed.ingest import train_datasets
+
+        datasets = train_datasets(tp, train_manifest, Path(root).resolve())
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(
@@ -399,26 +528,25 @@ def fit(
             failure_config=FailureConfig(max_failures=tp.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tp.checkpoints_to_keep),
         ),
+        datasets=datasets,
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {name} ended without a checkpoint (see {run_dir})")
 
-    out_dir = Path(out_dir)
+
+def _outcome(checkpoint: Any, out_dir: Path, name: str, classes: list[str]) -> TrainOutcome:
+    """Copy the final checkpoint's weights to ``out_dir/model.pt`` and write its history as CSV."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with result.checkpoint.as_directory() as folder:
+    with checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / _STATE_FILE).read_text())
         with atomic_path(out_dir / _MODEL_FILE) as tmp:
             shutil.copyfile(Path(folder) / _MODEL_FILE, tmp)
     history = state["history"]
-    history_path = write_history_csv(history, out_dir / "history.csv")
     return TrainOutcome(
         model_path=out_dir / _MODEL_FILE,
-        history_path=history_path,
+        history_path=write_history_csv(history, out_dir / "history.csv"),
         metrics={k: v for k, v in history[-1].items() if k != "epoch"},
         history=history,
         restarts=state["restarts"],
         run_name=name,
-        checkpoint_path=result.checkpoint.path,
+        checkpoint_path=checkpoint.path,
         classes=classes,
     )
