@@ -20,8 +20,8 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from acol.data.errors import DataError, DataProblem, ProblemLog
-from acol.data.readers.ilsvrc import _box_problem, _probe_images
 from acol.data.manifest import manifest_from_records
+from acol.data.readers.ilsvrc import _box_problem, _probe_images
 
 __all__ = ["cub_image_root", "read_cub"]
 
