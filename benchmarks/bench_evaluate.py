@@ -31,8 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from acol.data.readers.wsol_metadata import read_wsol_localization
 from acol.io import write_json_atomic
-from acol.stages.score_npy import read_wsol_metadata
 from acol.wsol.boxes import scale_boxes
 from acol.wsol.metrics import BoxEvaluator
 from acol.wsol.reference import reference_box_accuracy
@@ -69,7 +69,7 @@ def load_boxes(metadata: str | None, n: int, tmp: str) -> list[np.ndarray]:
             members = [m for m in tar.getmembers() if m.name.startswith("ILSVRC/test")]
             tar.extractall(tmp, members=members, filter="data")
         metadata = str(Path(tmp) / "ILSVRC" / "test")
-    meta = read_wsol_metadata(metadata)
+    meta, _ = read_wsol_localization(metadata)
     ids = [meta.image_ids[i % len(meta.image_ids)] for i in range(n)]
     return [scale_boxes(np.asarray(meta.boxes[i]), *meta.sizes[i]) for i in ids]
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from acol.stages.score_npy import main, read_wsol_metadata
+from acol.data.readers.wsol_metadata import read_wsol_localization as read_wsol_metadata
+from acol.stages.score_npy import main
 
 
 def write_meta(root, ids, sizes, loc_lines) -> None:

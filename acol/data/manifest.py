@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from acol.data.errors import DataError, DataProblem, ProblemLog, count_problems
-from acol.io import atomic_path
 from acol.data.paths import UnsafePathError, resolve_inside
+from acol.io import atomic_path
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -190,18 +190,8 @@ def _check_schema(table: pa.Table, where: str) -> None:
             raise DataError(where, f"column {field.name!r} has null values")
 
 
-def validate_manifest(
-    table: pa.Table, root: str | os.PathLike[str] | None = None, where: str = "manifest"
-) -> None:
-    """Check a manifest; raise `DataError` naming the first bad image and the reason.
-
-    Checks: schema and metadata, unique safe ``image_id``, ``class_index`` in range and matching ``class_id``,
-    positive sizes, every box of 4 finite coordinates with ``0 <= x0 <= x1 <= width`` and ``0 <= y0 <= y1 <=
-    height``. With ``root``, also that every image (and mask) file exists.
-    """
-    _check_schema(table, where)
-    classes = manifest_classes(table)
-    manifest_source(table)
+def _check_ids(table: pa.Table, where: str) -> list[str]:
+    """Unique, safe image ids and safe mask paths; returns the ids."""
     ids = table.column("image_id").to_pylist()
     if len(set(ids)) != len(ids):
         dup = pc.value_counts(table.column("image_id").combine_chunks())
@@ -217,6 +207,11 @@ def validate_manifest(
                     resolve_inside(".", rel)
                 except UnsafePathError as e:
                     raise DataError(f"{where}: {col} of {image_id}", e.reason) from None
+    return ids
+
+
+def _check_classes(table: pa.Table, ids: list[str], classes: list[str]) -> None:
+    """``class_index`` in range and ``class_id`` the class it indexes."""
     idx = table.column("class_index").to_numpy()
     bad = np.flatnonzero((idx < 0) | (idx >= len(classes)))
     if bad.size:
@@ -226,6 +221,10 @@ def validate_manifest(
     bad = np.flatnonzero(expected != given)
     if bad.size:
         raise DataError(ids[bad[0]], f"class_id {given[bad[0]]!r} != classes[{idx[bad[0]]}]")
+
+
+def _check_sizes_and_boxes(table: pa.Table, ids: list[str]) -> None:
+    """Positive sizes; every box 4 finite coordinates inside its image with x0 <= x1, y0 <= y1."""
     w = table.column("width").to_numpy()
     h = table.column("height").to_numpy()
     bad = np.flatnonzero((w <= 0) | (h <= 0))
@@ -253,11 +252,33 @@ def validate_manifest(
                 ids[owner[j]],
                 f"bad box: {xy[j].tolist()} not inside the {ww[j]}x{hh[j]} image with x0<=x1, y0<=y1",
             )
+
+
+def _check_files(table: pa.Table, root: str | os.PathLike[str]) -> None:
+    """Every image and mask file of the manifest exists under ``root``."""
+    for col in ("image_id", "mask_path", "ignore_path"):
+        for rel in table.column(col).to_pylist():
+            if rel is not None and not resolve_inside(root, rel).is_file():
+                raise DataError(rel, f"missing file: not found under {root}")
+
+
+def validate_manifest(
+    table: pa.Table, root: str | os.PathLike[str] | None = None, where: str = "manifest"
+) -> None:
+    """Check a manifest; raise `DataError` naming the first bad image and the reason.
+
+    Checks: schema and metadata, unique safe ``image_id``, ``class_index`` in range and matching ``class_id``,
+    positive sizes, every box of 4 finite coordinates with ``0 <= x0 <= x1 <= width`` and ``0 <= y0 <= y1 <=
+    height``. With ``root``, also that every image (and mask) file exists.
+    """
+    _check_schema(table, where)
+    classes = manifest_classes(table)
+    manifest_source(table)
+    ids = _check_ids(table, where)
+    _check_classes(table, ids, classes)
+    _check_sizes_and_boxes(table, ids)
     if root is not None:
-        for col in ("image_id", "mask_path", "ignore_path"):
-            for rel in table.column(col).to_pylist():
-                if rel is not None and not resolve_inside(root, rel).is_file():
-                    raise DataError(rel, f"missing file: not found under {root}")
+        _check_files(table, root)
 
 
 def write_manifest(table: pa.Table, path: str | os.PathLike[str]) -> None:

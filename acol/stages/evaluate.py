@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from acol.inference.mapstore import maps_array
 from acol.wsol.boxes import scale_boxes
 from acol.wsol.metrics import (
     BoxEvaluator,
+    BoxResult,
     ClassicLocEvaluator,
+    ClassicResult,
     MaskEvaluator,
     load_wsol_mask,
     select_cam_threshold,
@@ -132,11 +135,7 @@ def _evaluate_method(
     held = np.zeros(len(ids), dtype=bool) if use_fullsup else holdout_mask(ids, params.holdout_fraction)
     test_idx, hold_idx = np.flatnonzero(~held), np.flatnonzero(held)
     gt = _gt_boxes_224(rows)
-    labels = np.asarray(ok.column("label"), dtype=np.int64)
-    top5 = np.asarray(ok.column("top5_classes").to_pylist(), dtype=np.int64)
-    # ranks as scores: the evaluator only needs the order of the top-5 classes
-    scores = np.full((len(labels), len(manifest_classes(manifest))), -1.0)
-    np.put_along_axis(scores, top5, np.arange(top5.shape[1], 0, -1, dtype=np.float64)[None, :], axis=1)
+    labels, scores = _rank_scores(ok, len(manifest_classes(manifest)))
 
     def prepared(column: str, index: np.ndarray) -> np.ndarray:
         return prepare_scoremap(maps_array(ok.take(pa.array(index)), column))
@@ -152,23 +151,39 @@ def _evaluate_method(
     )
     if use_fullsup:
         threshold = _fullsup_threshold(fullsup, params.interval)
-    elif not len(hold_idx):
-        # No silent default threshold: the classic metrics (top-1 loc, GT-known) would be reported at a guess.
-        raise ValueError(
-            f"evaluate.holdout_fraction={params.holdout_fraction} leaves no held-out image among the {len(ids)} "
-            "validation images, so the CAM threshold of the classic metrics cannot be chosen: raise "
-            "evaluate.holdout_fraction, evaluate more images, or use evaluate.threshold_split: fullsup"
-        )
     else:
-        threshold = select_cam_threshold(
-            prepared("map_gt", hold_idx), [gt[i] for i in hold_idx], params.interval
-        )
+        threshold = _holdout_threshold(params, prepared, gt, hold_idx, len(ids))
     classic = ClassicLocEvaluator(cam_threshold=threshold)
     has_masks = rows.column("mask_path").null_count == 0
     pxap = MaskEvaluator(params.interval) if has_masks else None
-    mask_paths = rows.column("mask_path").to_pylist()
-    coverage: dict[str, list[tuple[float, float, int]]] = {"a": [], "b": [], "fused": []}
+    coverage = _accumulate_test(
+        test_idx, prepared, gt, (v2, v1, classic), scores, labels, pxap, ok, rows, root
+    )
+    metrics, curves = _box_and_classic_metrics(
+        v2.compute(), v1.compute(), classic.compute(), threshold, len(test_idx), len(hold_idx), failed
+    )
+    pr = _mask_metrics(pxap, coverage, metrics) if pxap is not None else None
+    return EvaluationResult(metrics=metrics, box_curves=curves, pr_curve=pr)
 
+
+def _accumulate_test(
+    test_idx: np.ndarray,
+    prepared: Callable[[str, np.ndarray], np.ndarray],
+    gt: list[np.ndarray],
+    evaluators: tuple[BoxEvaluator, BoxEvaluator, ClassicLocEvaluator],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    pxap: MaskEvaluator | None,
+    ok: pa.Table,
+    rows: pa.Table,
+    root: str | Path,
+) -> dict[str, list[tuple[float, float, int]]]:
+    """Feed the test images to every evaluator chunk by chunk (bounded memory); return the branch coverage
+    (mean map inside, outside the mask, image count) per chunk, when there are masks."""
+    v2, v1, classic = evaluators
+    mask_paths = rows.column("mask_path").to_pylist()
+    has_b = ok.column("map_b_gt").null_count < ok.num_rows
+    coverage: dict[str, list[tuple[float, float, int]]] = {"a": [], "b": [], "fused": []}
     for part in _chunks(len(test_idx)):
         index = test_idx[part]
         maps = prepared("map_gt", index)
@@ -180,16 +195,27 @@ def _evaluate_method(
             masks = np.stack([load_wsol_mask(root, [mask_paths[i]], "", RESIZE_LENGTH) for i in index])
             pxap.accumulate(maps, masks)
             branch_maps = {"fused": maps, "a": prepared("map_a_gt", index)}
-            if ok.column("map_b_gt").null_count < ok.num_rows:
+            if has_b:
                 branch_maps["b"] = prepared("map_b_gt", index)
             for name, values in branch_maps.items():
                 inside, outside = _coverage(values, masks)
                 coverage[name].append((inside, outside, len(index)))
+    return coverage
 
-    box, single, loc = v2.compute(), v1.compute(), classic.compute()
+
+def _box_and_classic_metrics(
+    box: BoxResult,
+    single: BoxResult,
+    loc: ClassicResult,
+    threshold: float,
+    n_test: int,
+    n_hold: int,
+    failed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The flat metrics (MaxBoxAcc family, classic errors, counts) and the box-accuracy curves."""
     metrics: dict[str, Any] = {
-        "num_images": len(test_idx),
-        "num_holdout_images": len(hold_idx),
+        "num_images": n_test,
+        "num_holdout_images": n_hold,
         "failed_images": int(failed),
         "top1_cls_error": loc.top1_cls_error,
         "top5_cls_error": loc.top5_cls_error,
@@ -203,15 +229,46 @@ def _evaluate_method(
     }
     curves = {"threshold": box.thresholds, **{f"iou{k}": v for k, v in box.curves.items()}}
     curves["single_iou50"] = single.curves[50]
-    pr = None
-    if pxap is not None:
-        mask_result = pxap.compute()
-        metrics["pxap"] = mask_result.pxap
-        edges = np.append(mask_result.thresholds, [1.0, 2.0])[::-1]  # right-edged bins, high to low
-        pr = {"threshold": edges, "precision": mask_result.precision, "recall": mask_result.recall}
-        for name, parts in coverage.items():
-            if parts:
-                weights = np.array([n for _, _, n in parts], dtype=np.float64)
-                metrics[f"map_{name}_in_mask"] = float(np.average([p[0] for p in parts], weights=weights))
-                metrics[f"map_{name}_out_mask"] = float(np.average([p[1] for p in parts], weights=weights))
-    return EvaluationResult(metrics=metrics, box_curves=curves, pr_curve=pr)
+    return metrics, curves
+
+
+def _rank_scores(ok: pa.Table, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and (N, C) class scores from the stored top-5: the classic metrics only need their order."""
+    labels = np.asarray(ok.column("label"), dtype=np.int64)
+    top5 = np.asarray(ok.column("top5_classes").to_pylist(), dtype=np.int64)
+    scores = np.full((len(labels), n_classes), -1.0)
+    np.put_along_axis(scores, top5, np.arange(top5.shape[1], 0, -1, dtype=np.float64)[None, :], axis=1)
+    return labels, scores
+
+
+def _holdout_threshold(
+    params: EvaluateParams,
+    prepared: Callable[[str, np.ndarray], np.ndarray],
+    gt: list[np.ndarray],
+    hold_idx: np.ndarray,
+    n_images: int,
+) -> float:
+    """The CAM threshold of the classic metrics, chosen on the held-out images; none held out is an error."""
+    if not len(hold_idx):
+        # No silent default threshold: the classic metrics (top-1 loc, GT-known) would be reported at a guess.
+        raise ValueError(
+            f"evaluate.holdout_fraction={params.holdout_fraction} leaves no held-out image among the {n_images} "
+            "validation images, so the CAM threshold of the classic metrics cannot be chosen: raise "
+            "evaluate.holdout_fraction, evaluate more images, or use evaluate.threshold_split: fullsup"
+        )
+    return select_cam_threshold(prepared("map_gt", hold_idx), [gt[i] for i in hold_idx], params.interval)
+
+
+def _mask_metrics(
+    pxap: MaskEvaluator, coverage: dict[str, list[tuple[float, float, int]]], metrics: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Add PxAP and the per-branch mean map inside / outside the masks to ``metrics``; return the PR curve."""
+    mask_result = pxap.compute()
+    metrics["pxap"] = mask_result.pxap
+    edges = np.append(mask_result.thresholds, [1.0, 2.0])[::-1]  # right-edged bins, high to low
+    for name, parts in coverage.items():
+        if parts:
+            weights = np.array([n for _, _, n in parts], dtype=np.float64)
+            metrics[f"map_{name}_in_mask"] = float(np.average([p[0] for p in parts], weights=weights))
+            metrics[f"map_{name}_out_mask"] = float(np.average([p[1] for p in parts], weights=weights))
+    return {"threshold": edges, "precision": mask_result.precision, "recall": mask_result.recall}

@@ -7,7 +7,9 @@ replaced-extension form ``val/x.npy``; both are accepted, in that order. Each ma
 
 Metadata (folder): ``image_ids.txt``, ``image_sizes.txt`` (``id,w,h``) and ``localization.txt``: for boxes
 ``id,x0,y0,x1,y1`` (several lines per image allowed); for masks ``id,mask_path,ignore_path`` (ignore path on
-the first line of an image only), paths relative to ``--masks``.
+the first line of an image only), paths relative to ``--masks``; read by
+`acol.data.readers.wsol_metadata.read_wsol_localization`, strictly: a malformed folder is an error naming the
+file and line (or image id), not a score over fewer images.
 
     python -m acol.evaluate --metadata DIR --scoremaps DIR [--multi-contour] [--iou 30 50 70]
         [--interval 0.01] [--masks DIR] [--json OUT] [--workers N]
@@ -16,71 +18,14 @@ the first line of an image only), paths relative to ``--masks``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from acol.data.readers.wsol_metadata import read_wsol_localization
 from acol.io import write_json_atomic
 from acol.wsol.boxes import scale_boxes
 from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_scoremap
-
-
-@dataclass(frozen=True)
-class WsolMetadata:
-    """What the evaluator needs from a WSOL metadata folder; boxes in original image pixels."""
-
-    image_ids: list[str]
-    sizes: dict[str, tuple[int, int]]  # id -> (width, height)
-    boxes: dict[str, np.ndarray]  # id -> (k, 4) int64 x0y0x1y1
-    mask_paths: dict[str, list[str]]
-    ignore_paths: dict[str, str]
-
-
-def _lines(path: Path) -> list[list[str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"metadata file missing: {path}")
-    return [line.strip().split(",") for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_wsol_metadata(folder: str | Path, masks: bool = False) -> WsolMetadata:
-    """Parse a WSOL metadata folder; malformed lines raise ValueError naming the file and line number."""
-    root = Path(folder)
-    ids = [row[0] for row in _lines(root / "image_ids.txt")]
-    sizes: dict[str, tuple[int, int]] = {}
-    boxes: dict[str, list] = {}
-    mask_paths: dict[str, list[str]] = {}
-    ignore_paths: dict[str, str] = {}
-    for n, row in enumerate(_lines(root / "image_sizes.txt"), 1):
-        if len(row) != 3:
-            raise ValueError(f"{root / 'image_sizes.txt'}:{n}: expected 'id,width,height', got {row}")
-        sizes[row[0]] = (int(row[1]), int(row[2]))
-    loc = root / "localization.txt"
-    for n, row in enumerate(_lines(loc), 1):
-        if masks:
-            if len(row) != 3:
-                raise ValueError(f"{loc}:{n}: expected 'id,mask_path,ignore_path', got {row}")
-            if row[0] in mask_paths:
-                mask_paths[row[0]].append(row[1])
-            else:
-                mask_paths[row[0]] = [row[1]]
-                ignore_paths[row[0]] = row[2]
-        else:
-            if len(row) != 5:
-                raise ValueError(f"{loc}:{n}: expected 'id,x0,y0,x1,y1', got {row}")
-            boxes.setdefault(row[0], []).append([int(v) for v in row[1:]])
-    for image_id in ids:
-        if image_id not in sizes:
-            raise ValueError(f"{root / 'image_sizes.txt'}: no size for image id {image_id!r}")
-        if (image_id not in mask_paths) if masks else (image_id not in boxes):
-            raise ValueError(f"{loc}: no annotation for image id {image_id!r}")
-    return WsolMetadata(
-        image_ids=ids,
-        sizes=sizes,
-        boxes={k: np.asarray(v, dtype=np.int64) for k, v in boxes.items()},
-        mask_paths=mask_paths,
-        ignore_paths=ignore_paths,
-    )
 
 
 def scoremap_path(root: str | Path, image_id: str) -> Path:
@@ -118,7 +63,7 @@ def evaluate(
     """Evaluate a score-map folder; returns the JSON-ready result dict (boxes or masks)."""
     from acol.wsol.metrics import BoxEvaluator, MaskEvaluator, load_wsol_mask
 
-    meta = read_wsol_metadata(metadata, masks=masks is not None)
+    meta, _ = read_wsol_localization(metadata, "masks" if masks is not None else "boxes")  # strict
     ids = meta.image_ids
     if masks is not None:
         mask_eval = MaskEvaluator(interval=interval)

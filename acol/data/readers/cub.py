@@ -20,8 +20,8 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from acol.data.errors import DataError, DataProblem, ProblemLog
-from acol.data.readers.ilsvrc import _box_problem, _probe_images
 from acol.data.manifest import manifest_from_records
+from acol.data.readers.ilsvrc import _box_problem, _probe_images
 
 __all__ = ["cub_image_root", "read_cub"]
 
@@ -75,11 +75,17 @@ def read_cub(
     classes = [classes_txt[i][0] for i in sorted(classes_txt)]
     if sorted(classes_txt) != list(range(1, len(classes) + 1)):
         raise DataError(str(root / "classes.txt"), "class ids must be 1..N without gaps")
+    candidates = _candidates(root, split, len(classes), log)
+    records = _probe_candidates(root, candidates, verify_images, num_threads, log)
+    return manifest_from_records(records, classes, "cub"), log.problems
+
+
+def _candidates(root: Path, split: str, n_classes: int, log: ProblemLog) -> list[dict[str, Any]]:
+    """Records of the images of ``split`` with a class, a numeric box and a split entry (no size yet)."""
     images = _read_table(root / "images.txt", 2, log)
     labels = _read_table(root / "image_class_labels.txt", 2, log)
     boxes = _read_table(root / "bounding_boxes.txt", 5, log)
     is_train = _read_table(root / "train_test_split.txt", 2, log)
-
     candidates: list[dict[str, Any]] = []
     for image_id in sorted(images):
         rel = images[image_id][0]
@@ -95,8 +101,8 @@ def read_cub(
         if split != "all" and (is_train[image_id][0] == "1") != (split == "train"):
             continue
         label = labels[image_id][0]
-        if not label.isdigit() or not 1 <= int(label) <= len(classes):
-            log.add(where, f"unknown class: {label} not in 1..{len(classes)}")
+        if not label.isdigit() or not 1 <= int(label) <= n_classes:
+            log.add(where, f"unknown class: {label} not in 1..{n_classes}")
             continue
         try:
             x, y, w, h = (float(v) for v in boxes[image_id])
@@ -106,7 +112,13 @@ def read_cub(
         candidates.append(
             {"image_id": rel, "class_index": int(label) - 1, "boxes": [[x, y, x + w, y + h]], "_where": where}
         )
+    return candidates
 
+
+def _probe_candidates(
+    root: Path, candidates: list[dict[str, Any]], verify_images: bool, num_threads: int, log: ProblemLog
+) -> list[dict[str, Any]]:
+    """The candidates whose image reads and holds its box, with the size from the image."""
     results = _probe_images(
         cub_image_root(root), [c["image_id"] for c in candidates], verify_images, num_threads
     )
@@ -122,4 +134,4 @@ def read_cub(
             continue
         rec["width"], rec["height"] = res
         records.append(rec)
-    return manifest_from_records(records, classes, "cub"), log.problems
+    return records

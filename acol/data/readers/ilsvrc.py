@@ -284,25 +284,54 @@ def read_ilsvrc_val(
     if not val.is_dir():
         raise DataError(str(val), "missing folder: expected val/ILSVRC2012_val_*.JPEG under the dataset root")
     on_disk = {p.stem: p.name for p in _list_images(val)}
+    annotations, listed_in = _val_annotations(solution_csv, xml_dir, on_disk, log)
+    candidates = _val_candidates(annotations, on_disk, known, Path(synsets_path).name, listed_in, log)
+    for image in sorted(on_disk):
+        log.add(str(val / on_disk[image]), f"missing annotation: not listed in {listed_in}")
+    return _finish(candidates, root, wnids, log, verify_images, num_threads, _check_boxes), log.problems
 
-    annotations: dict[str, tuple[str, tuple[int, int] | None, list[tuple[str, Box]]]] = {}
+
+_ValAnnotations = dict[str, tuple[str, tuple[int, int] | None, list[tuple[str, Box]]]]
+
+
+def _val_annotations(
+    solution_csv: str | os.PathLike[str] | None,
+    xml_dir: str | os.PathLike[str] | None,
+    on_disk: dict[str, str],
+    log: ProblemLog,
+) -> tuple[_ValAnnotations, str]:
+    """``{stem: (where, XML size or None, objects)}`` from the CSV or the XML folder, and what lists them.
+
+    An unreadable XML is a problem and its image leaves ``on_disk`` (it is not "missing annotation" too).
+    """
+    annotations: _ValAnnotations = {}
     if solution_csv is not None:
         for image, objs in read_solution_csv(solution_csv, log).items():
             annotations[image] = (f"{solution_csv}:{image}", None, objs)
-        listed_in = Path(solution_csv).name
-    elif xml_dir is not None:
-        xml_folder = Path(xml_dir)
-        stems = set(on_disk) | {p.stem for p in xml_folder.glob("*.xml")}
-        for image in sorted(stems):
-            try:
-                size, objs = _parse_xml(xml_folder / f"{image}.xml")
-            except DataError as e:
-                log.add_error(e)
-                on_disk.pop(image, None)
-                continue
-            annotations[image] = (str(xml_folder / f"{image}.xml"), size, objs)
-        listed_in = str(xml_folder)
+        return annotations, Path(solution_csv).name
+    assert xml_dir is not None
+    xml_folder = Path(xml_dir)
+    stems = set(on_disk) | {p.stem for p in xml_folder.glob("*.xml")}
+    for image in sorted(stems):
+        try:
+            size, objs = _parse_xml(xml_folder / f"{image}.xml")
+        except DataError as e:
+            log.add_error(e)
+            on_disk.pop(image, None)
+            continue
+        annotations[image] = (str(xml_folder / f"{image}.xml"), size, objs)
+    return annotations, str(xml_folder)
 
+
+def _val_candidates(
+    annotations: _ValAnnotations,
+    on_disk: dict[str, str],
+    known: set[str],
+    synsets_name: str,
+    listed_in: str,
+    log: ProblemLog,
+) -> list[dict[str, Any]]:
+    """Records of the annotated images whose objects share one known wnid; each found one leaves ``on_disk``."""
     candidates: list[dict[str, Any]] = []
     for image in sorted(annotations):
         where, size, objs = annotations[image]
@@ -315,14 +344,11 @@ def read_ilsvrc_val(
             log.add(where, f"class mismatch: objects of several classes {names} in one val image")
             continue
         if names[0] not in known:
-            log.add(where, f"unknown wnid: {names[0]} is not in {Path(synsets_path).name}")
+            log.add(where, f"unknown wnid: {names[0]} is not in {synsets_name}")
             continue
         rec: dict[str, Any] = {"image_id": f"val/{name}", "class_id": names[0], "boxes": [b for _, b in objs]}
         rec["_where"], rec["_listed_in"] = where, listed_in
         if size is not None:
             rec["width"], rec["height"] = size
         candidates.append(rec)
-    for image in sorted(on_disk):
-        log.add(str(val / on_disk[image]), f"missing annotation: not listed in {listed_in}")
-
-    return _finish(candidates, root, wnids, log, verify_images, num_threads, _check_boxes), log.problems
+    return candidates

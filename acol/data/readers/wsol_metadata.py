@@ -7,16 +7,23 @@ newline; every path is relative to the dataset root (``val/ILSVRC2012_val_000000
 - ``image_ids.txt``: one path a line (the row order of the manifest);
 - ``class_labels.txt``: ``path,class_index`` (ILSVRC 0-999 in sorted-wnid order, CUB 0-199);
 - ``image_sizes.txt``: ``path,width,height`` (absent from train folders: pass ``image_root`` to read headers);
-- ``localization.txt``: ``path,x0,y0,x1,y1``, one line a box (absent from train folders: no boxes).
+- ``localization.txt``: ``path,x0,y0,x1,y1``, one line a box (absent from train folders: no boxes); or, in
+  wsolevaluation's OpenImages form, ``path,mask_path,ignore_path``, one line an instance mask, the ignore
+  path on an image's first line only (mask paths relative to the mask root).
 
-Parsing goes through pyarrow's CSV reader and NumPy, no Python loop per line (50k images, 80k boxes: < 1 s).
+`read_wsol_metadata` makes a manifest of a folder; `read_wsol_localization` gives a score-map evaluator
+(``python -m acol.evaluate``) the ids, sizes and boxes or masks, through the same parsing and checks.
+Box files go through pyarrow's CSV reader and NumPy, no Python loop per line (50k images, 80k boxes: < 1 s).
+A malformed line is an error naming the file and the line number.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,16 +33,18 @@ import pyarrow.csv as pcsv
 from acol.data.errors import DataError, DataProblem, ProblemLog
 from acol.data.images import ImageDecodeError, image_size
 from acol.data.manifest import manifest_classes, manifest_from_columns
-from acol.io import write_text_atomic
 from acol.data.paths import UnsafePathError, resolve_inside
+from acol.io import write_text_atomic
 
-__all__ = ["read_wsol_metadata", "write_wsol_metadata"]
+__all__ = ["WsolLocalization", "read_wsol_localization", "read_wsol_metadata", "write_wsol_metadata"]
 
 _FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
+_BOX_COLUMNS = ["path", "x0", "y0", "x1", "y1"]
+_MASK_COLUMNS = ["path", "mask_path", "ignore_path"]
 
 
 def _read_csv(path: Path, names: list[str], types: dict[str, pa.DataType]) -> pa.Table:
-    """Read one headerless comma-separated metadata file; errors name the file and the line."""
+    """Read one headerless comma-separated metadata file; errors name the file and, when found, the line."""
     try:
         return pcsv.read_csv(
             path,
@@ -46,12 +55,139 @@ def _read_csv(path: Path, names: list[str], types: dict[str, pa.DataType]) -> pa
     except FileNotFoundError:
         raise DataError(str(path), "missing file") from None
     except pa.ArrowInvalid as e:
-        raise DataError(str(path), f"malformed line: {e}") from None
+        bad = _first_bad_line(path, names, types)
+        detail = f"{path.name}:{bad[0]}: {bad[1]}" if bad else str(e)
+        raise DataError(str(path), f"malformed line: {detail}") from None
+
+
+def _first_bad_line(path: Path, names: list[str], types: dict[str, pa.DataType]) -> tuple[int, str] | None:
+    """The line number (1-based, as an editor counts) and fault of the first line pyarrow would refuse.
+
+    Only on the error path: pyarrow's own message names neither, and a user fixes a file by its line.
+    """
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if not line:
+            continue  # pyarrow skips empty lines too
+        fields = line.split(",")
+        if len(fields) != len(names):
+            return n, f"expected {len(names)} fields {','.join(names)}, got {len(fields)}: {line!r}"
+        for name, value in zip(names, fields, strict=True):
+            try:
+                pc.cast(pa.array([value], pa.string()), types[name])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return n, f"{name} {value!r} is not a valid {types[name]}: {line!r}"
+    return None
 
 
 def _index_of(paths: pa.Array, ids: pa.Array) -> np.ndarray:
     """Row of each path in ``ids`` (-1 where absent)."""
     return pc.index_in(paths, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _read_image_ids(folder: Path, log: ProblemLog) -> tuple[pa.Array, np.ndarray]:
+    """The ids of ``image_ids.txt`` and which to keep: duplicates (after the first) and unsafe paths not."""
+    ids = _read_csv(folder / "image_ids.txt", ["path"], {"path": pa.string()}).column("path").combine_chunks()
+    keep = np.ones(len(ids), dtype=bool)
+    counts = pc.value_counts(ids)
+    for dup in counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist():
+        log.add(f"{folder / 'image_ids.txt'}:{dup}", "duplicate image id: listed more than once")
+        keep[np.flatnonzero(pc.equal(ids, dup).to_numpy(zero_copy_only=False))[1:]] = False
+    for i, p in enumerate(ids.to_pylist()):
+        try:
+            resolve_inside(".", p)
+        except UnsafePathError as e:
+            log.add(f"{folder / 'image_ids.txt'}:{p}", e.reason)
+            keep[i] = False
+    return ids, keep
+
+
+def _read_class_labels(
+    folder: Path, ids: pa.Array, keep: np.ndarray, classes: Sequence[str] | None, log: ProblemLog
+) -> tuple[np.ndarray, int]:
+    """Class index of each id (-1 if unlabelled) and the class count; drops unlabelled, out-of-range ids."""
+    labels = _read_csv(
+        folder / "class_labels.txt", ["path", "label"], {"path": pa.string(), "label": pa.int64()}
+    )
+    label_row = _index_of(labels.column("path").combine_chunks(), ids)
+    label = np.full(len(ids), -1, dtype=np.int64)
+    label[label_row[label_row >= 0]] = labels.column("label").to_numpy()[label_row >= 0]
+    n_classes = len(classes) if classes is not None else int(max(label.max(initial=-1), -1)) + 1
+    for i in np.flatnonzero(keep & ((label < 0) | (label >= n_classes))):
+        reason = (
+            "missing class label"
+            if label[i] < 0
+            else f"unknown class: label {label[i]} not in [0, {n_classes})"
+        )
+        log.add(f"{folder / 'class_labels.txt'}:{ids[i]}", reason)
+        keep[i] = False
+    return label, n_classes
+
+
+def _read_image_sizes(
+    path: Path, ids: pa.Array, keep: np.ndarray, log: ProblemLog
+) -> tuple[np.ndarray, np.ndarray]:
+    """Width and height of each id from ``image_sizes.txt``; drops ids without a positive size."""
+    sizes = _read_csv(path, ["path", "w", "h"], {"path": pa.string(), "w": pa.int64(), "h": pa.int64()})
+    width = np.zeros(len(ids), dtype=np.int64)
+    height = np.zeros(len(ids), dtype=np.int64)
+    row = _index_of(sizes.column("path").combine_chunks(), ids)
+    width[row[row >= 0]] = sizes.column("w").to_numpy()[row >= 0]
+    height[row[row >= 0]] = sizes.column("h").to_numpy()[row >= 0]
+    for i in np.flatnonzero(keep & ((width <= 0) | (height <= 0))):
+        log.add(f"{path}:{ids[i]}", "missing size: no positive width and height")
+        keep[i] = False
+    return width, height
+
+
+def _sizes_from_headers(
+    image_root: str | os.PathLike[str], ids: pa.Array, keep: np.ndarray, log: ProblemLog
+) -> tuple[np.ndarray, np.ndarray]:
+    """Width and height of each kept id from its image header (train folders have no ``image_sizes.txt``)."""
+    width = np.zeros(len(ids), dtype=np.int64)
+    height = np.zeros(len(ids), dtype=np.int64)
+    for i in np.flatnonzero(keep):
+        try:
+            width[i], height[i] = image_size(resolve_inside(image_root, ids[i].as_py()))
+        except ImageDecodeError as e:
+            log.add_error(e)
+            keep[i] = False
+    return width, height
+
+
+def _read_boxes(
+    path: Path,
+    ids: pa.Array,
+    keep: np.ndarray,
+    width: np.ndarray,
+    height: np.ndarray,
+    log: ProblemLog,
+    coord_type: pa.DataType,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the kept ids from a box ``localization.txt``: owner row (sorted, file order within an image)
+    and (n, 4) x0y0x1y1 of ``coord_type``; boxes of unknown images or outside their image are dropped."""
+    loc = _read_csv(path, _BOX_COLUMNS, {"path": pa.string(), **dict.fromkeys(_BOX_COLUMNS[1:], coord_type)})
+    owner = _index_of(loc.column("path").combine_chunks(), ids)
+    xy = np.stack([loc.column(c).to_numpy() for c in _BOX_COLUMNS[1:]], axis=1)
+    xy = xy.astype(coord_type.to_pandas_dtype()).reshape(-1, 4)
+    w, h = width[np.maximum(owner, 0)], height[np.maximum(owner, 0)]
+    inside = np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0) & (xy[:, 1] >= 0)
+    inside &= (xy[:, 0] <= xy[:, 2]) & (xy[:, 1] <= xy[:, 3]) & (xy[:, 2] <= w) & (xy[:, 3] <= h)
+    box_ok = (owner >= 0) & inside
+    for j in np.flatnonzero(~box_ok):
+        where = f"{path}:{loc.column('path')[int(j)]}"
+        if owner[j] < 0:
+            log.add(where, "unknown image: box for an image not in image_ids.txt")
+        elif keep[owner[j]]:
+            log.add(
+                where, f"bad box: {xy[j].tolist()} not inside the {w[j]}x{h[j]} image with x0<=x1, y0<=y1"
+            )
+    owner, xy = owner[box_ok], xy[box_ok]
+    owner_kept = keep[owner]
+    owner, xy = owner[owner_kept], xy[owner_kept]
+    order = np.argsort(owner, kind="stable")
+    return owner[order], xy[order]
 
 
 def read_wsol_metadata(
@@ -71,87 +207,18 @@ def read_wsol_metadata(
     """
     folder = Path(folder)
     log = ProblemLog(strict)
-    ids_table = _read_csv(folder / "image_ids.txt", ["path"], {"path": pa.string()})
-    ids = ids_table.column("path").combine_chunks()
-    keep = np.ones(len(ids), dtype=bool)
-
-    counts = pc.value_counts(ids)
-    for dup in counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist():
-        log.add(f"{folder / 'image_ids.txt'}:{dup}", "duplicate image id: listed more than once")
-        keep[np.flatnonzero(pc.equal(ids, dup).to_numpy(zero_copy_only=False))[1:]] = False
-    for i, p in enumerate(ids.to_pylist()):
-        try:
-            resolve_inside(".", p)
-        except UnsafePathError as e:
-            log.add(f"{folder / 'image_ids.txt'}:{p}", e.reason)
-            keep[i] = False
-
-    labels = _read_csv(
-        folder / "class_labels.txt", ["path", "label"], {"path": pa.string(), "label": pa.int64()}
-    )
-    label_row = _index_of(labels.column("path").combine_chunks(), ids)
-    label = np.full(len(ids), -1, dtype=np.int64)
-    label[label_row[label_row >= 0]] = labels.column("label").to_numpy()[label_row >= 0]
-    n_classes = len(classes) if classes is not None else int(max(label.max(initial=-1), -1)) + 1
-    for i in np.flatnonzero(keep & ((label < 0) | (label >= n_classes))):
-        reason = (
-            "missing class label"
-            if label[i] < 0
-            else f"unknown class: label {label[i]} not in [0, {n_classes})"
-        )
-        log.add(f"{folder / 'class_labels.txt'}:{ids[i]}", reason)
-        keep[i] = False
-
-    width = np.zeros(len(ids), dtype=np.int64)
-    height = np.zeros(len(ids), dtype=np.int64)
+    ids, keep = _read_image_ids(folder, log)
+    label, n_classes = _read_class_labels(folder, ids, keep, classes, log)
     sizes_path = folder / "image_sizes.txt"
     if sizes_path.exists():
-        sizes = _read_csv(
-            sizes_path, ["path", "w", "h"], {"path": pa.string(), "w": pa.int64(), "h": pa.int64()}
-        )
-        row = _index_of(sizes.column("path").combine_chunks(), ids)
-        width[row[row >= 0]] = sizes.column("w").to_numpy()[row >= 0]
-        height[row[row >= 0]] = sizes.column("h").to_numpy()[row >= 0]
-        for i in np.flatnonzero(keep & ((width <= 0) | (height <= 0))):
-            log.add(f"{sizes_path}:{ids[i]}", "missing size: no positive width and height")
-            keep[i] = False
+        width, height = _read_image_sizes(sizes_path, ids, keep, log)
     elif image_root is not None:
-        for i in np.flatnonzero(keep):
-            try:
-                width[i], height[i] = image_size(resolve_inside(image_root, ids[i].as_py()))
-            except ImageDecodeError as e:
-                log.add_error(e)
-                keep[i] = False
+        width, height = _sizes_from_headers(image_root, ids, keep, log)
     else:
         raise DataError(str(sizes_path), "missing file (pass image_root to read the sizes from the images)")
-
     loc_path = folder / "localization.txt"
     if loc_path.exists():
-        f32 = pa.float32()
-        loc = _read_csv(
-            loc_path,
-            ["path", "x0", "y0", "x1", "y1"],
-            {"path": pa.string(), "x0": f32, "y0": f32, "x1": f32, "y1": f32},
-        )
-        owner = _index_of(loc.column("path").combine_chunks(), ids)
-        xy = np.stack([loc.column(c).to_numpy() for c in ("x0", "y0", "x1", "y1")], axis=1).astype(np.float32)
-        w, h = width[np.maximum(owner, 0)], height[np.maximum(owner, 0)]
-        inside = np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0) & (xy[:, 1] >= 0)
-        inside &= (xy[:, 0] <= xy[:, 2]) & (xy[:, 1] <= xy[:, 3]) & (xy[:, 2] <= w) & (xy[:, 3] <= h)
-        box_ok = (owner >= 0) & inside
-        for j in np.flatnonzero(~box_ok):
-            where = f"{loc_path}:{loc.column('path')[int(j)]}"
-            if owner[j] < 0:
-                log.add(where, "unknown image: box for an image not in image_ids.txt")
-            elif keep[owner[j]]:
-                log.add(
-                    where, f"bad box: {xy[j].tolist()} not inside the {w[j]}x{h[j]} image with x0<=x1, y0<=y1"
-                )
-        owner, xy = owner[box_ok], xy[box_ok]
-        owner_kept = keep[owner]
-        owner, xy = owner[owner_kept], xy[owner_kept]
-        order = np.argsort(owner, kind="stable")
-        owner, xy = owner[order], xy[order]
+        owner, xy = _read_boxes(loc_path, ids, keep, width, height, log, pa.float32())
     else:
         owner, xy = np.empty(0, dtype=np.int64), np.empty((0, 4), dtype=np.float32)
 
@@ -162,6 +229,99 @@ def read_wsol_metadata(
         ids.take(pa.array(rows)), label[rows], width[rows], height[rows], box_counts, xy, class_list, source
     )
     return table, log.problems
+
+
+@dataclass(frozen=True)
+class WsolLocalization:
+    """What a score-map evaluator needs from a WSOL metadata folder (no class labels), kept ids only."""
+
+    image_ids: list[str]
+    sizes: dict[str, tuple[int, int]]  # id -> (width, height)
+    boxes: dict[str, np.ndarray]  # id -> (k >= 1, 4) int64 x0y0x1y1 in original pixels; empty for masks
+    mask_paths: dict[str, list[str]]  # id -> instance mask paths, file order; empty for boxes
+    ignore_paths: dict[str, str]  # id -> ignore mask path ("" for none), from the image's first line
+
+
+def _read_masks(
+    path: Path, ids: pa.Array, keep: np.ndarray, log: ProblemLog
+) -> tuple[dict[int, list[str]], dict[int, str]]:
+    """Mask and ignore paths by id row from a mask ``localization.txt`` (``id,mask_path,ignore_path``).
+
+    wsolevaluation's OpenImages form: one line per instance mask, the ignore path on an image's first line
+    (later ones leave it empty). Lines of unknown images and unsafe paths are problems and dropped.
+    """
+    loc = _read_csv(path, _MASK_COLUMNS, dict.fromkeys(_MASK_COLUMNS, pa.string()))
+    owner = _index_of(loc.column("path").combine_chunks(), ids)
+    mask_paths: dict[int, list[str]] = {}
+    ignore_paths: dict[int, str] = {}
+    for j, (image_id, mask, ignore) in enumerate(
+        zip(*(loc.column(c).to_pylist() for c in _MASK_COLUMNS), strict=True)
+    ):
+        where = f"{path}:{image_id}"
+        if owner[j] < 0:
+            log.add(where, "unknown image: mask for an image not in image_ids.txt")
+            continue
+        try:
+            for rel in (mask, ignore) if ignore else (mask,):
+                resolve_inside(".", rel)
+        except UnsafePathError as e:
+            log.add(where, e.reason)
+            keep[owner[j]] = False
+            continue
+        if owner[j] in mask_paths:
+            mask_paths[owner[j]].append(mask)
+        else:
+            mask_paths[owner[j]], ignore_paths[owner[j]] = [mask], ignore
+    return mask_paths, ignore_paths
+
+
+def read_wsol_localization(
+    folder: str | os.PathLike[str],
+    localization: Literal["boxes", "masks"] = "boxes",
+    *,
+    strict: bool = True,
+) -> tuple[WsolLocalization, list[DataProblem]]:
+    """Read the ids, sizes and boxes (or masks) of a WSOL metadata folder, as a score-map evaluator needs.
+
+    The same parsing and checks as `read_wsol_metadata`; ``localization`` says which ``localization.txt``
+    form the folder has. Every image must have a size and at least one box (or mask). Strict by default: a
+    scorer should fail on a malformed folder, not report a number over fewer images; with ``strict=False``
+    bad images are recorded and dropped.
+    """
+    if localization not in ("boxes", "masks"):
+        raise ValueError(f"localization must be 'boxes' or 'masks', got {localization!r}")
+    folder = Path(folder)
+    log = ProblemLog(strict)
+    ids, keep = _read_image_ids(folder, log)
+    width, height = _read_image_sizes(folder / "image_sizes.txt", ids, keep, log)
+    loc_path = folder / "localization.txt"
+    boxes: dict[int, np.ndarray] = {}
+    mask_paths: dict[int, list[str]] = {}
+    ignore_paths: dict[int, str] = {}
+    if localization == "boxes":
+        owner, xy = _read_boxes(loc_path, ids, keep, width, height, log, pa.int64())
+        starts = np.searchsorted(owner, np.arange(len(ids) + 1))
+        boxes = {i: xy[starts[i] : starts[i + 1]] for i in np.flatnonzero(starts[1:] > starts[:-1]).tolist()}
+        annotated = boxes
+    else:
+        mask_paths, ignore_paths = _read_masks(loc_path, ids, keep, log)
+        annotated = mask_paths
+    for i in np.flatnonzero(keep).tolist():
+        if i not in annotated:
+            log.add(
+                f"{loc_path}:{ids[i]}", f"missing annotation: no annotation for image id {ids[i].as_py()!r}"
+            )
+            keep[i] = False
+    rows = np.flatnonzero(keep).tolist()
+    names = ids.to_pylist()
+    result = WsolLocalization(
+        image_ids=[names[i] for i in rows],
+        sizes={names[i]: (int(width[i]), int(height[i])) for i in rows},
+        boxes={names[i]: boxes[i] for i in rows if i in boxes},
+        mask_paths={names[i]: mask_paths[i] for i in rows if i in mask_paths},
+        ignore_paths={names[i]: ignore_paths[i] for i in rows if i in ignore_paths},
+    )
+    return result, log.problems
 
 
 def _format_coords(values: np.ndarray) -> list[str]:
