@@ -214,3 +214,28 @@ def test_ray_resumes_only_the_missing_parts(setup, reference, tmp_path, monkeypa
     ray_full = tmp_path / "ray_full"
     _run(extract, setup, ray_full)
     assert _hashes(out) == _hashes(ray_full)
+
+
+def test_resumable_dir_keeps_work_on_error_and_only_for_the_same_fingerprint(tmp_path):
+    """`acol.io.resumable_dir` by itself: an error leaves the work folder; an equal fingerprint resumes it (its
+    hidden temp files removed); another, or a missing one (killed during the swap), starts afresh."""
+    from acol.io import resumable_dir
+
+    out = tmp_path / "out"
+    with pytest.raises(Killed), resumable_dir(out, {"a": 1}) as (work, resumed):
+        assert not resumed
+        (work / "done.txt").write_text("done")
+        (work / ".half.txt.x.tmp").write_text("half")
+        raise Killed
+    with pytest.raises(Killed), resumable_dir(out, {"a": 1}) as (work, resumed):
+        assert resumed and sorted(p.name for p in work.iterdir()) == [".fingerprint.json", "done.txt"]
+        raise Killed
+    with resumable_dir(out, {"a": 2}) as (work, resumed):  # other inputs
+        assert not resumed and not (work / "done.txt").exists()
+        (work / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and sorted(tmp_path.iterdir()) == [out]
+    work = resume_dir_path(out)
+    work.mkdir()
+    (work / "new.txt").write_text("the old output, being deleted after an exchange")  # no fingerprint
+    with resumable_dir(out, {"a": 2}) as (work, resumed):
+        assert not resumed and list(work.iterdir()) == [work / ".fingerprint.json"]
