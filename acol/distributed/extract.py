@@ -11,8 +11,13 @@ Two engines share every step but the scheduling, so one is the correctness refer
 Images travel between the steps as uint8 (a quarter of float32): `eval_transform` is split into its resize,
 applied in the decode step, and its dtype-scale-normalize tail, applied by the predictor (on the GPU if any).
 A file that cannot be read or decoded becomes a row with its reason in ``error`` and null maps; it never
-stops the run. Outputs go to a fresh temp folder next to ``out_dir``, renamed into place at the end (a
-parallel overwrite in place lost data: ray issue 55043). Identical inputs give byte-identical files.
+stops the run. Outputs go to a temp folder next to ``out_dir`` (``.<name>.tmp-resume``), swapped into place at
+the end (a parallel overwrite in place lost data: ray issue 55043). Identical inputs give byte-identical files.
+
+Resume: each part is written whole (temp name, fsync, rename) into that folder, beside a fingerprint of the
+inputs (hashes of the manifest and weights, the params and options that change a byte). A run killed half
+way leaves the folder; a rerun with the same fingerprint keeps its complete parts (part k = sorted rows
+[k*R, (k+1)*R)) and computes only the rest, byte-identical to an uninterrupted run; other inputs discard it.
 """
 
 from __future__ import annotations
