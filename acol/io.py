@@ -20,6 +20,8 @@ __all__ = [
     "recover_dir",
     "replace_dir",
     "replacing_dir",
+    "resumable_dir",
+    "resume_dir_path",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -200,3 +202,62 @@ def replacing_dir(final_dir: str | os.PathLike[str], *, keep: Sequence[str] = ()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_FINGERPRINT_NAME = ".fingerprint.json"  # hidden: removed before the swap, never part of an output
+
+
+def resume_dir_path(final_dir: str | os.PathLike[str]) -> Path:
+    """The fixed-name temp folder of `resumable_dir`: ``.<name>.tmp-resume`` beside `final_dir`.
+
+    Why a ``.tmp-`` name: what a kill leaves is then the same kind of dotted leftover as `replacing_dir`'s.
+    """
+    final_dir = Path(final_dir)
+    return final_dir.with_name(_temp_prefix(final_dir) + "resume")
+
+
+def _read_fingerprint(work: Path) -> Any:
+    try:
+        return json.loads((work / _FINGERPRINT_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def resumable_dir(
+    final_dir: str | os.PathLike[str], fingerprint: dict[str, Any], *, keep: Sequence[str] = ()
+) -> Iterator[tuple[Path, bool]]:
+    """`replacing_dir` whose temp folder survives a kill or an error, so a rerun can keep what was finished.
+
+    Yields ``(work, resumed)``: `work` is `resume_dir_path(final_dir)`; ``resumed`` is True when it was left by
+    an earlier run with an equal `fingerprint` (a JSON-able description of the inputs), whose content the
+    caller may keep. A folder with another or no fingerprint is discarded (logged). Hidden ``.*.tmp`` files of
+    an interrupted `atomic_path` are removed. On success the fingerprint is removed and `work` is moved into
+    place with `replace_dir` (atomic); on error `work` is left for the next run. The caller must write only
+    complete files into `work` (`atomic_path`), since any file there may be kept.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = resume_dir_path(final_dir)
+    recover_dir(final_dir, spare=work)
+    expected = json.loads(json.dumps(fingerprint, sort_keys=True))
+    resumed = False
+    if work.is_dir():
+        found = _read_fingerprint(work)
+        if found == expected:
+            resumed = True
+            for stale in work.rglob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        else:
+            why = "no fingerprint" if found is None else "its inputs differ"
+            log.warning("discarding the partial output %s (%s)", work, why)
+            (work / _FINGERPRINT_NAME).unlink(missing_ok=True)  # first: a kill inside rmtree cannot resume it
+            shutil.rmtree(work)
+    elif work.exists():
+        work.unlink()
+    if not resumed:
+        work.mkdir(mode=0o755)
+        write_json_atomic(work / _FINGERPRINT_NAME, expected)
+    yield work, resumed
+    (work / _FINGERPRINT_NAME).unlink(missing_ok=True)  # a kill from here on: the next run starts afresh
+    replace_dir(work, final_dir, keep=keep)

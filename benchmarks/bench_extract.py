@@ -8,6 +8,12 @@ not depend on what the model learned.
 
     python benchmarks/bench_extract.py --sizes 128 512 --batch-size 32
     python benchmarks/bench_extract.py --device cuda --channels-last --bf16 --backbone vgg16 --image-size 224
+    python benchmarks/bench_extract.py --sizes 2048 --resume --set extract.rows_per_file=256
+
+``--resume``: after the full run at the largest size, a run "killed" half way (the part writer raises once
+half the parts are on disk, as a kill would leave them) and its rerun, which keeps those parts: the rerun's
+wall time vs the full run's. Every row also has the time from the call to the first result batch
+(``setup_seconds``: manifest, input hashes, resume scan; plus ``first_batch_seconds``).
 
 Memory note: the sum of RSS counts shared pages (Ray's object store is shared memory) once per process that
 maps them, so it over-states use; what matters is whether it grows with the dataset size.
@@ -17,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import platform
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +38,10 @@ import numpy as np
 import psutil
 import torch
 
+import acol.distributed.extract as extract_module
 from acol.config import load_params
 from acol.data.manifest import manifest_from_records, write_manifest
-from acol.distributed.extract import extract, extract_plain
+from acol.distributed.extract import ExtractSummary, extract, extract_plain
 from acol.io import write_json_atomic
 from acol.models import build_model
 
@@ -93,6 +102,49 @@ def make_dataset(
     return records
 
 
+class _Killed(BaseException):
+    """The simulated kill: a BaseException, so nothing on its way catches it."""
+
+
+@contextlib.contextmanager
+def _killed_after_parts(parts: int):
+    """The part writer raises `_Killed` once `parts` parts are on disk (the state a kill leaves)."""
+    flush = extract_module._PartWriter._flush
+
+    def flush_then_die(self, rows: int) -> None:
+        flush(self, rows)
+        if len(self.parts) >= parts:
+            raise _Killed
+
+    extract_module._PartWriter._flush = flush_then_die
+    try:
+        yield
+    finally:
+        extract_module._PartWriter._flush = flush
+
+
+def _resume_row(run: Any, run_args: tuple, full: dict[str, Any], rows_per_file: int) -> dict[str, Any]:
+    """Kill a run half way, rerun it: the rerun's times against the full run's."""
+    out = Path(f"{run_args[-1]}_resume")
+    half = max(full["parts"] // 2, 1)
+    with contextlib.suppress(_Killed), _killed_after_parts(half):
+        run(*run_args[:-1], out)
+    start = time.perf_counter()
+    summary: ExtractSummary = run(*run_args[:-1], out)
+    wall = time.perf_counter() - start
+    return {
+        "engine": full["engine"],
+        "images": full["images"],
+        "killed_after_parts": half,
+        "resumed_rows": summary.resumed_rows,
+        "computed_rows": summary.computed_rows,
+        "resumed_wall_seconds": round(wall, 3),
+        "full_wall_seconds": full["wall_seconds"],
+        "resumed_over_full": round(wall / full["wall_seconds"], 3),
+        "rows_per_file": rows_per_file,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,6 +161,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     parser.add_argument("--engines", nargs="+", default=["plain", "ray"], choices=["plain", "ray"])
+    parser.add_argument("--resume", action="store_true", help="also time a rerun after a half-way kill")
     parser.add_argument("--out", default="benchmarks/results/extract.json")
     parser.add_argument(
         "--set",
@@ -123,6 +176,7 @@ def main() -> None:
     use_gpu = args.device.startswith("cuda")
     classes = [f"n{i:08d}" for i in range(args.num_classes)]
     results: list[dict[str, Any]] = []
+    resumes: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         work = Path(tmp)
         records = make_dataset(work / "data", max(args.sizes), args.source_size, classes)
@@ -158,24 +212,36 @@ def main() -> None:
                 write_manifest(manifest_from_records(records[:n], classes, "synthetic"), manifest)
                 out = work / "out" / f"{engine}_{n}"
                 run_args = (params, "acol", manifest, work / "data", work / "model.pt", card, out)
+                if engine == "ray":
+                    run = functools.partial(extract, **options)
+                else:
+                    run = functools.partial(extract_plain, device=args.device, **options)
+                start = time.perf_counter()
                 with PeakMemory() as memory:
-                    if engine == "ray":
-                        summary = extract(*run_args, **options)
-                    else:
-                        summary = extract_plain(*run_args, device=args.device, **options)
+                    summary = run(*run_args)
+                wall = time.perf_counter() - start
                 row = {
                     "engine": engine,
                     "images": n,
                     "images_per_s": summary.images_per_s,
+                    "wall_seconds": round(wall, 3),
+                    "call_to_first_batch_seconds": round(
+                        summary.setup_seconds + summary.first_batch_seconds, 3
+                    ),
+                    "setup_seconds": summary.setup_seconds,
                     "first_batch_seconds": summary.first_batch_seconds,
                     "steady_images_per_s": summary.steady_images_per_s,
                     "seconds": summary.seconds,
                     "bytes_per_image": summary.bytes_per_image,
                     "peak_rss_driver_mb": round(memory.driver / 2**20, 1),
                     "peak_rss_total_mb": round(memory.total / 2**20, 1),
+                    "parts": len(summary.parts),
                 }
                 log.info("%s", row)
                 results.append(row)
+                if args.resume and n == max(args.sizes):
+                    resumes.append(_resume_row(run, run_args, row, params.extract.rows_per_file))
+                    log.info("%s", resumes[-1])
             if engine == "ray":
                 ray.shutdown()
 
@@ -199,9 +265,11 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name() if use_gpu and torch.cuda.is_available() else None,
         },
         "results": results,
+        "resume": resumes,
         "ray_over_plain_images_per_s": ratios,
         "ray_over_plain_steady_images_per_s": steady_ratios,
-        "note": "images_per_s includes start-up (Ray: starting the actor and loading the model, a fixed cost); "
+        "note": "wall_seconds: the extract call; call_to_first_batch_seconds: from the call to the first result "
+        "batch (import time excluded); images_per_s includes start-up (Ray: starting the actor and loading the model, a fixed cost); "
         "steady_images_per_s counts from the first result batch on; RSS sums count shared memory once per process.",
     }
     out = Path(args.out)
@@ -209,9 +277,16 @@ def main() -> None:
     for row in results:
         print(
             f"{row['engine']:>5} {row['images']:>6} images: {row['images_per_s']:8.1f} images/s "
-            f"({row['steady_images_per_s']:.1f} after a first batch at {row['first_batch_seconds']:.1f} s), "
+            f"({row['steady_images_per_s']:.1f} after a first batch at {row['first_batch_seconds']:.1f} s; "
+            f"{row['call_to_first_batch_seconds']:.1f} s from the call), "
             f"peak RSS driver {row['peak_rss_driver_mb']:7.1f} MB, total {row['peak_rss_total_mb']:7.1f} MB, "
             f"{row['bytes_per_image']:.0f} bytes/image"
+        )
+    for row in resumes:
+        print(
+            f"{row['engine']:>5} resume: {row['resumed_rows']} rows kept, {row['computed_rows']} computed in "
+            f"{row['resumed_wall_seconds']:.1f} s vs {row['full_wall_seconds']:.1f} s for the full run "
+            f"({row['resumed_over_full']:.2f})"
         )
     print("Ray / plain images/s:", ratios, "steady:", steady_ratios, "->", out)
 

@@ -223,6 +223,8 @@ def test_extract_killed_while_writing_leaves_old_output_or_none(big_val: dict, t
     env = _env(tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     subprocess.run(_extract_cmd(big_val, out), cwd=tmp_path, env=env, check=True, capture_output=True)
     complete = _snapshot(out)
+    resumed = json.loads(complete["summary.json"])["resumed_rows"]
+    assert 4 <= resumed < big_val["n"] and resumed % 4 == 0  # the killed run's whole parts were kept
     table = read_maps(out / "maps")
     ids = table.column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == big_val["n"]  # every image exactly once
@@ -242,6 +244,7 @@ def test_extract_killed_while_writing_leaves_old_output_or_none(big_val: dict, t
         k: v for k, v in complete.items() if k.startswith("maps/")
     }  # the rerun is complete and byte-identical (summary.json differs only in its timings)
     assert json.loads(rerun["summary.json"])["rows"] == big_val["n"]
+    assert json.loads(rerun["summary.json"])["resumed_rows"] >= 4  # resumed again, same bytes
     # the rerun removed the temp folder the killed run had left
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
 

@@ -11,12 +11,18 @@ Two engines share every step but the scheduling, so one is the correctness refer
 Images travel between the steps as uint8 (a quarter of float32): `eval_transform` is split into its resize,
 applied in the decode step, and its dtype-scale-normalize tail, applied by the predictor (on the GPU if any).
 A file that cannot be read or decoded becomes a row with its reason in ``error`` and null maps; it never
-stops the run. Outputs go to a fresh temp folder next to ``out_dir``, renamed into place at the end (a
-parallel overwrite in place lost data: ray issue 55043). Identical inputs give byte-identical files.
+stops the run. Outputs go to a temp folder next to ``out_dir`` (``.<name>.tmp-resume``), swapped into place at
+the end (a parallel overwrite in place lost data: ray issue 55043). Identical inputs give byte-identical files.
+
+Resume: each part is written whole (temp name, fsync, rename) into that folder, beside a fingerprint of the
+inputs (hashes of the manifest and weights, the params and options that change a byte). A run killed half
+way leaves the folder; a rerun with the same fingerprint keeps its complete parts (part k = sorted rows
+[k*R, (k+1)*R)) and computes only the rest, byte-identical to an uninterrupted run; other inputs discard it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -47,7 +53,7 @@ from acol.inference.mapstore import (
 )
 from acol.inference.model_card import check_weights, load_model_card, model_kwargs_from_card
 from acol.inference.predict import MapPredictor, decode_batch
-from acol.io import replacing_dir, write_json_atomic
+from acol.io import atomic_path, resumable_dir, write_json_atomic
 
 __all__ = ["ExtractSummary", "extract", "extract_plain"]
 
@@ -56,6 +62,7 @@ log = logging.getLogger(__name__)
 _INPUT_COLUMNS = ["image_id", "class_index", "width", "height"]
 _SUMMARY_NAME = "summary.json"
 _MAPS_DIR = "maps"
+_RESUME_VERSION = 1  # bump when the part layout or bytes change: older partial work is then discarded
 
 
 @dataclass
@@ -67,7 +74,13 @@ class ExtractSummary:
     rows: int = 0
     errors: int = 0
     error_list: list[tuple[str, str]] = field(default_factory=list)  # (image_id, reason)
+    # A rerun after a kill keeps the finished parts: rows taken from them, and rows computed in this run.
+    resumed_rows: int = 0
+    computed_rows: int = 0
+    # seconds: the streaming loop; setup_seconds: before it (manifest, hashes of the inputs, resume scan).
+    # images_per_s counts the computed rows only.
     seconds: float = 0.0
+    setup_seconds: float = 0.0
     images_per_s: float = 0.0
     # Start-up (model load, Ray actors) vs throughput: time to the first result batch, and images/s after it.
     first_batch_seconds: float = 0.0
@@ -83,8 +96,17 @@ class ExtractSummary:
 # --- writing ---
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
 class _PartWriter:
-    """Writes incoming map-store tables as parts of exactly ``rows_per_file`` rows (deterministic layout)."""
+    """Writes incoming map-store tables as parts of exactly ``rows_per_file`` rows (deterministic layout).
+
+    Each part is written whole under a temp name and renamed (`atomic_path`), so every ``part-*.parquet`` in
+    the folder is complete: `resume` can adopt the parts a killed run left.
+    """
 
     def __init__(self, folder: Path, rows_per_file: int, metadata: dict[str, Any]) -> None:
         self.folder = folder
@@ -97,9 +119,43 @@ class _PartWriter:
         self.bytes = 0
         self.errors: list[tuple[str, str]] = []
         self.last_id: str | None = None
+        self.skip = 0  # rows of the incoming stream already in adopted parts (the stream starts on a batch)
+
+    def resume(self, inputs: pa.Table) -> int:
+        """Adopt the leading complete parts of the folder; delete any other part. Returns the rows adopted.
+
+        Part k holds rows [k*R, (k+1)*R) of the sorted inputs; one is adopted only if its ids are exactly those.
+        """
+        ids = inputs.column("image_id")
+        for k in range(math.ceil(inputs.num_rows / self.rows_per_file)):
+            path = self.folder / part_name(k)
+            try:
+                table = pq.read_table(path, columns=["image_id", "error"])
+            except (OSError, pa.ArrowInvalid, KeyError):
+                break  # missing (or unreadable): this one and the rest are computed
+            want = ids.slice(k * self.rows_per_file, self.rows_per_file)
+            if table.column("image_id").to_pylist() != want.to_pylist():
+                break
+            self._count_errors(table)
+            self.parts.append(path.name)
+            self.rows += table.num_rows
+            self.bytes += path.stat().st_size
+            self.last_id = want[-1].as_py()
+        for stale in self.folder.glob("part-*.parquet"):
+            if stale.name not in self.parts:
+                stale.unlink()
+        return self.rows
+
+    def _count_errors(self, table: pa.Table) -> None:
+        failed = table.filter(pc.invert(pc.is_null(table.column("error"))))
+        failed_ids, reasons = failed.column("image_id").to_pylist(), failed.column("error").to_pylist()
+        self.errors += list(zip(failed_ids, reasons, strict=True))
 
     def add(self, columns: dict[str, Any]) -> None:
         table = columns_to_table(columns, self.metadata)
+        if self.skip:
+            dropped = min(self.skip, table.num_rows)
+            table, self.skip = table.slice(dropped), self.skip - dropped
         if table.num_rows == 0:
             return
         ids = table.column("image_id").to_pylist()
@@ -107,9 +163,7 @@ class _PartWriter:
         if any(a >= b for a, b in itertools.pairwise(previous + ids)):
             raise RuntimeError("extraction results arrived out of image_id order (preserve_order lost?)")
         self.last_id = ids[-1]
-        failed = table.filter(pc.invert(pc.is_null(table.column("error"))))
-        failed_ids, reasons = failed.column("image_id").to_pylist(), failed.column("error").to_pylist()
-        self.errors += list(zip(failed_ids, reasons, strict=True))
+        self._count_errors(table)
         self.buffer.append(table)
         self.buffered += table.num_rows
         self.rows += table.num_rows
@@ -120,7 +174,9 @@ class _PartWriter:
         table = pa.concat_tables(self.buffer).combine_chunks()
         head, rest = table.slice(0, rows), table.slice(rows)
         path = self.folder / part_name(len(self.parts))
-        pq.write_table(head, path, row_group_size=max(rows, 1), **PARQUET_OPTIONS)
+        with atomic_path(path) as tmp:
+            pq.write_table(head, tmp, row_group_size=max(rows, 1), **PARQUET_OPTIONS)
+            _fsync(tmp)  # on disk before its name says it is complete
         self.parts.append(path.name)
         self.bytes += path.stat().st_size
         self.buffer, self.buffered = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
@@ -143,16 +199,39 @@ def _sorted_inputs(manifest_path: str | os.PathLike[str]) -> tuple[pa.Table, lis
     return table, classes
 
 
-def _run(
+def _sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Job:
+    """What one extraction computes: its sorted inputs, the model, the map-store metadata, the resume key."""
+
+    inputs: pa.Table
+    model_kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+
+def _prepare(
     engine: str,
     params: Params,
     method: str,
     manifest_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    stream: Callable[[pa.Table, dict[str, Any]], Iterable[dict[str, Any]]],
     model_card: str | os.PathLike[str] | dict[str, Any],
-) -> ExtractSummary:
-    """Shared frame of both engines: inputs, metadata, temp folder, writer, summary, rename into place."""
+    model_path: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    options: dict[str, Any],
+) -> _Job:
+    """Read the inputs and describe them; the fingerprint holds everything that changes a byte of the parts.
+
+    (The image files under ``root`` are not hashed, only its path: a run over changed images in place must
+    start afresh by hand.)
+    """
     inputs, classes = _sorted_inputs(manifest_path)
     model_kwargs = model_kwargs_from_card(load_model_card(model_card), params, method, classes)
     metadata = {
@@ -162,62 +241,156 @@ def _run(
         "image_size": params.train.image_size,
         "backbone": model_kwargs["name"],
     }
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A killed run's temp folder (or a half-done swap) is cleaned first; DVC's .gitignore in the folder stays.
-    # (Two extractions into one folder at once are not supported: `dvc repro` holds a lock for that.)
-    with replacing_dir(out_dir, keep=(".gitignore",)) as tmp:
-        (tmp / _MAPS_DIR).mkdir()
-        writer = _PartWriter(tmp / _MAPS_DIR, params.extract.rows_per_file, metadata)
-        log.info("%s extraction of %d images (%s) -> %s", engine, inputs.num_rows, method, out_dir)
-        start = time.perf_counter()
-        last_log = start
-        first: tuple[float, int] | None = None  # (seconds, rows) when the first batch was written
-        progress = tqdm(total=inputs.num_rows, unit="img", desc=f"extract {method}", disable=None)
-        for columns in stream(inputs, model_kwargs) if inputs.num_rows else ():  # empty: no engine start
-            writer.add(columns)
-            progress.update(len(columns["image_id"]))
-            now = time.perf_counter()
-            if first is None:
-                first = (now - start, writer.rows)
-            if now - last_log > 10:
-                rate = writer.rows / (now - start)
-                log.info("%d / %d images (%.1f images/s)", writer.rows, inputs.num_rows, rate)
-                last_log = now
-        progress.close()
-        writer.close()
-        seconds = time.perf_counter() - start
-        first_seconds, first_rows = first or (seconds, writer.rows)
-        steady_seconds = seconds - first_seconds
-        if writer.rows != inputs.num_rows:
-            raise RuntimeError(f"extraction wrote {writer.rows} rows for {inputs.num_rows} manifest rows")
-        summary = ExtractSummary(
-            method=method,
-            engine=engine,
-            rows=writer.rows,
-            errors=len(writer.errors),
-            error_list=writer.errors,
-            seconds=round(seconds, 3),
-            images_per_s=round(writer.rows / seconds, 2) if seconds > 0 else 0.0,
-            first_batch_seconds=round(first_seconds, 3),
-            steady_images_per_s=round((writer.rows - first_rows) / steady_seconds, 2)
-            if steady_seconds > 0
-            else 0.0,
-            parquet_bytes=writer.bytes,
-            bytes_per_image=round(writer.bytes / max(writer.rows, 1), 1),
-            parts=writer.parts,
-        )
-        # Timings vary run to run; summary.json lives beside maps/ so the parts stay byte-identical.
-        write_json_atomic(tmp / _SUMMARY_NAME, summary.to_json())
+    fingerprint = {
+        "version": _RESUME_VERSION,
+        "engine": engine,
+        "manifest_sha256": _sha256(manifest_path),
+        "weights_sha256": _sha256(model_path),
+        "root": str(Path(root).resolve()),
+        "metadata": metadata,
+        "model_kwargs": json.loads(json.dumps(model_kwargs, sort_keys=True, default=str)),
+        "rows_per_file": params.extract.rows_per_file,
+        "batch_size": params.extract.batch_size,  # batch composition can change the last bit of a map
+        "options": options,
+    }
+    return _Job(inputs, model_kwargs, metadata, fingerprint)
+
+
+@dataclass
+class _Timing:
+    """Wall times of the streaming loop, to split start-up (first batch) from throughput."""
+
+    seconds: float
+    first_seconds: float
+    first_rows: int  # rows written (adopted included) when the first batch arrived
+
+
+def _stream_into(
+    writer: _PartWriter,
+    stream: Iterable[dict[str, Any]],
+    total: int,
+    desc: str,
+) -> _Timing:
+    """Feed the engine's result batches to the writer, with progress; returns the loop's timings."""
+    start = time.perf_counter()
+    last_log = start
+    first: tuple[float, int] | None = None  # (seconds, rows) when the first batch was written
+    progress = tqdm(total=total, initial=writer.rows, unit="img", desc=desc, disable=None)
+    for columns in stream:
+        writer.add(columns)
+        progress.update(len(columns["image_id"]))
+        now = time.perf_counter()
+        if first is None:
+            first = (now - start, writer.rows)
+        if now - last_log > 10:
+            log.info("%d / %d images (%.1f images/s)", writer.rows, total, writer.rows / (now - start))
+            last_log = now
+    progress.close()
+    writer.close()
+    seconds = time.perf_counter() - start
+    first_seconds, first_rows = first or (seconds, writer.rows)
+    return _Timing(seconds, first_seconds, first_rows)
+
+
+def _summary(
+    method: str, engine: str, writer: _PartWriter, timing: _Timing, setup_seconds: float, resumed: int
+) -> ExtractSummary:
+    """The counts cover every row (adopted parts included); the rates only the rows computed in this run."""
+    computed = writer.rows - resumed
+    steady_seconds = timing.seconds - timing.first_seconds
+    return ExtractSummary(
+        method=method,
+        engine=engine,
+        rows=writer.rows,
+        errors=len(writer.errors),
+        error_list=writer.errors,
+        resumed_rows=resumed,
+        computed_rows=computed,
+        seconds=round(timing.seconds, 3),
+        setup_seconds=round(setup_seconds, 3),
+        images_per_s=round(computed / timing.seconds, 2) if timing.seconds > 0 else 0.0,
+        first_batch_seconds=round(timing.first_seconds, 3),
+        steady_images_per_s=round((writer.rows - timing.first_rows) / steady_seconds, 2)
+        if steady_seconds > 0
+        else 0.0,
+        parquet_bytes=writer.bytes,
+        bytes_per_image=round(writer.bytes / max(writer.rows, 1), 1),
+        parts=writer.parts,
+    )
+
+
+def _log_summary(summary: ExtractSummary) -> None:
     log.info(
-        "%d rows, %d errors, %.1f images/s, %.0f bytes/image",
+        "%d rows (%d resumed), %d errors, %.1f images/s, %.0f bytes/image",
         summary.rows,
+        summary.resumed_rows,
         summary.errors,
         summary.images_per_s,
         summary.bytes_per_image,
     )
     for image_id, reason in summary.error_list[:20]:
         log.warning("image failed: %s: %s", image_id, reason)
+
+
+def _adopt(writer: _PartWriter, inputs: pa.Table, work: Path, batch_size: int) -> tuple[int, int]:
+    """Take the killed run's complete parts; returns (rows adopted, the batch-aligned row to restart at).
+
+    Restarting on a batch boundary makes every batch the one an uninterrupted run computes (byte-identical
+    maps); the writer drops the few rows of the first batch that an adopted part already holds.
+    """
+    resumed = writer.resume(inputs)
+    begin = resumed // batch_size * batch_size
+    writer.skip = resumed - begin
+    log.info(
+        "resuming %s: %d of %d rows kept in %d parts, restarting at row %d",
+        work,
+        resumed,
+        inputs.num_rows,
+        len(writer.parts),
+        begin,
+    )
+    return resumed, begin
+
+
+def _run(
+    engine: str,
+    params: Params,
+    method: str,
+    manifest_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    stream: Callable[[pa.Table, dict[str, Any]], Iterable[dict[str, Any]]],
+    model_card: str | os.PathLike[str] | dict[str, Any],
+    *,
+    model_path: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    options: dict[str, Any],
+) -> ExtractSummary:
+    """Shared frame of both engines: inputs, resume folder, writer, summary, swap into place.
+
+    The parts are written into a fixed temp folder beside ``out_dir`` (`resumable_dir`) that a killed run
+    leaves behind; a rerun with the same fingerprint adopts its complete parts and computes the rest (`_adopt`).
+    """
+    setup_start = time.perf_counter()
+    job = _prepare(engine, params, method, manifest_path, model_card, model_path, root, options)
+    inputs, cfg = job.inputs, params.extract
+    out_dir = Path(out_dir)
+    # Leftovers of another kind (a half-done swap, an older temp folder) are cleaned first; DVC's .gitignore
+    # in the folder stays. (Two extractions into one folder at once are not supported: `dvc repro` locks.)
+    with resumable_dir(out_dir, job.fingerprint, keep=(".gitignore",)) as (work, resuming):
+        (work / _MAPS_DIR).mkdir(exist_ok=True)
+        writer = _PartWriter(work / _MAPS_DIR, cfg.rows_per_file, job.metadata)
+        resumed, begin = _adopt(writer, inputs, work, cfg.batch_size) if resuming else (0, 0)
+        log.info("%s extraction of %d images (%s) -> %s", engine, inputs.num_rows - resumed, method, out_dir)
+        rest = inputs.slice(begin)
+        batches = stream(rest, job.model_kwargs) if resumed < inputs.num_rows else ()  # all done: no start
+        setup_seconds = time.perf_counter() - setup_start
+        timing = _stream_into(writer, batches, inputs.num_rows, f"extract {method}")
+        if writer.rows != inputs.num_rows:
+            raise RuntimeError(f"extraction wrote {writer.rows} rows for {inputs.num_rows} manifest rows")
+        summary = _summary(method, engine, writer, timing, setup_seconds, resumed)
+        # Timings vary run to run; summary.json lives beside maps/ so the parts stay byte-identical.
+        write_json_atomic(work / _SUMMARY_NAME, summary.to_json())
+    _log_summary(summary)
     return summary
 
 
@@ -225,6 +398,48 @@ def _device(use_gpu: bool, device: str | None) -> str:
     if device is not None:
         return device
     return "cuda" if use_gpu else "cpu"
+
+
+def _ray_dataset(
+    inputs: pa.Table,
+    params: Params,
+    model_kwargs: dict[str, Any],
+    root: str,
+    model_path: str,
+    amp: bool,
+    channels_last: bool,
+) -> Any:
+    """The Ray Data plan: blocks of ``batch_size`` rows -> decode tasks -> a pool of `MapPredictor` actors."""
+    import ray
+
+    cfg, size = params.extract, params.train.image_size
+    blocks = [inputs.slice(i, cfg.batch_size) for i in range(0, inputs.num_rows, cfg.batch_size)]
+    ds = ray.data.from_arrow(blocks or [inputs])
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"root": root, "size": size},
+        batch_format="numpy",
+        batch_size=None,
+        num_cpus=cfg.decode_cpus,
+    )
+    return ds.map_batches(
+        MapPredictor,
+        fn_constructor_kwargs={
+            "model_kwargs": model_kwargs,
+            "model_path": model_path,
+            "size": size,
+            "box_threshold": cfg.box_threshold,
+            "device": _device(cfg.use_gpu, None),
+            "amp": amp,
+            "channels_last": channels_last,
+            "num_threads": math.ceil(cfg.cpus_per_actor),
+        },
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_gpus=1 if cfg.use_gpu else 0,
+        num_cpus=cfg.cpus_per_actor,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+    )
 
 
 def extract(
@@ -243,12 +458,11 @@ def extract(
 
     Runs where `acol.distributed.session.ensure_ray` says (RAY_ADDRESS, else a private local Ray): every
     node must see ``root`` and ``model_path`` at the same paths. ``params.extract`` sets the batch, actor pool, GPU use, box
-    threshold and rows per file; ``params.train.image_size`` the input size.
+    threshold and rows per file; ``params.train.image_size`` the input size. A rerun after a kill resumes.
     """
     import ray
 
     cfg = params.extract
-    size = params.train.image_size
     root_str, model_str = str(Path(root).resolve()), str(Path(model_path).resolve())
     if not Path(model_str).is_file():
         raise FileNotFoundError(f"model weights not found: {model_path}")
@@ -261,38 +475,16 @@ def extract(
         old_order = ctx.execution_options.preserve_order
         ctx.execution_options.preserve_order = True  # results in manifest order: deterministic parts
         try:
-            blocks = [inputs.slice(i, cfg.batch_size) for i in range(0, inputs.num_rows, cfg.batch_size)]
-            ds = ray.data.from_arrow(blocks or [inputs])
-            ds = ds.map_batches(
-                decode_batch,
-                fn_kwargs={"root": root_str, "size": size},
-                batch_format="numpy",
-                batch_size=None,
-                num_cpus=cfg.decode_cpus,
-            )
-            ds = ds.map_batches(
-                MapPredictor,
-                fn_constructor_kwargs={
-                    "model_kwargs": model_kwargs,
-                    "model_path": model_str,
-                    "size": size,
-                    "box_threshold": cfg.box_threshold,
-                    "device": _device(cfg.use_gpu, None),
-                    "amp": amp,
-                    "channels_last": channels_last,
-                    "num_threads": math.ceil(cfg.cpus_per_actor),
-                },
-                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-                num_gpus=1 if cfg.use_gpu else 0,
-                num_cpus=cfg.cpus_per_actor,
-                batch_size=cfg.batch_size,
-                batch_format="numpy",
-            )
+            ds = _ray_dataset(inputs, params, model_kwargs, root_str, model_str, amp, channels_last)
             yield from ds.iter_batches(batch_size=None, batch_format="numpy")
         finally:
             ctx.execution_options.preserve_order = old_order
 
-    return _run("ray", params, method, manifest_path, out_dir, stream, model_card)
+    options = {"device": _device(cfg.use_gpu, None), "amp": amp, "channels_last": channels_last}
+    return _run(
+        "ray", params, method, manifest_path, out_dir, stream, model_card,
+        model_path=model_str, root=root_str, options=options,
+    )  # fmt: skip
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -328,7 +520,10 @@ def extract_plain(
     amp: bool = False,
     channels_last: bool = False,
 ) -> ExtractSummary:
-    """The same extraction with a PyTorch DataLoader in this process: the reference and the baseline."""
+    """The same extraction with a PyTorch DataLoader in this process: the reference and the baseline.
+
+    It resumes after a kill as `extract` does (same parts folder; another engine's partial work is discarded).
+    """
     cfg = params.extract
     size = params.train.image_size
 
@@ -353,4 +548,8 @@ def extract_plain(
         for batch in loader:
             yield predictor(batch)
 
-    return _run("plain", params, method, manifest_path, out_dir, stream, model_card)
+    options = {"device": _device(cfg.use_gpu, device), "amp": amp, "channels_last": channels_last}
+    return _run(
+        "plain", params, method, manifest_path, out_dir, stream, model_card,
+        model_path=model_path, root=root, options=options,
+    )  # fmt: skip
