@@ -118,7 +118,7 @@ def test_a_hung_server_times_out_instead_of_blocking(monkeypatch: pytest.MonkeyP
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACOL_PIPELINE_RUN": f"faults-{tmp_path.name}", **extra}
-    env.pop("ACOL_FAIL_AT_EPOCH", None)
+    env.pop("ACOL_EPOCH_HOOK", None)
     env.pop("RAY_ADDRESS", None)  # never join another test's cluster
     return env
 
@@ -360,7 +360,7 @@ def test_training_survives_a_worker_killed_from_outside(
 ) -> None:
     """SIGKILL of a Ray Train worker process (found among this process's children) mid-run.
 
-    Unlike ``ACOL_FAIL_AT_EPOCH`` (rank 0 exits at an epoch boundary), the kill lands wherever the worker is:
+    Unlike the epoch hook of `tests/fault_injection.py` (rank 0 exits at an epoch boundary), the kill lands wherever the worker is:
     inside an epoch, its validation, or its checkpoint upload. It waits until the controller has registered two
     checkpoints: one that a worker wrote but the controller had not yet polled is not resumed from.
     """
@@ -372,7 +372,7 @@ def test_training_survives_a_worker_killed_from_outside(
     from acol.tracking import runs as tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("ACOL_FAIL_AT_EPOCH", raising=False)
+    monkeypatch.delenv("ACOL_EPOCH_HOOK", raising=False)
     epochs = 4
     params = load_params(
         tmp_path / "absent.yaml",
