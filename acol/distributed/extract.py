@@ -374,6 +374,9 @@ def _run(
     job = _prepare(engine, params, method, manifest_path, model_card, model_path, root, options)
     inputs, cfg = job.inputs, params.extract
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A bad model.pt fails here, named, before Ray starts or any partial folder is made.
+    check_weights(job.model_kwargs, model_path)
     # Leftovers of another kind (a half-done swap, an older temp folder) are cleaned first; DVC's .gitignore
     # in the folder stays. (Two extractions into one folder at once are not supported: `dvc repro` locks.)
     with resumable_dir(out_dir, job.fingerprint, keep=(".gitignore",)) as (work, resuming):
@@ -468,7 +471,6 @@ def extract(
         raise FileNotFoundError(f"model weights not found: {model_path}")
 
     def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        check_weights(model_kwargs, model_str)  # a bad model.pt fails here, named, before Ray starts
         gpus = cfg.num_actors if cfg.use_gpu else 0
         ensure_ray(cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus, gpus, params.ray.join_local)
         ctx = ray.data.DataContext.get_current()
