@@ -6,15 +6,14 @@ Why here: extraction, re-evaluation and the MLflow model all rebuild the model t
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from acol.config import Params
+from acol.io import read_json_object
 from acol.models import WSOLModel, build_model, load_model_weights
 from acol.models import model_kwargs as architecture_kwargs
 
@@ -25,14 +24,7 @@ def load_model_card(card: str | os.PathLike[str] | dict[str, Any]) -> dict[str, 
     """A model card (path to model_card.json, or the dict itself); errors name the file."""
     if isinstance(card, dict):
         return card
-    path = Path(card)
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read model card {path}: {e}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"model card {path}: expected a JSON object, got {type(loaded).__name__}")
-    return loaded
+    return read_json_object(card)
 
 
 def model_kwargs_from_card(

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from acol.io import readable_path, replacing_dir, write_bytes_atomic
+from acol.io import read_json_object, readable_path, replacing_dir, write_bytes_atomic
 from acol.stages import plots
 from acol.wsol.boxes import iou
 from acol.wsol.metrics import metric_direction
@@ -264,13 +264,7 @@ def _check_inputs(inputs: ReportInputs) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReportError(f"{path}: cannot read JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, ReportError)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
