@@ -101,6 +101,11 @@ class SyntheticConfig(BaseModel):
     # enough that erasing the top cells of A's map removes it rather than leaking it into neighbouring cells,
     # small enough (about 10-20% of the box) that a box around the part alone has IoU < 0.5.
     part_size: float = Field(0.22, gt=0.0, lt=0.5)
+    # Part centre on the body's long axis, as a fraction of the semi-axis from the body centre: 0.7 (default)
+    # puts the square at one end, sticking out like a head; smaller values move it inside the body, so the
+    # halo of the part (what a cell next to an erased part still sees within its receptive field) lies on
+    # the body, not on the background.
+    part_offset: float = Field(0.7, ge=0.0, le=1.0)
     # "texture" (default): every body has ONE neutral colour (hue/saturation/value below, the same for all
     # classes) and a class-specific texture: one of 5 flip-invariant stripe patterns x one of
     # `texture_periods_px` (10 classes = 5 x 2). The part is the easy cue; the body's cue is hard but fully
@@ -300,9 +305,9 @@ def _object_masks(
     short_axis = min(rng.uniform(*config.body_short_range) * size * scale, long_axis)
     angle = rng.uniform(0.0, 2 * np.pi)
     part_half = max(2.0, config.part_size * size * max(scale, 0.85) / 2)
-    # Part centre on the long axis, 70% of the way to one end: the square sticks out of the body like a head.
+    # Part centre on the long axis, `part_offset` of the way to one end (0.7: it sticks out like a head).
     direction = np.array([np.cos(angle), np.sin(angle)])
-    reach = 0.7 * long_axis + part_half
+    reach = config.part_offset * long_axis + part_half
     extent = np.abs(direction) * max(reach, long_axis) + np.abs(direction[::-1]) * short_axis + part_half
     margin = np.ceil(extent).astype(int) + 1
     if np.any(2 * margin >= size):
@@ -319,7 +324,7 @@ def _object_masks(
         1,
         -1,
     )
-    px, py = np.array([cx, cy]) + 0.7 * long_axis * direction
+    px, py = np.array([cx, cy]) + config.part_offset * long_axis * direction
     part = np.zeros((size, size), np.uint8)
     x0, y0 = round(px - part_half), round(py - part_half)
     side = round(2 * part_half)
