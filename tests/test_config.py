@@ -15,7 +15,7 @@ def test_repo_params_file_is_valid_and_matches_the_synthetic_default() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.data.source == "synthetic"
     assert params.model.backbone == "small"
-    assert params.data.synthetic.num_classes == 10
+    assert params.data.synthetic.num_classes == 5
 
 
 def test_missing_file_means_defaults() -> None:
