@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from acol.config import TrainParams
@@ -147,6 +148,33 @@ def evaluate(model: torch.nn.Module, method: str, data: ArrayDataset, boxes: lis
     return result
 
 
+@torch.no_grad()
+def save_maps(model: torch.nn.Module, method: str, data: ArrayDataset, images: np.ndarray, args) -> None:
+    """Write the first 16 val images and their normalized maps (A, and B / fused for ACoL) as `<method>.npz`."""
+    x = torch.stack([data[i][0] for i in range(16)])
+    labels = data.labels[:16]
+    output = model(x)
+    maps = {"A": normalize_maps(select_class_maps(output.maps_a, labels))}
+    if method == "acol":
+        maps["fused"] = model.localization_maps(output, labels)
+        maps["B"] = normalize_maps(
+            select_class_maps(model.head.branch_b(output.features, output.maps_a, labels), labels)
+        )
+    args.maps_out.mkdir(parents=True, exist_ok=True)
+    np.savez(args.maps_out / f"{method}.npz", images=images[:16], **{k: v.numpy() for k, v in maps.items()})
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["key=value", ...]`` -> {key: YAML-parsed value}: any SyntheticConfig knob without a flag of its own."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--synthetic takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -167,13 +195,19 @@ def main() -> None:
     parser.add_argument("--methods", default="cam,acol")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--maps-out", type=Path, default=None, help="save 16 val images' maps here (npz)")
+    parser.add_argument(
+        "--synthetic", action="append", default=[], metavar="KEY=VALUE",
+        help="override any SyntheticConfig field (value parsed as YAML, e.g. clutter_count=[0,0]); repeatable",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = SyntheticConfig(
+    fields = dict(
         num_classes=args.num_classes, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         holdout_per_class=0, image_size=args.image_size, seed=args.seed, body_mode=args.body_mode,
         texture_contrast=args.texture_contrast,
     )  # fmt: skip
+    config = SyntheticConfig(**(fields | parse_overrides(args.synthetic)))
     report: dict = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "config": config.model_dump(mode="json"),
@@ -207,6 +241,8 @@ def main() -> None:
         model, seconds, history = train(method, train_data, args)
         result = evaluate(model, method, val_data, gt_224, regions, args)
         result["train_s"] = round(seconds, 1)
+        if args.maps_out is not None:  # a few maps to look at (studies only; not part of the report)
+            save_maps(model, method, val_data, val_images, args)
         result["history"] = history
         report["results"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1), flush=True)
