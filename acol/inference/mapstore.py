@@ -166,7 +166,7 @@ def read_maps(folder: str | os.PathLike[str], columns: Sequence[str] | None = No
 
 
 def read_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``acol.inference.mapstore`` JSON metadata (method, classes, box_threshold, image_size) of the first part."""
+    """The first part's JSON metadata, schema key ``acol.mapstore``: method, classes, box_threshold, image_size."""
     part = _parts(folder)[0]
     meta = pq.read_schema(part).metadata or {}
     if METADATA_KEY not in meta:
