@@ -317,3 +317,36 @@ def test_a_trained_state_dict_round_trips(tmp_path: Path) -> None:
     again = build_model("googlenet", 5, "acol", head_channels=8)
     load_model_weights(again, path)
     torch.testing.assert_close(again.state_dict(), model.state_dict())
+
+
+def test_small_backbone_sees_exactly_its_documented_receptive_field() -> None:
+    """Feature cell r of the small backbone depends on input pixels 4r-3 .. 4r+6 and no others (10 px).
+
+    Hand-derived: 3x3 conv -> [y-1, y+1]; 2x2 pool; 3x3 conv on pooled cells -> [2q-3, 2q+4]; 2x2 pool ->
+    [4r-3, 4r+6]; the 1x1 convs add nothing. With positive weights, raising one pixel by a lot raises every
+    max it reaches, so the cell changes exactly when the pixel lies in its field (checked along a row and a
+    column through the field).
+    """
+    from acol.models.backbones import SmallBackbone
+
+    torch.manual_seed(0)
+    backbone = SmallBackbone().double().eval()
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            parameter.abs_()
+    row, col = 7, 5
+    base = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    probes = base.repeat(128, 1, 1, 1)
+    for k in range(64):
+        probes[k, :, k, 4 * col] += 100.0  # pixel (k, 4c): inside the field's columns
+        probes[64 + k, :, 4 * row, k] += 100.0  # pixel (4r, k): inside the field's rows
+    with torch.no_grad():
+        cells = backbone(torch.cat([base, probes]))[:, :, row, col]
+    changed = (cells[1:] - cells[0]).abs().amax(dim=1) > 1e-9
+    field = torch.zeros(64, dtype=torch.bool)
+    field[4 * row - 3 : 4 * row + 7] = True
+    assert torch.equal(changed[:64], field)
+    field = torch.zeros(64, dtype=torch.bool)
+    field[4 * col - 3 : 4 * col + 7] = True
+    assert torch.equal(changed[64:], field)
+    assert SmallBackbone.receptive_field == 10

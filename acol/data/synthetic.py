@@ -85,7 +85,7 @@ class SyntheticConfig(BaseModel):
     shadow_metadata: str | None = None  # shadow_ilsvrc: the WSOL metadata folder (image_ids.txt, ...)
     num_val_images: int | None = Field(None, ge=1)  # shadow_ilsvrc: only the first N val images; None = all
     num_classes: int = Field(10, ge=2, le=1000)  # toy: <= 36, even pairs every class; shadow_ilsvrc: 1000
-    train_per_class: int = Field(250, ge=0)  # a few hundred: trains both methods in minutes on 2 CPU cores
+    train_per_class: int = Field(125, ge=0)  # trains both methods in a few minutes on 2 CPU cores
     val_per_class: int = Field(50, ge=1)  # evaluation split (boxes + masks)
     holdout_per_class: int = Field(10, ge=0)  # Choe's "train-fullsup": threshold/HP selection; 0 = skip
     image_size: int = Field(64, ge=32, le=512)  # square images; 64 px = 16x16 maps for the stride-4 backbone
