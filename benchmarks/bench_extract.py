@@ -9,6 +9,13 @@ not depend on what the model learned.
     python benchmarks/bench_extract.py --sizes 128 512 --batch-size 32
     python benchmarks/bench_extract.py --device cuda --channels-last --bf16 --backbone vgg16 --image-size 224
     python benchmarks/bench_extract.py --sizes 2048 --resume --set extract.rows_per_file=256
+    python benchmarks/bench_extract.py --manifest outputs/shadow/prepare/val.parquet --data-root data/shadow \
+        --sizes 1000 10000 50000 --image-size 224 --batch-size 64 --components 512
+
+``--manifest`` / ``--data-root``: the first N rows of a prepared manifest (e.g. the shadow ILSVRC val set at the
+real image sizes) instead of generated noise JPEGs. ``--components K``: also the decode-only rate
+(`decode_batch`, one process) and the model-only rate (`MapPredictor` on decoded batches) on K images, so
+that the bottleneck of the engines has a name.
 
 ``--resume``: after the full run at the largest size, a run "killed" half way (the part writer raises once
 half the parts are on disk, as a kill would leave them) and its rerun, which keeps those parts: the rerun's
@@ -40,8 +47,10 @@ import torch
 
 import acol.distributed.extract as extract_module
 from acol.config import load_params
-from acol.data.manifest import manifest_from_records, write_manifest
+from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
 from acol.distributed.extract import ExtractSummary, extract, extract_plain
+from acol.inference.model_card import model_kwargs_from_card
+from acol.inference.predict import MapPredictor, decode_batch
 from acol.io import write_json_atomic
 from acol.models import build_model
 
@@ -145,6 +154,37 @@ def _resume_row(run: Any, run_args: tuple, full: dict[str, Any], rows_per_file: 
     }
 
 
+def component_rates(
+    manifest: Path, root: Path, model_path: Path, card: dict[str, Any], params: Any, count: int
+) -> dict[str, float]:
+    """Decode-only and model-only images/s on the first `count` rows, each alone in this process."""
+    table = read_manifest(manifest).slice(0, count)
+    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in _COLUMNS}
+    size, batch = params.train.image_size, params.extract.batch_size
+    start, decoded = time.perf_counter(), []
+    for first in range(0, table.num_rows, batch):
+        decoded.append(
+            decode_batch({k: v[first : first + batch] for k, v in columns.items()}, str(root), size)
+        )
+    decode_s = time.perf_counter() - start
+    kwargs = model_kwargs_from_card(card, params, "acol", manifest_classes(table))
+    predictor = MapPredictor(kwargs, str(model_path), size, params.extract.box_threshold)
+    predictor(decoded[0])  # warm-up, not timed
+    start = time.perf_counter()
+    for item in decoded:
+        predictor(item)
+    model_s = time.perf_counter() - start
+    return {
+        "images": table.num_rows,
+        "decode_images_per_s": round(table.num_rows / decode_s, 1),
+        "model_images_per_s": round(table.num_rows / model_s, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+_COLUMNS = ["image_id", "class_index", "width", "height"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,6 +204,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="also time a rerun after a half-way kill")
     parser.add_argument("--out", default="benchmarks/results/extract.json")
     parser.add_argument(
+        "--manifest", type=Path, default=None, help="a prepared manifest instead of noise JPEGs"
+    )
+    parser.add_argument("--data-root", type=Path, default=None, help="the images of --manifest")
+    parser.add_argument(
+        "--components", type=int, default=0, help="decode-only / model-only rates on K images"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -174,12 +221,23 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     use_gpu = args.device.startswith("cuda")
-    classes = [f"n{i:08d}" for i in range(args.num_classes)]
+    if (args.manifest is None) != (args.data_root is None):
+        parser.error("--manifest and --data-root go together")
+    source = read_manifest(args.manifest) if args.manifest is not None else None
+    if source is not None and source.num_rows < max(args.sizes):
+        parser.error(f"{args.manifest} has {source.num_rows} rows, fewer than --sizes {max(args.sizes)}")
+    classes = (
+        manifest_classes(source) if source is not None else [f"n{i:08d}" for i in range(args.num_classes)]
+    )
     results: list[dict[str, Any]] = []
     resumes: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         work = Path(tmp)
-        records = make_dataset(work / "data", max(args.sizes), args.source_size, classes)
+        if source is None:
+            data_root = work / "data"
+            records = make_dataset(data_root, max(args.sizes), args.source_size, classes)
+        else:
+            data_root = args.data_root
         torch.manual_seed(0)
         model = build_model(args.backbone, len(classes), "acol", head_channels=args.head_channels)
         torch.save(model.state_dict(), work / "model.pt")
@@ -209,9 +267,13 @@ def main() -> None:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             for n in args.sizes:
                 manifest = work / f"val_{n}.parquet"
-                write_manifest(manifest_from_records(records[:n], classes, "synthetic"), manifest)
+                if source is not None:
+                    table = source.slice(0, n)
+                else:
+                    table = manifest_from_records(records[:n], classes, "synthetic")
+                write_manifest(table, manifest)
                 out = work / "out" / f"{engine}_{n}"
-                run_args = (params, "acol", manifest, work / "data", work / "model.pt", card, out)
+                run_args = (params, "acol", manifest, data_root, work / "model.pt", card, out)
                 if engine == "ray":
                     run = functools.partial(extract, **options)
                 else:
@@ -244,6 +306,13 @@ def main() -> None:
                     log.info("%s", resumes[-1])
             if engine == "ray":
                 ray.shutdown()
+        components = None
+        if args.components:
+            manifest = work / f"val_{max(args.sizes)}.parquet"
+            components = component_rates(
+                manifest, data_root, work / "model.pt", card, params, args.components
+            )
+            log.info("components: %s", components)
 
     by_key = {(r["engine"], r["images"]): r for r in results}
 
@@ -256,7 +325,9 @@ def main() -> None:
 
     ratios, steady_ratios = ratios_of("images_per_s"), ratios_of("steady_images_per_s")
     report = {
-        "config": vars(args),
+        "config": {
+            key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+        },
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -266,6 +337,7 @@ def main() -> None:
         },
         "results": results,
         "resume": resumes,
+        "components": components,
         "ray_over_plain_images_per_s": ratios,
         "ray_over_plain_steady_images_per_s": steady_ratios,
         "note": "wall_seconds: the extract call; call_to_first_batch_seconds: from the call to the first result "
