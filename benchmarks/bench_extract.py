@@ -167,7 +167,7 @@ def component_rates(
             decode_batch({k: v[first : first + batch] for k, v in columns.items()}, str(root), size)
         )
     decode_s = time.perf_counter() - start
-    kwargs = model_kwargs_from_card(card, params, "acol", manifest_classes(table))
+    kwargs = model_kwargs_from_card(card, params, card["method"], manifest_classes(table))
     predictor = MapPredictor(kwargs, str(model_path), size, params.extract.box_threshold)
     predictor(decoded[0])  # warm-up, not timed
     start = time.perf_counter()
@@ -183,6 +183,16 @@ def component_rates(
 
 
 _COLUMNS = ["image_id", "class_index", "width", "height"]
+
+
+def keep_output(out: Path, manifest: Path, card: dict[str, Any], keep: Path) -> None:
+    """The extraction (maps + summary), its manifest and model card, for the evaluate stage to read."""
+    import shutil
+
+    shutil.rmtree(keep, ignore_errors=True)
+    shutil.copytree(out, keep)
+    shutil.copy(manifest, keep / "manifest.parquet")
+    write_json_atomic(keep / "model_card.json", card)
 
 
 def main() -> None:
@@ -209,6 +219,11 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=None, help="the images of --manifest")
     parser.add_argument(
         "--components", type=int, default=0, help="decode-only / model-only rates on K images"
+    )
+    parser.add_argument("--method", default="acol", choices=["acol", "cam", "acol_a"])
+    parser.add_argument("--plain-max", type=int, default=None, help="run the plain loop only up to this size")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="copy the largest Ray run's output (maps, summary, card) here"
     )
     parser.add_argument(
         "--set",
@@ -239,10 +254,10 @@ def main() -> None:
         else:
             data_root = args.data_root
         torch.manual_seed(0)
-        model = build_model(args.backbone, len(classes), "acol", head_channels=args.head_channels)
+        model = build_model(args.backbone, len(classes), args.method, head_channels=args.head_channels)
         torch.save(model.state_dict(), work / "model.pt")
         card = {
-            "method": "acol",
+            "method": args.method,
             "backbone": args.backbone,
             "num_classes": len(classes),
             "classes": classes,
@@ -266,6 +281,8 @@ def main() -> None:
 
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             for n in args.sizes:
+                if engine == "plain" and args.plain_max is not None and n > args.plain_max:
+                    continue
                 manifest = work / f"val_{n}.parquet"
                 if source is not None:
                     table = source.slice(0, n)
@@ -273,7 +290,7 @@ def main() -> None:
                     table = manifest_from_records(records[:n], classes, "synthetic")
                 write_manifest(table, manifest)
                 out = work / "out" / f"{engine}_{n}"
-                run_args = (params, "acol", manifest, data_root, work / "model.pt", card, out)
+                run_args = (params, args.method, manifest, data_root, work / "model.pt", card, out)
                 if engine == "ray":
                     run = functools.partial(extract, **options)
                 else:
@@ -304,6 +321,8 @@ def main() -> None:
                 if args.resume and n == max(args.sizes):
                     resumes.append(_resume_row(run, run_args, row, params.extract.rows_per_file))
                     log.info("%s", resumes[-1])
+                if args.keep is not None and engine == "ray" and n == max(args.sizes):
+                    keep_output(out, manifest, card, args.keep)
             if engine == "ray":
                 ray.shutdown()
         components = None
