@@ -130,3 +130,11 @@ def test_compare_reads_experiments_under_their_commit() -> None:
         "-",
         "-",
     ]
+
+
+def test_compare_help_prints_its_usage_instead_of_failing(capsys) -> None:
+    """`--help` would reach `dvc exp show --json --help`, whose text is not JSON: the tool answers itself."""
+    from acol.stages.compare import main
+
+    assert main(["--help"]) == 0
+    assert "python -m acol.stages.compare -A" in capsys.readouterr().out

@@ -91,6 +91,9 @@ def render(columns: list[RunColumn]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run ``dvc exp show --json`` (this interpreter's DVC) with the given options; print the table."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):  # dvc's own help is not JSON
+        print(__doc__.strip())
+        return 0
     result = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json", *args], capture_output=True, text=True
     )
