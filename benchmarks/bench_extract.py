@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--method", default="acol", choices=["acol", "cam", "acol_a"])
     parser.add_argument("--plain-max", type=int, default=None, help="run the plain loop only up to this size")
     parser.add_argument(
-        "--keep", type=Path, default=None, help="copy the largest Ray run's output (maps, summary, card) here"
+        "--keep", type=Path, default=None, help="copy the largest run's output (maps, summary, card) here"
     )
     parser.add_argument(
         "--set",
@@ -321,7 +321,7 @@ def main() -> None:
                 if args.resume and n == max(args.sizes):
                     resumes.append(_resume_row(run, run_args, row, params.extract.rows_per_file))
                     log.info("%s", resumes[-1])
-                if args.keep is not None and engine == "ray" and n == max(args.sizes):
+                if args.keep is not None and n == max(args.sizes):  # the last engine's copy stays
                     keep_output(out, manifest, card, args.keep)
             if engine == "ray":
                 ray.shutdown()
