@@ -9,8 +9,8 @@ not depend on what the model learned.
     python benchmarks/bench_extract.py --sizes 128 512 --batch-size 32
     python benchmarks/bench_extract.py --device cuda --channels-last --bf16 --backbone vgg16 --image-size 224
     python benchmarks/bench_extract.py --sizes 2048 --resume --set extract.rows_per_file=256
-    python benchmarks/bench_extract.py --manifest outputs/shadow/prepare/val.parquet --data-root data/shadow \
-        --sizes 1000 10000 50000 --image-size 224 --batch-size 64 --components 512
+    python benchmarks/bench_extract.py --manifest <work>/prepare/val.parquet --data-root <work>/data \
+        --method cam --sizes 50000 --image-size 64 --components 512   # as benchmarks/shadow_ilsvrc.sh prepares
 
 ``--manifest`` / ``--data-root``: the first N rows of a prepared manifest (e.g. the shadow ILSVRC val set at the
 real image sizes) instead of generated noise JPEGs. ``--components K``: also the decode-only rate
@@ -34,6 +34,7 @@ import functools
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -187,8 +188,6 @@ _COLUMNS = ["image_id", "class_index", "width", "height"]
 
 def keep_output(out: Path, manifest: Path, card: dict[str, Any], keep: Path) -> None:
     """The extraction (maps + summary), its manifest and model card, for the evaluate stage to read."""
-    import shutil
-
     shutil.rmtree(keep, ignore_errors=True)
     shutil.copytree(out, keep)
     shutil.copy(manifest, keep / "manifest.parquet")
