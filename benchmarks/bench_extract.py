@@ -160,7 +160,9 @@ def component_rates(
 ) -> dict[str, float]:
     """Decode-only and model-only images/s on the first `count` rows, each alone in this process."""
     table = read_manifest(manifest).slice(0, count)
-    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in _COLUMNS}
+    columns = {
+        name: table.column(name).to_numpy(zero_copy_only=False) for name in extract_module._INPUT_COLUMNS
+    }
     size, batch = params.train.image_size, params.extract.batch_size
     start, decoded = time.perf_counter(), []
     for first in range(0, table.num_rows, batch):
@@ -181,9 +183,6 @@ def component_rates(
         "model_images_per_s": round(table.num_rows / model_s, 1),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-_COLUMNS = ["image_id", "class_index", "width", "height"]
 
 
 def keep_output(out: Path, manifest: Path, card: dict[str, Any], keep: Path) -> None:
