@@ -17,7 +17,7 @@ from acol.inference.mapstore import read_maps
 from acol.io import write_json_atomic, write_text_atomic
 from acol.models import METHODS
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
-from acol.stages.evaluate import evaluate_method
+from acol.stages.evaluate import EVALUATED_COLUMNS, evaluate_method
 from acol.tracking import runs as tracking
 from acol.tracking.dvc_metrics import evaluation_metrics
 from acol.tracking.registry import record_and_promote
@@ -48,9 +48,13 @@ def main() -> None:
     log.info("evaluating %s maps from %s", args.method, maps_dir)
     fullsup = None
     if args.fullsup_maps and args.fullsup_manifest:
-        fullsup = (read_maps(args.fullsup_maps), read_manifest(args.fullsup_manifest))
+        fullsup = (read_maps(args.fullsup_maps, EVALUATED_COLUMNS), read_manifest(args.fullsup_manifest))
     result = evaluate_method(
-        read_maps(maps_dir), read_manifest(args.manifest), params.data.root, params.evaluate, fullsup
+        read_maps(maps_dir, EVALUATED_COLUMNS),
+        read_manifest(args.manifest),
+        params.data.root,
+        params.evaluate,
+        fullsup,
     )
     metrics = {"method": args.method, "backbone": params.model.backbone, **result.metrics}
     if args.method == "acol":

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from acol.wsol.contours import best_iou_per_cut, box_hits, contour_boxes_all_cuts
+from acol.wsol.contours import best_iou_per_cut, box_hits, box_iou_table, contour_boxes_all_cuts
 from acol.wsol.reference import reference_boxes, reference_iou
 from acol.wsol.scoremaps import normalize_maps, quantize
 
@@ -164,6 +164,28 @@ def test_empty_mask_uses_the_protocol_box() -> None:
     # Only the cuts asked for are filled below the maximum.
     part = best_iou_per_cut(q, np.array([[5, 5, 6, 6]]), cuts=np.array([2]))
     assert part[2] == 1.0 and part[0] == -1.0 and part[4] == 0.0
+
+
+@pytest.mark.parametrize("multi", [True, False])
+def test_box_iou_table_rows_are_best_iou_per_cut(multi: bool) -> None:
+    rng = np.random.default_rng(4)
+    q = quantize(
+        normalize_maps(
+            np.stack(
+                [cv2.resize(rng.random((5, 5)), (64, 48), interpolation=cv2.INTER_CUBIC) for _ in range(4)]
+            )
+        )
+    )
+    q[1] //= 2  # a map whose maximum is below 255: cuts from its max on hold the empty box's IoU
+    gts = [np.array([[3, 4, 40, 30]]), np.array([[0, 0, 63, 47], [5, 5, 9, 9]]), np.array([[20, 1, 60, 20]])]
+    gts.append(np.array([[1, 1, 2, 2]]))
+    offsets = np.concatenate(([0], np.cumsum([len(g) for g in gts])))
+    table = box_iou_table(q, np.concatenate(gts), offsets, multi)
+    assert table.shape == (4, 256)
+    for row, m, g in zip(table, q, gts, strict=True):
+        np.testing.assert_array_equal(row, best_iou_per_cut(m, g, multi_contour=multi))
+    with pytest.raises(ValueError, match="gt_offsets"):
+        box_iou_table(q, np.concatenate(gts), offsets[:-1], multi)
 
 
 def test_box_hits_counts_per_threshold() -> None:

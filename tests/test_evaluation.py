@@ -74,7 +74,11 @@ def _dataset(tmp_path: Path, n: int = 60, seed: int = 0):
     return manifest, columns, np.stack(maps), labels, top5
 
 
-def test_numbers_match_the_evaluators_on_the_test_part(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [256, 3])  # one task, and many tasks over the stage's threads
+def test_numbers_match_the_evaluators_on_the_test_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr("acol.stages.evaluate.CHUNK", chunk)
     manifest, columns, maps, labels, top5 = _dataset(tmp_path)
     params = EvaluateParams(interval=0.05, holdout_fraction=0.3)
     result = evaluate_method(columns_to_table(columns), manifest, tmp_path, params)
@@ -167,25 +171,27 @@ def test_no_held_out_image_is_an_error_not_a_default_threshold(tmp_path: Path) -
         evaluate_method(columns_to_table(columns), manifest, tmp_path, EvaluateParams(holdout_fraction=0.05))
 
 
-def test_box_evaluator_threads_end_with_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """evaluate_method closes its evaluators: no ``box-evaluator`` thread outlives it (small chunks force the
-    evaluators to start their thread pools on this small data)."""
+def test_stage_threads_end_with_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_method sweeps its chunks in a thread pool and closes it: no ``evaluate`` thread outlives the
+    call (small chunks force several tasks on this small data), and OpenCV's thread count is restored."""
     import threading
 
-    started = []
+    import cv2
 
-    class SmallChunks(BoxEvaluator):
-        def __init__(self, *args, **kwargs) -> None:
-            kwargs.update(chunk_size=2, n_workers=2)
-            super().__init__(*args, **kwargs)
+    from acol.stages import evaluate as stage
 
-        def _accumulate_chunks(self, maps, gts):
-            hits = super()._accumulate_chunks(maps, gts)
-            started.append(self._threads is not None)
-            return hits
+    ran_in = []
+    chunk = stage._Sweep.chunk
 
-    monkeypatch.setattr("acol.stages.evaluate.BoxEvaluator", SmallChunks)
+    def recording_chunk(self, part):
+        ran_in.append(threading.current_thread().name)
+        return chunk(self, part)
+
+    monkeypatch.setattr(stage, "CHUNK", 3)
+    monkeypatch.setattr(stage._Sweep, "chunk", recording_chunk)
     manifest, columns, *_ = _dataset(tmp_path, n=20)
+    threads_before = cv2.getNumThreads()
     evaluate_method(columns_to_table(columns), manifest, tmp_path, EvaluateParams(interval=0.1))
-    assert started and all(started)
-    assert [t.name for t in threading.enumerate() if t.name.startswith("box-evaluator")] == []
+    assert len(ran_in) == 7 and all(name.startswith("evaluate") for name in ran_in)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("evaluate")] == []
+    assert cv2.getNumThreads() == threads_before

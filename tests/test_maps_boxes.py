@@ -61,6 +61,15 @@ def test_normalize_quantize_and_degenerate_maps() -> None:
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out[1:], 0)
     assert normalize_maps(m.astype(np.float64)).dtype == np.float64
+    infinite = np.stack([m, m, m]).astype(np.float32)
+    infinite[0, 0, 0], infinite[1, 1, 1] = np.inf, -np.inf
+    np.testing.assert_array_equal(normalize_maps(infinite)[:2], 0)
+    # bit-identical to wsolevaluation's normalize_scoremap, one map at a time: cam -= min; cam /= max
+    maps = np.random.default_rng(0).random((6, 9, 7)).astype(np.float32) * 3 - 1
+    for got, cam in zip(normalize_maps(maps), maps.copy(), strict=True):
+        cam -= cam.min()
+        cam /= cam.max()
+        np.testing.assert_array_equal(got, cam)
     assert quantize(np.array([[0.0, 0.5, 1.0]])).tolist() == [[0, 127, 255]]
     # float32 arithmetic: 0.2f * 255 = 51.000004 -> 51, computed in the map's own precision
     assert quantize(np.array([[0.2]], np.float32))[0, 0] == int(np.float32(0.2) * np.float32(255))

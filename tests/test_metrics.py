@@ -8,8 +8,10 @@ from acol.data.paths import UnsafePathError
 from acol.wsol.metrics import (
     BoxEvaluator,
     ClassicLocEvaluator,
+    IouTable,
     MaskEvaluator,
     gt_known_correct,
+    iou_table,
     load_wsol_mask,
     select_cam_threshold,
     topk_correct,
@@ -69,6 +71,57 @@ def test_box_evaluator_with_workers_matches_serial(multi: bool) -> None:
         np.testing.assert_array_equal(got.curves[k], serial.compute().curves[k])
     with pytest.raises(ValueError, match="chunk_size"):
         BoxEvaluator(chunk_size=0)
+
+
+@pytest.mark.parametrize("multi", [True, False])
+def test_one_iou_table_answers_every_subset_as_the_reference(multi: bool) -> None:
+    """One sweep per map (``iou_table``) gives, for any subset, the reference's curves, and per image the
+    protocol's GT-known hit at any threshold."""
+    rng = np.random.default_rng(5)
+    maps, gts = smooth_maps(rng, 16), random_gts(rng, 16)
+    maps[2] = 0.0  # an empty map: every cut holds the (0, 0, 0, 0) box
+    table = IouTable.concat([iou_table(maps[:9], gts[:9], multi), iou_table(maps[9:], gts[9:], multi)])
+    part = np.array([0, 2, 5, 11, 15])
+    ev = BoxEvaluator(interval=0.004, multi_contour=multi)
+    ev.accumulate_table(table.take(part), chunk_size=2)
+    ref = reference_box_accuracy(maps[part], [gts[i] for i in part], 0.004, (30, 50, 70), multi)
+    for k in (30, 50, 70):
+        np.testing.assert_array_equal(ev.compute().curves[k], ref[k])
+    for t in (0.0, 0.37, 0.999):
+        hits = table.at(np.array([t]))[:, 0] >= 0.5
+        np.testing.assert_array_equal(hits, gt_known_correct(maps, gts, t, multi_contour=multi))
+    with pytest.raises(ValueError, match="multi_contour"):
+        BoxEvaluator(multi_contour=not multi).accumulate_table(table)
+    with pytest.raises(ValueError, match="multi_contour"):
+        ClassicLocEvaluator(0.5, multi_contour=not multi).accumulate_table(
+            np.zeros((16, 3)), np.zeros(16), table
+        )
+    with pytest.raises(ValueError, match="contour modes"):
+        IouTable.concat([table, iou_table(maps[:1], gts[:1], not multi)])
+
+
+def test_evaluators_accumulate_from_threads() -> None:
+    """The stage feeds one BoxEvaluator and one MaskEvaluator from its worker threads: totals are exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    maps, gts = smooth_maps(rng, 24), random_gts(rng, 24)
+    masks = (rng.random((24, 224, 224)) > 0.5).astype(np.uint8)
+    serial, threaded = BoxEvaluator(interval=0.05), BoxEvaluator(interval=0.05)
+    serial_px, threaded_px = MaskEvaluator(0.05), MaskEvaluator(0.05)
+    serial.accumulate(maps, gts)
+    serial_px.accumulate(maps, masks)
+
+    def feed(start: int) -> None:
+        threaded.accumulate(maps[start : start + 3], gts[start : start + 3])
+        threaded_px.accumulate(maps[start : start + 3], masks[start : start + 3])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(feed, range(0, 24, 3)))
+    for k in (30, 50, 70):
+        np.testing.assert_array_equal(threaded.compute().curves[k], serial.compute().curves[k])
+    assert threaded.compute().num_images == 24
+    assert threaded_px.compute().pxap == serial_px.compute().pxap
 
 
 def test_box_evaluator_noisy_float32_maps_identical_to_reference() -> None:

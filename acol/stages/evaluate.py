@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from acol.config import EvaluateParams
 from acol.data.manifest import manifest_classes
@@ -28,15 +31,30 @@ from acol.wsol.metrics import (
     BoxResult,
     ClassicLocEvaluator,
     ClassicResult,
+    IouTable,
     MaskEvaluator,
+    iou_table,
     load_wsol_mask,
     select_cam_threshold,
 )
 from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_scoremap
 
-__all__ = ["EvaluationResult", "holdout_mask", "evaluate_method"]
+__all__ = ["EVALUATED_COLUMNS", "EvaluationResult", "holdout_mask", "evaluate_method"]
 
-CHUNK = 512  # images per batch: bounds memory (512 x 224 x 224 float32 = 100 MB)
+# the map store columns evaluate_method reads: the top-1 maps and boxes stay on disk (at 224 a map column of
+# 50,000 images is ~0.3 GB)
+EVALUATED_COLUMNS = (
+    "error",
+    "label",
+    "top5_classes",
+    "map_height",
+    "map_width",
+    "map_gt",
+    "map_a_gt",
+    "map_b_gt",
+)
+
+CHUNK = 256  # images per task of the thread pool: bounds memory (256 x 224 x 224 float32 = 51 MB per thread)
 
 
 @dataclass
@@ -117,7 +135,7 @@ def evaluate_method(
     maps, its manifest), and every val image is reported, as Choe et al. do. Raises ValueError when the
     held-out part is empty: the classic metrics need a threshold chosen there.
     """
-    with ExitStack() as closing:  # the box evaluators' threads end with the call
+    with ExitStack() as closing:  # the stage's threads end with the call
         return _evaluate_method(maps_table, manifest, root, params, fullsup, closing)
 
 
@@ -134,73 +152,100 @@ def _evaluate_method(
     use_fullsup = params.threshold_split == "fullsup"
     held = np.zeros(len(ids), dtype=bool) if use_fullsup else holdout_mask(ids, params.holdout_fraction)
     test_idx, hold_idx = np.flatnonzero(~held), np.flatnonzero(held)
-    gt = _gt_boxes_224(rows)
-    labels, scores = _rank_scores(ok, len(manifest_classes(manifest)))
-
-    def prepared(column: str, index: np.ndarray) -> np.ndarray:
-        return prepare_scoremap(maps_array(ok.take(pa.array(index)), column))
-
-    # both contour modes run the union-find kernels in threads (numba releases the GIL)
-    v2 = closing.enter_context(
-        BoxEvaluator(
-            params.iou_thresholds, params.interval, multi_contour=True, n_workers=os.cpu_count() or 1
-        )
+    if not use_fullsup:
+        _check_holdout(params, hold_idx, len(ids))
+    has_masks = rows.column("mask_path").null_count == 0
+    v2 = BoxEvaluator(params.iou_thresholds, params.interval, multi_contour=True)
+    pxap = MaskEvaluator(params.interval) if has_masks else None
+    sweep = _Sweep(ok, rows, _gt_boxes_224(rows), held, v2, pxap, root)
+    workers = os.cpu_count() or 1
+    closing.enter_context(_opencv_threads(0))  # the chunks run in parallel; OpenCV's own threads only contend
+    pool = closing.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="evaluate"))
+    chunks = list(_chunks(len(ids)))
+    parts = list(
+        tqdm(pool.map(sweep.chunk, chunks), total=len(chunks), desc="evaluate", unit="chunk", mininterval=5)
     )
-    v1 = closing.enter_context(
-        BoxEvaluator((50,), params.interval, multi_contour=False, n_workers=os.cpu_count() or 1)
-    )
+    largest = IouTable.concat([table for table, _ in parts])  # every image's largest-contour IoU per cut
     if use_fullsup:
         threshold = _fullsup_threshold(fullsup, params.interval)
-    else:
-        threshold = _holdout_threshold(params, prepared, gt, hold_idx, len(ids))
+    else:  # the CAM threshold maximizing GT-known loc on the held-out images, as select_cam_threshold
+        chooser = BoxEvaluator((50,), params.interval, multi_contour=False)
+        chooser.accumulate_table(largest.take(hold_idx))
+        threshold = chooser.compute().best_threshold[50]
+    v1 = BoxEvaluator((50,), params.interval, multi_contour=False)
+    v1.accumulate_table(largest.take(test_idx))
     classic = ClassicLocEvaluator(cam_threshold=threshold)
-    has_masks = rows.column("mask_path").null_count == 0
-    pxap = MaskEvaluator(params.interval) if has_masks else None
-    coverage = _accumulate_test(
-        test_idx, prepared, gt, (v2, v1, classic), scores, labels, pxap, ok, rows, root
-    )
+    labels, top5 = _labels_and_top5(ok)
+    n_classes = len(manifest_classes(manifest))
+    for part in _chunks(len(test_idx)):
+        index = test_idx[part]
+        classic.accumulate_table(_rank_scores(top5[index], n_classes), labels[index], largest.take(index))
     metrics, curves = _box_and_classic_metrics(
         v2.compute(), v1.compute(), classic.compute(), threshold, len(test_idx), len(hold_idx), failed
     )
+    coverage = _merge_coverage([cov for _, cov in parts])
     pr = _mask_metrics(pxap, coverage, metrics) if pxap is not None else None
     return EvaluationResult(metrics=metrics, box_curves=curves, pr_curve=pr)
 
 
-def _accumulate_test(
-    test_idx: np.ndarray,
-    prepared: Callable[[str, np.ndarray], np.ndarray],
-    gt: list[np.ndarray],
-    evaluators: tuple[BoxEvaluator, BoxEvaluator, ClassicLocEvaluator],
-    scores: np.ndarray,
-    labels: np.ndarray,
-    pxap: MaskEvaluator | None,
-    ok: pa.Table,
-    rows: pa.Table,
-    root: str | Path,
+@contextmanager
+def _opencv_threads(n: int) -> Iterator[None]:
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+@dataclass
+class _Sweep:
+    """One pass over the validation maps, a chunk per call (calls run in threads): each image's map of its
+    GT class is prepared once and swept once per contour mode; the multi-contour boxes of test images feed
+    MaxBoxAccV2, the largest contour's IoUs of every image are returned for the threshold, MaxBoxAcc and
+    GT-known, and with masks the test images feed PxAP and the branch coverage."""
+
+    ok: pa.Table
+    rows: pa.Table
+    gt: list[np.ndarray]
+    held: np.ndarray
+    v2: BoxEvaluator
+    pxap: MaskEvaluator | None
+    root: str | Path
+
+    def chunk(self, part: slice) -> tuple[IouTable, dict[str, tuple[float, float, int]]]:
+        maps_table = self.ok.slice(part.start, part.stop - part.start)
+        maps = prepare_scoremap(maps_array(maps_table, "map_gt"))
+        boxes = self.gt[part]
+        largest = iou_table(maps, boxes, multi_contour=False)
+        test = np.flatnonzero(~self.held[part])
+        if len(test):
+            self.v2.accumulate(maps[test], [boxes[i] for i in test])
+        coverage = {}
+        if self.pxap is not None and len(test):
+            coverage = self._masks(maps_table.take(pa.array(test)), maps[test], part.start + test)
+        return largest, coverage
+
+    def _masks(self, maps_table: pa.Table, maps: np.ndarray, index: np.ndarray) -> dict:
+        """PxAP histograms and the mean map inside / outside the masks per branch, for test images."""
+        mask_paths = self.rows.column("mask_path").to_pylist()
+        masks = np.stack([load_wsol_mask(self.root, [mask_paths[i]], "", RESIZE_LENGTH) for i in index])
+        assert self.pxap is not None
+        self.pxap.accumulate(maps, masks)
+        branch_maps = {"fused": maps, "a": prepare_scoremap(maps_array(maps_table, "map_a_gt"))}
+        if maps_table.column("map_b_gt").null_count == 0:
+            branch_maps["b"] = prepare_scoremap(maps_array(maps_table, "map_b_gt"))
+        return {name: (*_coverage(values, masks), len(index)) for name, values in branch_maps.items()}
+
+
+def _merge_coverage(
+    parts: list[dict[str, tuple[float, float, int]]],
 ) -> dict[str, list[tuple[float, float, int]]]:
-    """Feed the test images to every evaluator chunk by chunk (bounded memory); return the branch coverage
-    (mean map inside, outside the mask, image count) per chunk, when there are masks."""
-    v2, v1, classic = evaluators
-    mask_paths = rows.column("mask_path").to_pylist()
-    has_b = ok.column("map_b_gt").null_count < ok.num_rows
-    coverage: dict[str, list[tuple[float, float, int]]] = {"a": [], "b": [], "fused": []}
-    for part in _chunks(len(test_idx)):
-        index = test_idx[part]
-        maps = prepared("map_gt", index)
-        boxes = [gt[i] for i in index]
-        v2.accumulate(maps, boxes)
-        v1.accumulate(maps, boxes)
-        classic.accumulate(scores[index], labels[index], maps, boxes)
-        if pxap is not None:
-            masks = np.stack([load_wsol_mask(root, [mask_paths[i]], "", RESIZE_LENGTH) for i in index])
-            pxap.accumulate(maps, masks)
-            branch_maps = {"fused": maps, "a": prepared("map_a_gt", index)}
-            if has_b:
-                branch_maps["b"] = prepared("map_b_gt", index)
-            for name, values in branch_maps.items():
-                inside, outside = _coverage(values, masks)
-                coverage[name].append((inside, outside, len(index)))
-    return coverage
+    merged: dict[str, list[tuple[float, float, int]]] = {"a": [], "b": [], "fused": []}
+    for part in parts:  # chunk order: the weighted means come out the same on every run
+        for name, value in part.items():
+            merged[name].append(value)
+    return merged
 
 
 def _box_and_classic_metrics(
@@ -232,23 +277,21 @@ def _box_and_classic_metrics(
     return metrics, curves
 
 
-def _rank_scores(ok: pa.Table, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (N,) and (N, C) class scores from the stored top-5: the classic metrics only need their order."""
+def _labels_and_top5(ok: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and the stored top-5 classes (N, 5) of the maps."""
     labels = np.asarray(ok.column("label"), dtype=np.int64)
-    top5 = np.asarray(ok.column("top5_classes").to_pylist(), dtype=np.int64)
-    scores = np.full((len(labels), n_classes), -1.0)
+    return labels, np.asarray(ok.column("top5_classes").to_pylist(), dtype=np.int64)
+
+
+def _rank_scores(top5: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, C) class scores that rank the stored top-5 first: the classic metrics only need their order."""
+    scores = np.full((len(top5), n_classes), -1.0)
     np.put_along_axis(scores, top5, np.arange(top5.shape[1], 0, -1, dtype=np.float64)[None, :], axis=1)
-    return labels, scores
+    return scores
 
 
-def _holdout_threshold(
-    params: EvaluateParams,
-    prepared: Callable[[str, np.ndarray], np.ndarray],
-    gt: list[np.ndarray],
-    hold_idx: np.ndarray,
-    n_images: int,
-) -> float:
-    """The CAM threshold of the classic metrics, chosen on the held-out images; none held out is an error."""
+def _check_holdout(params: EvaluateParams, hold_idx: np.ndarray, n_images: int) -> None:
+    """The classic metrics' CAM threshold is chosen on the held-out images: none held out is an error."""
     if not len(hold_idx):
         # No silent default threshold: the classic metrics (top-1 loc, GT-known) would be reported at a guess.
         raise ValueError(
@@ -256,7 +299,6 @@ def _holdout_threshold(
             "validation images, so the CAM threshold of the classic metrics cannot be chosen: raise "
             "evaluate.holdout_fraction, evaluate more images, or use evaluate.threshold_split: fullsup"
         )
-    return select_cam_threshold(prepared("map_gt", hold_idx), [gt[i] for i in hold_idx], params.interval)
 
 
 def _mask_metrics(

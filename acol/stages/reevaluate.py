@@ -279,12 +279,15 @@ def _extract_and_evaluate(
     from acol.data.manifest import read_manifest
     from acol.distributed.extract import extract, extract_plain
     from acol.inference.mapstore import read_maps
-    from acol.stages.evaluate import evaluate_method
+    from acol.stages.evaluate import EVALUATED_COLUMNS, evaluate_method
 
     run = extract if engine == "ray" else extract_plain
     run(params, method, manifest, root, model_path, card, out_dir / "extract")
     result = evaluate_method(
-        read_maps(out_dir / "extract" / "maps"), read_manifest(manifest), root, params.evaluate
+        read_maps(out_dir / "extract" / "maps", EVALUATED_COLUMNS),
+        read_manifest(manifest),
+        root,
+        params.evaluate,
     )
     return result.metrics
 

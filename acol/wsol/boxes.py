@@ -98,9 +98,11 @@ def boxes_from_mask(mask: np.ndarray, multi_contour: bool) -> np.ndarray:
     return boxes if multi_contour else boxes[[int(np.argmax(areas))]]
 
 
-def threshold_cuts(qmax: int, thresholds: np.ndarray) -> np.ndarray:
-    """Integer cuts ``int(t * qmax)`` (T,) of thresholds for a quantized map whose maximum is ``qmax``."""
-    return np.floor(np.asarray(thresholds, dtype=np.float64) * float(qmax)).astype(np.int64)
+def threshold_cuts(qmax: int | np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Integer cuts ``int(t * qmax)`` (T,) of thresholds for a quantized map whose maximum is ``qmax``;
+    (N, T) for the maxima (N,) of N maps."""
+    scale = np.asarray(qmax, dtype=np.float64)[..., None]
+    return np.floor(np.asarray(thresholds, dtype=np.float64) * scale).astype(np.int64)
 
 
 def boxes_at_thresholds(

@@ -590,11 +590,41 @@ def _box_hits_kernel(
     return hits
 
 
+@numba.njit(**_NJIT)
+def _iou_table_kernel(
+    qmaps: np.ndarray, gt_flat: np.ndarray, gt_offsets: np.ndarray, multi: bool
+) -> np.ndarray:
+    n_img, h, w = qmaps.shape
+    table = np.empty((n_img, 256), np.float64)
+    work = _workspace(h * w)
+    largest = _largest_workspace(h * w)
+    needed = np.ones(256, np.bool_)
+    for i in range(n_img):
+        q = qmaps[i]
+        gt = gt_flat[gt_offsets[i] : gt_offsets[i + 1]]
+        best = table[i]
+        if multi:
+            qmax, _, _, _ = _best_per_cut(q, gt, needed, best, work, False)
+        else:
+            qmax = _best_largest_per_cut(q, gt, needed, best, work, largest)
+        best[qmax:] = _empty_iou(gt)
+    return table
+
+
 def _check_gt(gt_boxes: np.ndarray, name: str) -> np.ndarray:
     gt = np.ascontiguousarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
     if (gt < 0).any() or (gt[:, 2] < gt[:, 0]).any() or (gt[:, 3] < gt[:, 1]).any():
         raise ValueError(f"{name} must be non-negative x0y0x1y1 boxes with x0 <= x1 and y0 <= y1")
     return gt
+
+
+def _check_offsets(gt_offsets: np.ndarray, n_maps: int) -> np.ndarray:
+    offsets = np.ascontiguousarray(gt_offsets, dtype=np.int64)
+    if offsets.shape != (n_maps + 1,) or (np.diff(offsets) < 1).any() or offsets[0] != 0:
+        raise ValueError(
+            f"gt_offsets must be (N + 1,) increasing from 0 with >= 1 box per map; got {offsets}"
+        )
+    return offsets
 
 
 def _check_q(q: np.ndarray, ndim: int) -> np.ndarray:
@@ -653,11 +683,7 @@ def box_hits(
     the GIL, so threads can share a batch.
     """
     arr = _check_q(qmaps, 3)
-    offsets = np.ascontiguousarray(gt_offsets, dtype=np.int64)
-    if offsets.shape != (len(arr) + 1,) or (np.diff(offsets) < 1).any() or offsets[0] != 0:
-        raise ValueError(
-            f"gt_offsets must be (N + 1,) increasing from 0 with >= 1 box per map; got {offsets}"
-        )
+    offsets = _check_offsets(gt_offsets, len(arr))
     gt = _check_gt(gt_flat, "gt_flat")
     if offsets[-1] != len(gt):
         raise ValueError(f"gt_offsets end at {offsets[-1]} but gt_flat holds {len(gt)} boxes")
@@ -669,3 +695,21 @@ def box_hits(
         np.ascontiguousarray(iou_fracs, dtype=np.float64),
         bool(multi_contour),
     )
+
+
+def box_iou_table(
+    qmaps: np.ndarray, gt_flat: np.ndarray, gt_offsets: np.ndarray, multi_contour: bool = True
+) -> np.ndarray:
+    """(N, 256) float64: row i is ``best_iou_per_cut`` of map i at every cut, with the same GT layout as
+    ``box_hits``.
+
+    Why: one sweep per map serves every question asked later of the same maps (the accuracy curve of any
+    subset, the threshold chosen on one part, each image's hit at that threshold) without sweeping again.
+    Releases the GIL.
+    """
+    arr = _check_q(qmaps, 3)
+    offsets = _check_offsets(gt_offsets, len(arr))
+    gt = _check_gt(gt_flat, "gt_flat")
+    if offsets[-1] != len(gt):
+        raise ValueError(f"gt_offsets end at {offsets[-1]} but gt_flat holds {len(gt)} boxes")
+    return _iou_table_kernel(arr, gt, offsets, bool(multi_contour))

@@ -9,6 +9,7 @@ Numbers are identical to the per-threshold protocol loop (``acol.wsol.reference`
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ import cv2
 import numpy as np
 
 from acol.data.paths import resolve_inside
-from acol.wsol.boxes import best_iou_per_threshold, check_boxes
-from acol.wsol.contours import box_hits
+from acol.wsol.boxes import best_iou_per_threshold, check_boxes, threshold_cuts
+from acol.wsol.contours import box_hits, box_iou_table
 from acol.wsol.scoremaps import RESIZE_LENGTH, quantize
 
 
@@ -90,6 +91,59 @@ def _chunk_hits(
     return box_hits(quantize(maps), gt_flat, offsets - offsets[0], thresholds, iou_fracs, multi_contour)
 
 
+def _flat_boxes(gt_boxes: Sequence[np.ndarray], n_maps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Checked GT boxes of a batch as (flat (G, 4) int64, offsets (N + 1,)): the kernels' layout."""
+    if len(gt_boxes) != n_maps:
+        raise ValueError(f"got {n_maps} score maps but {len(gt_boxes)} GT box arrays")
+    gts = [check_boxes(g, f"gt_boxes[{i}]") for i, g in enumerate(gt_boxes)]
+    for i, g in enumerate(gts):
+        if len(g) == 0:
+            raise ValueError(f"gt_boxes[{i}] is empty: every image needs at least one GT box")
+    offsets = np.concatenate(([0], np.cumsum([len(g) for g in gts]))).astype(np.int64)
+    flat = np.concatenate(gts).astype(np.int64) if gts else np.zeros((0, 4), np.int64)
+    return flat, offsets
+
+
+@dataclass(frozen=True)
+class IouTable:
+    """Each map's best box IoU at every cut of its quantized form, and the map's maximum (the cut rule's scale).
+
+    Why: the stage asks three things of the same largest-contour boxes (the threshold chosen on held-out
+    images, MaxBoxAcc on the others, each image's GT-known hit at that threshold); one sweep per map answers
+    all of them. Build with ``iou_table``.
+    """
+
+    ious: np.ndarray  # (N, 256) float64: best IoU at cut c; cuts >= qmax hold the empty box's IoU
+    qmax: np.ndarray  # (N,) int64: max of each quantized map
+    multi_contour: bool
+
+    def take(self, index: np.ndarray) -> IouTable:
+        """The rows ``index`` (positions or a bool mask)."""
+        return IouTable(self.ious[index], self.qmax[index], self.multi_contour)
+
+    def at(self, thresholds: np.ndarray) -> np.ndarray:
+        """(N, T) IoU of each map at each CAM threshold: cut ``floor(t * qmax)``, as the protocol's loop."""
+        return np.take_along_axis(self.ious, threshold_cuts(self.qmax, thresholds), axis=1)
+
+    @staticmethod
+    def concat(tables: Sequence[IouTable]) -> IouTable:
+        """One table of the rows of ``tables``, in order (all built with the same contour mode)."""
+        modes = {t.multi_contour for t in tables}
+        if len(modes) != 1:
+            raise ValueError(f"cannot join tables of different contour modes: {sorted(modes)}")
+        return IouTable(
+            np.concatenate([t.ious for t in tables]), np.concatenate([t.qmax for t in tables]), modes.pop()
+        )
+
+
+def iou_table(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], multi_contour: bool) -> IouTable:
+    """The ``IouTable`` of prepared maps (N, 224, 224) in [0, 1] and their N GT box arrays (GIL-free kernel)."""
+    q = quantize(_check_batch(scoremaps))
+    flat, offsets = _flat_boxes(gt_boxes, len(q))
+    ious = box_iou_table(q, flat, offsets, multi_contour)
+    return IouTable(ious, q.max(axis=(1, 2)).astype(np.int64), bool(multi_contour))
+
+
 @dataclass(frozen=True)
 class BoxResult:
     """MaxBoxAcc per IoU threshold, their mean, accuracy curves (%) over the grid and best thresholds."""
@@ -147,26 +201,37 @@ class BoxEvaluator:
         self._iou_fracs = np.array([k / 100 for k in self.iou_thresholds])  # same floats as `k / 100`
         self._hits = np.zeros((len(self.iou_thresholds), len(self.thresholds)), dtype=np.int64)
         self._count = 0
+        self._lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
 
     def accumulate(self, scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray]) -> None:
         """Add a batch: maps (N, H, W) normalized to [0, 1], N GT box arrays (k_i >= 1, 4) in map pixels."""
         maps = _check_batch(scoremaps)
-        if len(gt_boxes) != len(maps):
-            raise ValueError(f"got {len(maps)} score maps but {len(gt_boxes)} GT box arrays")
-        gts = [check_boxes(g, f"gt_boxes[{i}]") for i, g in enumerate(gt_boxes)]
-        for i, g in enumerate(gts):
-            if len(g) == 0:
-                raise ValueError(f"gt_boxes[{i}] is empty: every image needs at least one GT box")
-        self._hits += self._accumulate_chunks(maps, gts)
-        self._count += len(maps)
+        gt_flat, offsets = _flat_boxes(gt_boxes, len(maps))
+        self._add(self._accumulate_chunks(maps, gt_flat, offsets), len(maps))
 
-    def _accumulate_chunks(self, maps: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
+    def accumulate_table(self, table: IouTable, chunk_size: int = 1024) -> None:
+        """Add maps already swept (``iou_table`` in this evaluator's contour mode): no new sweep."""
+        if table.multi_contour != self.multi_contour:
+            raise ValueError(
+                f"the table was built with multi_contour={table.multi_contour}, this evaluator has "
+                f"multi_contour={self.multi_contour}"
+            )
+        hits = np.zeros_like(self._hits)
+        for start in range(0, len(table.qmax), chunk_size):  # bounds the (chunk, T) IoU array
+            ious = table.take(slice(start, start + chunk_size)).at(self.thresholds)
+            hits += (ious[None, :, :] >= self._iou_fracs[:, None, None]).sum(axis=1)
+        self._add(hits, len(table.qmax))
+
+    def _add(self, hits: np.ndarray, count: int) -> None:
+        with self._lock:  # accumulate may be called from several threads
+            self._hits += hits
+            self._count += count
+
+    def _accumulate_chunks(self, maps: np.ndarray, gt_flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """(n_iou, T) hits of a batch, in chunks over ``n_workers`` threads (quantized inside each chunk)."""
-        if not gts:
+        if len(maps) == 0:
             return np.zeros_like(self._hits)
-        offsets = np.concatenate(([0], np.cumsum([len(g) for g in gts]))).astype(np.int64)
-        gt_flat = np.concatenate(gts).astype(np.int64)
         bounds = [*range(0, len(maps), self.chunk_size), len(maps)]
         jobs = [
             (
@@ -242,6 +307,7 @@ class MaskEvaluator:
         self._edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
         self._true_hist = np.zeros(len(self.thresholds) + 2)
         self._false_hist = np.zeros(len(self.thresholds) + 2)
+        self._lock = threading.Lock()
 
     def accumulate(self, scoremaps: np.ndarray, masks: np.ndarray) -> None:
         """Add score histograms at GT-foreground and GT-background pixels (ignored pixels left out)."""
@@ -259,8 +325,11 @@ class MaskEvaluator:
                 f"masks hold values other than 0, 1 and ignore={self.ignore_value}: "
                 f"{np.unique(m[unexpected])}"
             )
-        self._true_hist += np.histogram(maps[m == 1], bins=self._edges)[0]
-        self._false_hist += np.histogram(maps[m == 0], bins=self._edges)[0]
+        true_hist = np.histogram(maps[m == 1], bins=self._edges)[0]
+        false_hist = np.histogram(maps[m == 0], bins=self._edges)[0]
+        with self._lock:  # accumulate may be called from several threads
+            self._true_hist += true_hist
+            self._false_hist += false_hist
 
     def compute(self) -> MaskResult:
         """PxAP (%) = sum of precision x recall increments over the bins, as in wsolevaluation."""
@@ -384,12 +453,21 @@ class ClassicLocEvaluator:
             raise ValueError(
                 f"batch sizes differ: {len(maps)} maps, {len(gt_boxes)} boxes, {len(labels)} labels"
             )
+        self.accumulate_table(class_scores, labels, iou_table(maps, gt_boxes, self.multi_contour))
+
+    def accumulate_table(self, class_scores: np.ndarray, labels: np.ndarray, table: IouTable) -> None:
+        """Add a batch whose GT-class maps were already swept (``iou_table`` in this contour mode)."""
+        if table.multi_contour != self.multi_contour:
+            raise ValueError(
+                f"the table was built with multi_contour={table.multi_contour}, this evaluator has "
+                f"multi_contour={self.multi_contour}"
+            )
+        if len(table.qmax) != len(labels):
+            raise ValueError(f"batch sizes differ: {len(table.qmax)} maps, {len(labels)} labels")
         k5 = min(5, np.asarray(class_scores).shape[1])
         self._top1.append(topk_correct(class_scores, labels, 1))
         self._top5.append(topk_correct(class_scores, labels, k5))
-        self._loc.append(
-            gt_known_correct(maps, gt_boxes, self.cam_threshold, self.iou_threshold, self.multi_contour)
-        )
+        self._loc.append(table.at(np.array([self.cam_threshold]))[:, 0] >= self.iou_threshold / 100)
 
     def compute(self) -> ClassicResult:
         """Errors and accuracy in percent over all accumulated images."""

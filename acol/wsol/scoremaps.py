@@ -47,14 +47,14 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     """
     arr = _check_maps(maps)
     batch = arr.reshape((-1, *arr.shape[-2:])).astype(arr.dtype, copy=True)  # (N, H, W)
-    bad = ~np.isfinite(batch).all(axis=(1, 2))
-    mins = np.where(bad, 0, batch.min(axis=(1, 2), initial=np.inf, where=~bad[:, None, None]))
-    batch -= mins[:, None, None].astype(arr.dtype)
-    maxs = np.where(bad, 0, batch.max(axis=(1, 2), initial=-np.inf, where=~bad[:, None, None]))
-    zero = bad | (maxs == 0)
+    with np.errstate(invalid="ignore"):  # NaN / inf rows give NaNs here; they are zeroed below
+        mins = batch.min(axis=(1, 2))
+        batch -= mins[:, None, None]
+        maxs = batch.max(axis=(1, 2))
+    # min is NaN or -inf, or max (after the shift) NaN or +inf, exactly when a row holds a non-finite value
+    zero = ~np.isfinite(mins) | ~np.isfinite(maxs) | (maxs == 0)
     batch[zero] = 0
-    keep = ~zero
-    batch[keep] /= maxs[keep][:, None, None].astype(arr.dtype)
+    np.divide(batch, maxs[:, None, None], out=batch, where=~zero[:, None, None])  # in place: no row copies
     return batch.reshape(arr.shape)
 
 
