@@ -111,6 +111,9 @@ class ExtractParams(_Section):
     # On one machine, cpus_per_actor + decode_cpus <= the machine's CPUs keeps both stages running at once.
     cpus_per_actor: float = Field(1.5, gt=0.0)
     decode_cpus: float = Field(0.5, gt=0.0)
+    # decoded batches Ray Data may hold ahead of inference (its object-store budget for the run): without a
+    # bound, decode runs ahead on a core that inference's threads need (on 2 cores, 0.57 of the plain loop)
+    buffer_batches: int = Field(8, ge=1)
     box_threshold: float = Field(0.2, ge=0.0, lt=1.0)  # CAM threshold for the boxes written with the maps
     rows_per_file: int = Field(2048, ge=1)
 

@@ -403,6 +403,12 @@ def _device(use_gpu: bool, device: str | None) -> str:
     return "cuda" if use_gpu else "cpu"
 
 
+def _buffer_bytes(params: Params) -> int:
+    """Ray Data's object-store budget: ``extract.buffer_batches`` decoded batches (uint8 3 x S x S images)."""
+    size = params.train.image_size
+    return params.extract.buffer_batches * params.extract.batch_size * 3 * size * size
+
+
 def _ray_dataset(
     inputs: pa.Table,
     params: Params,
@@ -474,13 +480,15 @@ def extract(
         gpus = cfg.num_actors if cfg.use_gpu else 0
         ensure_ray(cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus, gpus, params.ray.join_local)
         ctx = ray.data.DataContext.get_current()
-        old_order = ctx.execution_options.preserve_order
-        ctx.execution_options.preserve_order = True  # results in manifest order: deterministic parts
+        options = ctx.execution_options
+        old_order, old_limits = options.preserve_order, options.resource_limits
+        options.preserve_order = True  # results in manifest order: deterministic parts
+        options.resource_limits = old_limits.copy(object_store_memory=_buffer_bytes(params))
         try:
             ds = _ray_dataset(inputs, params, model_kwargs, root_str, model_str, amp, channels_last)
             yield from ds.iter_batches(batch_size=None, batch_format="numpy")
         finally:
-            ctx.execution_options.preserve_order = old_order
+            options.preserve_order, options.resource_limits = old_order, old_limits
 
     options = {"device": _device(cfg.use_gpu, None), "amp": amp, "channels_last": channels_last}
     return _run(
