@@ -185,6 +185,34 @@ def test_ray_equals_plain_loop(setup, ray_out):
     assert _hashes(s["work"] / "plain" / "maps") == ray_out["hashes"]
 
 
+def test_ray_decode_buffer_is_bounded_during_the_run_only(setup, ray_out, monkeypatch):
+    """extract.buffer_batches sets Ray Data's object-store budget while the plan runs (decode cannot run
+    ahead of inference unbounded), the smallest budget still finishes with the same bytes, and the
+    process's DataContext gets its limits back."""
+    import ray.data
+
+    from acol.distributed import extract as module
+
+    s = setup
+    params = s["params"].model_copy(
+        update={"extract": s["params"].extract.model_copy(update={"buffer_batches": 1})}
+    )
+    options = ray.data.DataContext.get_current().execution_options
+    before = options.resource_limits
+    seen = []
+    plan = module._ray_dataset
+
+    def spy(*args, **kwargs):
+        seen.append(options.resource_limits.object_store_memory)
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_ray_dataset", spy)
+    extract(params, *_args(s)[1:], s["work"] / "bounded")
+    assert seen == [1 * 4 * 3 * 48 * 48]  # one batch of 4 decoded 3 x 48 x 48 uint8 images
+    assert _hashes(s["work"] / "bounded" / "maps") == ray_out["hashes"]
+    assert options.resource_limits == before
+
+
 def test_cam_has_null_branch_b_and_card_is_checked(setup):
     s = setup
     torch.manual_seed(0)
