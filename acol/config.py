@@ -107,10 +107,13 @@ class ExtractParams(_Section):
     batch_size: int = Field(64, ge=1)
     num_actors: int = Field(1, ge=1)  # inference actors in the Ray Data pool
     use_gpu: bool = False
-    # CPUs Ray reserves per inference actor (its torch threads: the value rounded up) and per decode task.
+    # CPUs Ray reserves per inference actor (its torch threads: the value rounded up) and per decode actor.
     # On one machine, cpus_per_actor + decode_cpus <= the machine's CPUs keeps both stages running at once.
     cpus_per_actor: float = Field(1.5, gt=0.0)
     decode_cpus: float = Field(0.5, gt=0.0)
+    decode_actors: int = Field(
+        1, ge=1
+    )  # most JPEG-decode actors (Ray Data scales the pool from 1 up to this)
     # decoded batches Ray Data may hold ahead of inference (its object-store budget for the run): without a
     # bound, decode runs ahead on a core that inference's threads need (on 2 cores, 0.57 of the plain loop)
     buffer_batches: int = Field(8, ge=1)

@@ -52,7 +52,7 @@ from acol.inference.mapstore import (
     part_name,
 )
 from acol.inference.model_card import check_weights, load_model_card, model_kwargs_from_card
-from acol.inference.predict import MapPredictor, decode_batch
+from acol.inference.predict import BatchDecoder, MapPredictor, decode_batch
 from acol.io import atomic_path, resumable_dir, write_json_atomic
 
 __all__ = ["ExtractSummary", "extract", "extract_plain"]
@@ -418,15 +418,17 @@ def _ray_dataset(
     amp: bool,
     channels_last: bool,
 ) -> Any:
-    """The Ray Data plan: blocks of ``batch_size`` rows -> decode tasks -> a pool of `MapPredictor` actors."""
+    """The Ray Data plan: blocks of ``batch_size`` rows -> a pool of `BatchDecoder` actors (1 to
+    ``decode_actors``) -> a pool of `MapPredictor` actors."""
     import ray
 
     cfg, size = params.extract, params.train.image_size
     blocks = [inputs.slice(i, cfg.batch_size) for i in range(0, inputs.num_rows, cfg.batch_size)]
     ds = ray.data.from_arrow(blocks or [inputs])
     ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={"root": root, "size": size},
+        BatchDecoder,
+        fn_constructor_kwargs={"root": root, "size": size},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.decode_actors),
         batch_format="numpy",
         batch_size=None,
         num_cpus=cfg.decode_cpus,
@@ -444,6 +446,7 @@ def _ray_dataset(
             "num_threads": math.ceil(cfg.cpus_per_actor),
         },
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
         num_gpus=1 if cfg.use_gpu else 0,
         num_cpus=cfg.cpus_per_actor,
         batch_size=cfg.batch_size,
