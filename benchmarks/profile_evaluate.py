@@ -1,6 +1,6 @@
 """Profile: where the evaluate stage's time goes, phase by phase, on extracted maps (issue 11).
 
-Runs the stage's steps one after another in one thread on the first ``--images`` maps of a map store and
+Runs the stage's steps one after another in one thread (OpenCV's own threads off, as in the stage) on the first ``--images`` maps of a map store and
 reports the CPU time of each per map, and that CPU time projected to every map of the store: the stage runs
 the same steps over ``os.cpu_count()`` threads, so the sum over the number of cores is the floor of its wall
 time. Phases: reading the store (whole table), the float maps of the GT class (``maps_array``), resize +
@@ -25,7 +25,7 @@ import numpy as np
 from acol.data.manifest import read_manifest
 from acol.inference.mapstore import maps_array, read_maps
 from acol.io import write_json_atomic
-from acol.stages.evaluate import EVALUATED_COLUMNS, _gt_boxes_224, _rows_of_maps
+from acol.stages.evaluate import EVALUATED_COLUMNS, _gt_boxes_224, _opencv_threads, _rows_of_maps
 from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, iou_table
 from acol.wsol.scoremaps import prepare_scoremap, quantize
 
@@ -59,7 +59,8 @@ def main() -> None:
     iou_table(warm, gt[:8], multi_contour=False)
 
     raw, raw_s = cpu(lambda: maps_array(ok, "map_gt"))
-    maps, prepare_s = cpu(lambda: prepare_scoremap(raw))
+    with _opencv_threads(0):  # as the stage runs it: its own threads over chunks, none inside OpenCV
+        maps, prepare_s = cpu(lambda: prepare_scoremap(raw))
     _, quantize_s = cpu(lambda: quantize(maps))
     v2 = BoxEvaluator(interval=args.interval, multi_contour=True)
     _, v2_s = cpu(lambda: v2.accumulate(maps, gt))
