@@ -114,8 +114,8 @@ class ExtractParams(_Section):
     decode_actors: int = Field(
         1, ge=1
     )  # most JPEG-decode actors (Ray Data scales the pool from 1 up to this)
-    # decoded batches Ray Data may hold ahead of inference (its object-store budget for the run): without a
-    # bound, decode runs ahead on a core that inference's threads need (on 2 cores, 0.57 of the plain loop)
+    # decoded batches Ray Data may hold ahead of inference (its object-store budget for the run): unbounded,
+    # decode ran 5,900 images ahead at 224 on 2 cores, on the core inference's threads needed
     buffer_batches: int = Field(8, ge=1)
     box_threshold: float = Field(0.2, ge=0.0, lt=1.0)  # CAM threshold for the boxes written with the maps
     rows_per_file: int = Field(2048, ge=1)

@@ -10,7 +10,7 @@
 # 2. the prepare stage on it (time, peak memory), and the readers' files/s with verification on and off
 # 3. extraction at 224 (small backbone, CAM head): Ray Data at 1,000 / 10,000 / N images, the plain DataLoader
 #    loop at 1,000 / 10,000, decode-only and model-only rates (RESUME=1: a kill at half way and its rerun at N)
-# 4. the evaluate stage on the N extracted maps with the full protocol (threshold step 0.001)
+# 4. the evaluate stage on the N extracted maps with the full protocol (threshold step 0.001), and its profile
 # Figures go to benchmarks/results/shadow_*.json and the *.time files (GNU time -v) under WORK_DIR.
 set -euo pipefail
 work=${1:-/tmp/shadow_ilsvrc}
@@ -41,6 +41,8 @@ echo "== 4. evaluate (full protocol)"
 /usr/bin/time -v -o "$work/evaluate.time" python pipelines/evaluate.py --method cam --maps "$work/extract/maps" \
   --manifest "$work/extract/manifest.parquet" --model-card "$work/extract/model_card.json" --out "$work/evaluate" \
   "${data[@]}" --set evaluate.interval=0.001
+python benchmarks/profile_evaluate.py --maps "$work/extract/maps" --manifest "$work/extract/manifest.parquet" \
+  --images 5000 --interval 0.001 --out benchmarks/results/profile_evaluate.json
 for f in generate prepare evaluate; do
   printf '%s: %s, %s\n' "$f" "$(grep 'Elapsed (wall' "$work/$f.time")" "$(grep 'Maximum resident' "$work/$f.time")"
 done
