@@ -13,7 +13,7 @@ from acol.data.manifest import manifest_from_records
 from acol.inference.mapstore import columns_to_table
 from acol.stages.evaluate import evaluate_method, holdout_mask
 from acol.wsol.boxes import scale_boxes
-from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, select_cam_threshold
+from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, load_wsol_mask, select_cam_threshold
 from acol.wsol.scoremaps import prepare_scoremap
 
 CLASSES = [f"n9{i:07d}" for i in range(6)]
@@ -116,6 +116,15 @@ def test_numbers_match_the_evaluators_on_the_test_part(
     # PxAP from the masks on disk, and map statistics inside vs outside the masks
     assert 0 < metrics["pxap"] <= 100
     assert metrics["map_fused_in_mask"] > metrics["map_fused_out_mask"]
+    # the exact pixel means over the test images, whatever the chunking
+    paths = manifest.column("mask_path").to_pylist()
+    masks = np.stack([load_wsol_mask(tmp_path, [paths[i]], "", 224) for i in test])
+    assert metrics["map_fused_in_mask"] == pytest.approx(
+        prepared[test][masks == 1].mean(dtype=np.float64), rel=1e-12
+    )
+    assert metrics["map_fused_out_mask"] == pytest.approx(
+        prepared[test][masks == 0].mean(dtype=np.float64), rel=1e-12
+    )
     assert result.pr_curve is not None and len(result.pr_curve["precision"]) == len(
         result.pr_curve["threshold"]
     )

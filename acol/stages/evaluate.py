@@ -81,9 +81,11 @@ def _chunks(n: int):
         yield slice(start, min(n, start + CHUNK))
 
 
-def _coverage(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
-    """Mean map value inside and outside the foreground (ignore pixels left out)."""
-    return float(maps[masks == 1].mean()), float(maps[masks == 0].mean())
+def _coverage(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """[sum, count] of the map inside the foreground, then outside (ignore pixels left out), in float64: sums
+    add up over chunks to the exact mean whatever the chunking."""
+    inside, outside = maps[masks == 1], maps[masks == 0]
+    return np.array([inside.sum(dtype=np.float64), inside.size, outside.sum(dtype=np.float64), outside.size])
 
 
 def _rows_of_maps(maps_table: pa.Table, manifest: pa.Table, what: str) -> tuple[pa.Table, pa.Table, int]:
@@ -213,7 +215,7 @@ class _Sweep:
     pxap: MaskEvaluator | None
     root: str | Path
 
-    def chunk(self, part: slice) -> tuple[IouTable, dict[str, tuple[float, float, int]]]:
+    def chunk(self, part: slice) -> tuple[IouTable, dict[str, np.ndarray]]:
         maps_table = self.ok.slice(part.start, part.stop - part.start)
         maps = prepare_scoremap(maps_array(maps_table, "map_gt"))
         boxes = self.gt[part]
@@ -235,16 +237,15 @@ class _Sweep:
         branch_maps = {"fused": maps, "a": prepare_scoremap(maps_array(maps_table, "map_a_gt"))}
         if maps_table.column("map_b_gt").null_count == 0:
             branch_maps["b"] = prepare_scoremap(maps_array(maps_table, "map_b_gt"))
-        return {name: (*_coverage(values, masks), len(index)) for name, values in branch_maps.items()}
+        return {name: _coverage(values, masks) for name, values in branch_maps.items()}
 
 
-def _merge_coverage(
-    parts: list[dict[str, tuple[float, float, int]]],
-) -> dict[str, list[tuple[float, float, int]]]:
-    merged: dict[str, list[tuple[float, float, int]]] = {"a": [], "b": [], "fused": []}
-    for part in parts:  # chunk order: the weighted means come out the same on every run
+def _merge_coverage(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The chunks' [sum, count, sum, count] per branch, added up (chunk order: the same sums on every run)."""
+    merged: dict[str, np.ndarray] = {}
+    for part in parts:
         for name, value in part.items():
-            merged[name].append(value)
+            merged[name] = merged.get(name, 0) + value
     return merged
 
 
@@ -302,15 +303,13 @@ def _check_holdout(params: EvaluateParams, hold_idx: np.ndarray, n_images: int) 
 
 
 def _mask_metrics(
-    pxap: MaskEvaluator, coverage: dict[str, list[tuple[float, float, int]]], metrics: dict[str, Any]
+    pxap: MaskEvaluator, coverage: dict[str, np.ndarray], metrics: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """Add PxAP and the per-branch mean map inside / outside the masks to ``metrics``; return the PR curve."""
     mask_result = pxap.compute()
     metrics["pxap"] = mask_result.pxap
     edges = np.append(mask_result.thresholds, [1.0, 2.0])[::-1]  # right-edged bins, high to low
-    for name, parts in coverage.items():
-        if parts:
-            weights = np.array([n for _, _, n in parts], dtype=np.float64)
-            metrics[f"map_{name}_in_mask"] = float(np.average([p[0] for p in parts], weights=weights))
-            metrics[f"map_{name}_out_mask"] = float(np.average([p[1] for p in parts], weights=weights))
+    for name, (in_sum, in_count, out_sum, out_count) in coverage.items():
+        metrics[f"map_{name}_in_mask"] = float(in_sum / in_count)
+        metrics[f"map_{name}_out_mask"] = float(out_sum / out_count)
     return {"threshold": edges, "precision": mask_result.precision, "recall": mask_result.recall}
