@@ -228,7 +228,7 @@ class _Sweep:
             coverage = self._masks(maps_table.take(pa.array(test)), maps[test], part.start + test)
         return largest, coverage
 
-    def _masks(self, maps_table: pa.Table, maps: np.ndarray, index: np.ndarray) -> dict:
+    def _masks(self, maps_table: pa.Table, maps: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
         """PxAP histograms and the mean map inside / outside the masks per branch, for test images."""
         mask_paths = self.rows.column("mask_path").to_pylist()
         masks = np.stack([load_wsol_mask(self.root, [mask_paths[i]], "", RESIZE_LENGTH) for i in index])
