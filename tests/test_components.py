@@ -3,8 +3,9 @@
 import cv2
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from acol.wsol.contours import best_iou_per_cut, box_hits, box_iou_table, contour_boxes_all_cuts
+from acol.wsol.contours import _fill_holes, best_iou_per_cut, box_hits, box_iou_table, contour_boxes_all_cuts
 from acol.wsol.reference import reference_boxes, reference_iou
 from acol.wsol.scoremaps import normalize_maps, quantize
 
@@ -215,3 +216,15 @@ def test_box_hits_counts_per_threshold() -> None:
         best_iou_per_cut(q[0], np.zeros((0, 4)))
     with pytest.raises(ValueError, match="gt_boxes must be non-negative"):
         best_iou_per_cut(q[0], np.array([[5, 5, 2, 9]]))
+
+
+def test_fill_holes_is_the_union_of_filled_cuts() -> None:
+    """filled > c must be (q > c) with its holes filled, at every cut: SciPy's binary_fill_holes (its default
+    cross: a hole is background with no 4-path to the border) is the oracle, cut by cut."""
+    rng = np.random.default_rng(11)
+    for i in range(300):
+        q = random_small_map(rng, i)
+        filled = np.empty(q.size, np.uint8)
+        _fill_holes(q, filled, np.empty(q.size, np.int32))
+        expected = sum(ndimage.binary_fill_holes(q > c).astype(np.int64) for c in range(255))
+        np.testing.assert_array_equal(filled.reshape(q.shape), expected, err_msg=f"map {i} {q.shape}")

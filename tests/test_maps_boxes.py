@@ -12,7 +12,7 @@ from acol.wsol.boxes import (
     scale_boxes,
 )
 from acol.wsol.reference import reference_boxes, reference_iou
-from acol.wsol.scoremaps import normalize_maps, prepare_scoremap, quantize, resize_maps
+from acol.wsol.scoremaps import normalize_maps, prepare_quantized, prepare_scoremap, quantize, resize_maps
 
 
 def smooth_map(rng: np.random.Generator, k: int) -> np.ndarray:
@@ -86,6 +86,35 @@ def test_resize_and_prepare() -> None:
     prepared = prepare_scoremap(raw[0].astype(np.float64))
     assert prepared.min() == 0 and prepared.max() == 1 and prepared.dtype == np.float64
     np.testing.assert_array_equal(prepare_scoremap(prepared), prepared)  # idempotent at 224 with 0 and 1
+
+
+def _protocol_quantized(raw: np.ndarray) -> np.ndarray:
+    """wsolevaluation's chain, one map at a time: bicubic to 224, cam -= min, cam /= max, (cam * 255) to uint8."""
+    cam = cv2.resize(
+        raw.astype(np.float32) if raw.dtype == np.float16 else raw, (224, 224), interpolation=cv2.INTER_CUBIC
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        cam -= cam.min()
+        cam /= cam.max()
+    if not np.isfinite(
+        cam
+    ).all():  # constant, NaN or infinite maps: zeros, the project's documented convention
+        return np.zeros((224, 224), np.uint8)
+    return (cam * cam.dtype.type(255)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_prepare_quantized_is_the_protocol_chain_bit_for_bit(dtype: type) -> None:
+    rng = np.random.default_rng(7)
+    for k in (7, 14, 28, 224):
+        raw = (rng.random((40, k, k)) ** 2 * rng.uniform(-50, 50, (40, 1, 1))).astype(dtype)
+        raw[0], raw[1, 2, 3], raw[2, 0, 0], raw[3, 1, 1] = 3.0, np.nan, np.inf, -np.inf
+        got = prepare_quantized(raw)
+        assert got.dtype == np.uint8 and got.shape == (40, 224, 224)
+        for i in range(len(raw)):
+            np.testing.assert_array_equal(got[i], _protocol_quantized(raw[i]), err_msg=f"{k}x{k} map {i}")
+        np.testing.assert_array_equal(got, quantize(prepare_scoremap(raw)))
+    np.testing.assert_array_equal(prepare_quantized(raw[5]), got[5:6])  # one (H, W) map is a batch of one
 
 
 def test_boxes_from_mask_known_blob() -> None:

@@ -33,11 +33,11 @@ from acol.wsol.metrics import (
     ClassicResult,
     IouTable,
     MaskEvaluator,
-    iou_table,
     load_wsol_mask,
+    quantized_iou_table,
     select_cam_threshold,
 )
-from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_scoremap
+from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_quantized, prepare_scoremap
 
 __all__ = ["EVALUATED_COLUMNS", "EvaluationResult", "holdout_mask", "evaluate_method"]
 
@@ -217,15 +217,17 @@ class _Sweep:
 
     def chunk(self, part: slice) -> tuple[IouTable, dict[str, np.ndarray]]:
         maps_table = self.ok.slice(part.start, part.stop - part.start)
-        maps = prepare_scoremap(maps_array(maps_table, "map_gt"))
+        raw = maps_array(maps_table, "map_gt")
+        qmaps = prepare_quantized(raw)  # what the box metrics read; float maps only for the mask metrics
         boxes = self.gt[part]
-        largest = iou_table(maps, boxes, multi_contour=False)
+        largest = quantized_iou_table(qmaps, boxes, multi_contour=False)
         test = np.flatnonzero(~self.held[part])
         if len(test):
-            self.v2.accumulate(maps[test], [boxes[i] for i in test])
+            self.v2.accumulate_table(quantized_iou_table(qmaps[test], [boxes[i] for i in test], True))
         coverage = {}
         if self.pxap is not None and len(test):
-            coverage = self._masks(maps_table.take(pa.array(test)), maps[test], part.start + test)
+            maps = prepare_scoremap(raw[test])
+            coverage = self._masks(maps_table.take(pa.array(test)), maps, part.start + test)
         return largest, coverage
 
     def _masks(self, maps_table: pa.Table, maps: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:

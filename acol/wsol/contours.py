@@ -160,32 +160,27 @@ def _add_level(
     n_roots: int,
 ) -> int:
     """Add the pixels of value v to the union-find sets of a `_sweep`; return the new count in ``roots``."""
-    outside = h * w
     for k in range(starts[v], starts[v + 1]):
         # Add pixel p, then merge it with the sets of its neighbours already in (one per ring run).
         # Written inline: a call per pixel with array arguments costs more than the work (refcounts).
+        # Holes: every 4-neighbour already in (q <= v) is a hole pixel of the same hole, so it was swept.
         y, x = order[k] >> 16, order[k] & 0xFFFF
         p = y * w + x
         m = _in_mask(qf, h, w, y, x, v, holes)
         n_join = lut[m, 0]
-        first = 1
-        if holes and (y == 0 or x == 0 or y == h - 1 or x == w - 1):
-            root = outside  # border background joins the outside node
-        elif n_join == 0:  # a new set; only roots carry a size and a box
+        if n_join == 0:  # a new set; only roots carry a size and a box
             parent[p] = p
             size[p] = 1
             box[p, 0], box[p, 1], box[p, 2], box[p, 3] = x, y, x, y
             roots[n_roots] = p
             n_roots += 1
             continue
-        else:
-            root = _find(parent, p + (_RING_DY[lut[m, 1]] * w + _RING_DX[lut[m, 1]]))
-            first = 2
+        root = _find(parent, p + (_RING_DY[lut[m, 1]] * w + _RING_DX[lut[m, 1]]))
         parent[p] = root
         size[root] += 1
         box[root, 0], box[root, 1] = min(box[root, 0], x), min(box[root, 1], y)
         box[root, 2], box[root, 3] = max(box[root, 2], x), max(box[root, 3], y)
-        for j in range(first, n_join + 1):
+        for j in range(2, n_join + 1):
             root = _join(parent, size, box, root, p + (_RING_DY[lut[m, j]] * w + _RING_DX[lut[m, j]]))
     return n_roots
 
@@ -197,6 +192,19 @@ def _live_roots(parent: np.ndarray, roots: np.ndarray, n_roots: int) -> int:
     for k in range(n_roots):
         r = roots[k]
         if parent[r] == r:
+            roots[m] = r
+            m += 1
+    return m
+
+
+@numba.njit(**_INLINE)
+def _live_holes(parent: np.ndarray, roots: np.ndarray, n_roots: int, filled: np.ndarray, cut: int) -> int:
+    """Keep in ``roots`` only the hole sets still roots and still enclosed at ``cut`` (``filled`` > cut): a hole
+    reaches the border at its ``filled`` level, all at once, and stays joined to it at every higher cut."""
+    m = 0
+    for k in range(n_roots):
+        r = roots[k]
+        if parent[r] == r and filled[r] > cut:
             roots[m] = r
             m += 1
     return m
@@ -261,19 +269,18 @@ def _sweep(
     rec_cut: np.ndarray,
     rec_box: np.ndarray,
     n_rec: int,
+    filled: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One sweep over the cuts c = 0..qmax-1: foreground (8-conn., c descending) or holes (4-conn., ascending).
 
-    Foreground uses 8-connectivity, holes 4-connectivity plus the virtual outside node ``h * w``, which all
-    border pixels join (it wins every union, so it stays a root and is never listed in ``roots``).
+    Foreground uses 8-connectivity over every pixel. Holes use 4-connectivity over the hole pixels only
+    (``q < filled``, see `_sort_holes`): a hole set is listed at the cuts below its ``filled`` level.
 
-    ``qf`` is the map flattened (H*W,); ``order`` its pixels (``y << 16 | x``) sorted by value, raster order
-    within a value, value v at ``order[starts[v]:starts[v + 1]]``. At each needed cut, ``best[c]`` is raised to the best IoU of any box
-    with ``gt``; with ``record`` the boxes are appended to ``rec_cut`` / ``rec_box`` (grown as needed).
+    ``qf`` is the map flattened (H*W,); ``order`` the swept pixels (``y << 16 | x``) sorted by value, raster
+    order within a value, value v at ``order[starts[v]:starts[v + 1]]``. At each needed cut, ``best[c]`` is
+    raised to the best IoU of any box with ``gt``; with ``record`` the boxes are appended to ``rec_cut`` /
+    ``rec_box`` (grown as needed).
     """
-    outside = h * w
-    parent[outside] = outside
-    size[outside] = 1 << 30  # always wins a union, so it stays its own root and never is in `roots`
     n_roots = 0  # roots[:n_roots]: every set created so far that may still be a root
     for step in range(qmax):
         v = step if holes else qmax - step  # holes: background q <= c, c = v; foreground: q >= v, c = v - 1
@@ -281,7 +288,10 @@ def _sweep(
         n_roots = _add_level(qf, h, w, order, starts, v, holes, parent, size, box, roots, lut, n_roots)
         if not (needed[cut] or record):
             continue
-        n_roots = _live_roots(parent, roots, n_roots)
+        if holes:
+            n_roots = _live_holes(parent, roots, n_roots, filled, cut)
+        else:
+            n_roots = _live_roots(parent, roots, n_roots)
         rec_cut, rec_box, n_rec = _score_cut(
             cut, h, w, holes, gt, best, box, roots, n_roots, record, rec_cut, rec_box, n_rec
         )
@@ -289,36 +299,54 @@ def _sweep(
 
 
 @numba.njit(**_NJIT)
-def _fill_holes(q: np.ndarray, filled: np.ndarray, link: np.ndarray) -> None:
+def _fill_holes(q: np.ndarray, filled: np.ndarray, queue: np.ndarray) -> None:
     """``filled`` (H*W,) := q with every hole filled: the least, over 4-paths to the image border, of the
-    path's maximum of q (a priority flood from the border, one bucket per value; ``link`` is its lists).
+    path's maximum of q, i.e. the reconstruction by erosion of q from its border (Vincent 1993's hybrid:
+    a raster and an anti-raster pass, then a FIFO ``queue`` for what the passes could not reach).
 
     Why: ``filled > c`` is exactly the union of the top-level components of ``q > c`` with their holes
-    (a pixel is outside them iff a 4-path of ``q <= c`` joins it to the border).
+    (a pixel is outside them iff a 4-path of ``q <= c`` joins it to the border). Two passes settle a CAM
+    almost entirely; a priority flood over all pixels cost four times as much.
     """
     h, w = q.shape
-    head = np.full(256, -1, np.int64)
-    filled[:] = 255
-    seen = np.zeros(h * w, np.bool_)
+    qf = q.ravel()
+    filled[:] = 255  # the marker: q on the border (final there: nothing is below q), 255 inside
+    for x in range(w):
+        filled[x], filled[(h - 1) * w + x] = qf[x], qf[(h - 1) * w + x]
     for y in range(h):
-        for x in range(w):
-            if y == 0 or x == 0 or y == h - 1 or x == w - 1:
-                p, v = y * w + x, q[y, x]
-                seen[p] = True
-                link[p], head[v] = head[v], p
-    for v in range(256):
-        while head[v] >= 0:
-            p = head[v]
-            head[v] = link[p]
+        filled[y * w], filled[y * w + w - 1] = qf[y * w], qf[y * w + w - 1]
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            p = y * w + x
+            filled[p] = max(min(filled[p], filled[p - w], filled[p - 1]), qf[p])
+    queued = np.zeros(h * w, np.bool_)
+    head = tail = 0  # queue[head:tail], a ring of H*W: a pixel is in it at most once at a time
+    for y in range(h - 2, 0, -1):
+        for x in range(w - 2, 0, -1):
+            p = y * w + x
+            v = max(min(filled[p], filled[p + w], filled[p + 1]), qf[p])
             filled[p] = v
-            y, x = p // w, p % w
-            for k in range(0, 8, 2):  # the 4-neighbours
-                yy, xx = y + _RING_DY[k], x + _RING_DX[k]
-                if 0 <= yy < h and 0 <= xx < w and not seen[yy * w + xx]:
-                    n = yy * w + xx
-                    seen[n] = True
-                    nv = max(v, np.int64(q[yy, xx]))
-                    link[n], head[nv] = head[nv], n
+            if (qf[p + w] < filled[p + w] > v) or (qf[p + 1] < filled[p + 1] > v):
+                queue[tail] = p
+                tail += 1
+                queued[p] = True
+    n = h * w
+    while head != tail:
+        p = queue[head]
+        head = (head + 1) % n
+        queued[p] = False
+        v = filled[p]
+        y, x = p // w, p % w
+        for k in range(0, 8, 2):  # the 4-neighbours inside the border
+            yy, xx = y + _RING_DY[k], x + _RING_DX[k]
+            if 0 < yy < h - 1 and 0 < xx < w - 1:
+                nb = yy * w + xx
+                if filled[nb] > v and filled[nb] > qf[nb]:
+                    filled[nb] = max(v, qf[nb])
+                    if not queued[nb]:
+                        queue[tail] = nb
+                        tail = (tail + 1) % n
+                        queued[nb] = True
 
 
 @numba.njit(**_NJIT)
@@ -436,13 +464,22 @@ def _largest_sweep(
 
 @numba.njit(**_NJIT)
 def _best_largest_per_cut(
-    q: np.ndarray, gt: np.ndarray, needed: np.ndarray, best: np.ndarray, work: tuple, largest: tuple
+    q: np.ndarray,
+    gt: np.ndarray,
+    needed: np.ndarray,
+    best: np.ndarray,
+    work: tuple,
+    largest: tuple,
+    filled_ready: bool = False,
 ) -> int:
-    """Fill ``best`` (256,) with the IoU of the largest contour's box at each needed cut c < qmax."""
+    """Fill ``best`` (256,) with the IoU of the largest contour's box at each needed cut c < qmax.
+
+    ``filled_ready``: ``largest[3]`` already holds this map with its holes filled (`_best_per_cut` left it)."""
     order, starts = work[0], work[1]
     filled, link = largest[3], largest[4]
     h, w = q.shape
-    _fill_holes(q, filled, link)
+    if not filled_ready:
+        _fill_holes(q, filled, link)
     qmax = _sort_by_value(filled.reshape(h, w), order, starts)
     best[:] = -1.0
     _largest_sweep(filled, h, w, order, starts, qmax, gt, needed, best, work, largest)
@@ -474,27 +511,56 @@ def _sort_by_value(q: np.ndarray, order: np.ndarray, starts: np.ndarray) -> int:
 
 
 @numba.njit(**_NJIT)
+def _sort_holes(q: np.ndarray, filled: np.ndarray, order: np.ndarray, starts: np.ndarray) -> None:
+    """`_sort_by_value` of the hole pixels only: ``q < filled``, the pixels that some cut encloses in a hole
+    (pixel p is in a hole exactly at the cuts q[p] <= c < filled[p]); few in a CAM, so the hole sweep is short."""
+    counts = np.zeros(256, np.int64)
+    h, w = q.shape
+    for y in range(h):
+        for x in range(w):
+            if q[y, x] < filled[y * w + x]:
+                counts[q[y, x]] += 1
+    starts[0] = 0
+    for v in range(256):
+        starts[v + 1] = starts[v] + counts[v]
+    fill = starts[:256].copy()
+    for y in range(h):
+        for x in range(w):
+            v = q[y, x]
+            if v < filled[y * w + x]:
+                order[fill[v]] = y << 16 | x
+                fill[v] += 1
+
+
+@numba.njit(**_NJIT)
 def _best_per_cut(
     q: np.ndarray,
     gt: np.ndarray,
     needed: np.ndarray,
     best: np.ndarray,
     work: tuple,
+    largest: tuple,
     record: bool,
 ) -> tuple[int, np.ndarray, np.ndarray, int]:
-    """Fill ``best`` (256,) with the best multi-contour IoU at each needed cut c < qmax; return qmax."""
+    """Fill ``best`` (256,) with the best multi-contour IoU at each needed cut c < qmax; return qmax.
+
+    Leaves the map with its holes filled in ``largest[3]``, for a `_best_largest_per_cut` of the same map."""
     order, starts, parent, size, box, roots, lut8, lut4 = work
+    filled = largest[3]
     h, w = q.shape
     qf = q.ravel()
+    _fill_holes(q, filled, largest[4])
     qmax = _sort_by_value(q, order, starts)
     best[:] = -1.0
     rec_cut = np.empty(0, np.int64)
     rec_box = np.empty((0, 4), np.int64)
     n_rec = 0
     for holes in (False, True):
+        if holes:
+            _sort_holes(q, filled, order, starts)
         rec_cut, rec_box, n_rec = _sweep(
             qf, h, w, order, starts, qmax, holes, gt, needed, best,
-            parent, size, box, roots, lut4 if holes else lut8, record, rec_cut, rec_box, n_rec,
+            parent, size, box, roots, lut4 if holes else lut8, record, rec_cut, rec_box, n_rec, filled,
         )  # fmt: skip
     return qmax, rec_cut, rec_box, n_rec
 
@@ -504,7 +570,7 @@ def _workspace(n: int) -> tuple:
     return (
         np.empty(n, np.int32),  # order: pixel indices sorted by value
         np.empty(257, np.int64),  # starts: order[starts[v]:starts[v + 1]] holds value v
-        np.empty(n + 1, np.int32),  # parent (union-find), index n = outside
+        np.empty(n + 1, np.int32),  # parent (union-find)
         np.empty(n + 1, np.int32),  # size of each root's set
         np.empty((n + 1, 4), np.int32),  # box: x0, y0, x1, y1 pixel extent of each root's set
         np.empty(n, np.int32),  # roots: sets created so far that may still be roots
@@ -520,7 +586,7 @@ def _largest_workspace(n: int) -> tuple:
         np.empty(n + 1, np.int32),  # first: raster-first pixel of each root's set
         _area_lut(),  # twice the area growth per ring mask
         np.empty(n, np.uint8),  # filled: the map with its holes filled
-        np.empty(n, np.int32),  # link: the priority flood's bucket lists
+        np.empty(n, np.int32),  # queue: the hole filling's FIFO ring
     )
 
 
@@ -533,7 +599,9 @@ def _empty_iou(gt: np.ndarray) -> float:
 def _best_iou_per_cut_kernel(q: np.ndarray, gt: np.ndarray, needed: np.ndarray, multi: bool) -> np.ndarray:
     best = np.empty(256, np.float64)
     if multi:
-        qmax, _, _, _ = _best_per_cut(q, gt, needed, best, _workspace(q.size), False)
+        qmax, _, _, _ = _best_per_cut(
+            q, gt, needed, best, _workspace(q.size), _largest_workspace(q.size), False
+        )
     else:
         qmax = _best_largest_per_cut(q, gt, needed, best, _workspace(q.size), _largest_workspace(q.size))
     best[qmax:] = _empty_iou(gt)
@@ -545,7 +613,8 @@ def _boxes_all_cuts_kernel(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     best = np.empty(256, np.float64)
     needed = np.zeros(256, np.bool_)
     gt = np.empty((0, 4), np.int64)
-    _, rec_cut, rec_box, n_rec = _best_per_cut(q, gt, needed, best, _workspace(q.size), True)
+    work, largest = _workspace(q.size), _largest_workspace(q.size)
+    _, rec_cut, rec_box, n_rec = _best_per_cut(q, gt, needed, best, work, largest, True)
     return rec_cut[:n_rec].copy(), rec_box[:n_rec].copy()
 
 
@@ -578,7 +647,7 @@ def _box_hits_kernel(
                 needed[c] = True
         gt = gt_flat[gt_offsets[i] : gt_offsets[i + 1]]
         if multi:
-            _best_per_cut(q, gt, needed, best, work, False)
+            _best_per_cut(q, gt, needed, best, work, largest, False)
         else:
             _best_largest_per_cut(q, gt, needed, best, work, largest)
         empty = _empty_iou(gt)
@@ -604,7 +673,7 @@ def _iou_table_kernel(
         gt = gt_flat[gt_offsets[i] : gt_offsets[i + 1]]
         best = table[i]
         if multi:
-            qmax, _, _, _ = _best_per_cut(q, gt, needed, best, work, False)
+            qmax, _, _, _ = _best_per_cut(q, gt, needed, best, work, largest, False)
         else:
             qmax = _best_largest_per_cut(q, gt, needed, best, work, largest)
         best[qmax:] = _empty_iou(gt)

@@ -138,10 +138,15 @@ class IouTable:
 
 def iou_table(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], multi_contour: bool) -> IouTable:
     """The ``IouTable`` of prepared maps (N, 224, 224) in [0, 1] and their N GT box arrays (GIL-free kernel)."""
-    q = quantize(_check_batch(scoremaps))
-    flat, offsets = _flat_boxes(gt_boxes, len(q))
-    ious = box_iou_table(q, flat, offsets, multi_contour)
-    return IouTable(ious, q.max(axis=(1, 2)).astype(np.int64), bool(multi_contour))
+    return quantized_iou_table(quantize(_check_batch(scoremaps)), gt_boxes, multi_contour)
+
+
+def quantized_iou_table(qmaps: np.ndarray, gt_boxes: Sequence[np.ndarray], multi_contour: bool) -> IouTable:
+    """``iou_table`` of maps already quantized (N, 224, 224) uint8 (``acol.wsol.scoremaps.prepare_quantized``):
+    one quantized batch serves both contour modes."""
+    flat, offsets = _flat_boxes(gt_boxes, len(qmaps))
+    ious = box_iou_table(qmaps, flat, offsets, multi_contour)
+    return IouTable(ious, qmaps.max(axis=(1, 2)).astype(np.int64), bool(multi_contour))
 
 
 @dataclass(frozen=True)
