@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from acol.wsol.contours import _fill_holes, best_iou_per_cut, box_hits, box_iou_table, contour_boxes_all_cuts
+from acol.wsol.contours import (
+    _fill_holes,
+    best_iou_per_cut,
+    box_hits,
+    box_iou_table,
+    box_iou_tables,
+    contour_boxes_all_cuts,
+)
 from acol.wsol.reference import reference_boxes, reference_iou
 from acol.wsol.scoremaps import normalize_maps, quantize
 
@@ -228,3 +235,18 @@ def test_fill_holes_is_the_union_of_filled_cuts() -> None:
         _fill_holes(q, filled, np.empty(q.size, np.int32))
         expected = sum(ndimage.binary_fill_holes(q > c).astype(np.int64) for c in range(255))
         np.testing.assert_array_equal(filled.reshape(q.shape), expected, err_msg=f"map {i} {q.shape}")
+
+
+def test_both_tables_in_one_pass_equal_each_table_alone() -> None:
+    """box_iou_tables fills a map's holes once for both modes: rows must equal box_iou_table's, bit for bit."""
+    rng = np.random.default_rng(5)
+    maps = np.stack(
+        [quantize(normalize_maps(cv2.resize(rng.random((k, k)), (64, 48)))) for k in rng.integers(2, 9, 40)]
+    )
+    gt = np.array([[int(rng.integers(0, 30)), int(rng.integers(0, 20)), 40, 30] for _ in range(40)])
+    offsets = np.arange(41)
+    multi_rows = rng.random(40) < 0.6
+    multi, largest = box_iou_tables(maps, gt, offsets, multi_rows)
+    np.testing.assert_array_equal(multi[multi_rows], box_iou_table(maps, gt, offsets, True)[multi_rows])
+    np.testing.assert_array_equal(multi[~multi_rows], -1.0)
+    np.testing.assert_array_equal(largest, box_iou_table(maps, gt, offsets, False))

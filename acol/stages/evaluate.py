@@ -34,7 +34,7 @@ from acol.wsol.metrics import (
     IouTable,
     MaskEvaluator,
     load_wsol_mask,
-    quantized_iou_table,
+    quantized_iou_tables,
     select_cam_threshold,
 )
 from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_quantized, prepare_scoremap
@@ -219,11 +219,10 @@ class _Sweep:
         maps_table = self.ok.slice(part.start, part.stop - part.start)
         raw = maps_array(maps_table, "map_gt")
         qmaps = prepare_quantized(raw)  # what the box metrics read; float maps only for the mask metrics
-        boxes = self.gt[part]
-        largest = quantized_iou_table(qmaps, boxes, multi_contour=False)
+        multi, largest = quantized_iou_tables(qmaps, self.gt[part], multi_rows=~self.held[part])
         test = np.flatnonzero(~self.held[part])
         if len(test):
-            self.v2.accumulate_table(quantized_iou_table(qmaps[test], [boxes[i] for i in test], True))
+            self.v2.accumulate_table(multi)
         coverage = {}
         if self.pxap is not None and len(test):
             maps = prepare_scoremap(raw[test])

@@ -299,54 +299,36 @@ def _sweep(
 
 
 @numba.njit(**_NJIT)
-def _fill_holes(q: np.ndarray, filled: np.ndarray, queue: np.ndarray) -> None:
+def _fill_holes(q: np.ndarray, filled: np.ndarray, link: np.ndarray) -> None:
     """``filled`` (H*W,) := q with every hole filled: the least, over 4-paths to the image border, of the
-    path's maximum of q, i.e. the reconstruction by erosion of q from its border (Vincent 1993's hybrid:
-    a raster and an anti-raster pass, then a FIFO ``queue`` for what the passes could not reach).
+    path's maximum of q (a priority flood from the border, one bucket per value; ``link`` is its lists).
 
     Why: ``filled > c`` is exactly the union of the top-level components of ``q > c`` with their holes
-    (a pixel is outside them iff a 4-path of ``q <= c`` joins it to the border). Two passes settle a CAM
-    almost entirely; a priority flood over all pixels cost four times as much.
+    (a pixel is outside them iff a 4-path of ``q <= c`` joins it to the border).
     """
     h, w = q.shape
-    qf = q.ravel()
-    filled[:] = 255  # the marker: q on the border (final there: nothing is below q), 255 inside
-    for x in range(w):
-        filled[x], filled[(h - 1) * w + x] = qf[x], qf[(h - 1) * w + x]
+    head = np.full(256, -1, np.int64)
+    filled[:] = 255
+    seen = np.zeros(h * w, np.bool_)
     for y in range(h):
-        filled[y * w], filled[y * w + w - 1] = qf[y * w], qf[y * w + w - 1]
-    for y in range(1, h - 1):
-        for x in range(1, w - 1):
-            p = y * w + x
-            filled[p] = max(min(filled[p], filled[p - w], filled[p - 1]), qf[p])
-    queued = np.zeros(h * w, np.bool_)
-    head = tail = 0  # queue[head:tail], a ring of H*W: a pixel is in it at most once at a time
-    for y in range(h - 2, 0, -1):
-        for x in range(w - 2, 0, -1):
-            p = y * w + x
-            v = max(min(filled[p], filled[p + w], filled[p + 1]), qf[p])
+        for x in range(w):
+            if y == 0 or x == 0 or y == h - 1 or x == w - 1:
+                p, v = y * w + x, q[y, x]
+                seen[p] = True
+                link[p], head[v] = head[v], p
+    for v in range(256):
+        while head[v] >= 0:
+            p = head[v]
+            head[v] = link[p]
             filled[p] = v
-            if (qf[p + w] < filled[p + w] > v) or (qf[p + 1] < filled[p + 1] > v):
-                queue[tail] = p
-                tail += 1
-                queued[p] = True
-    n = h * w
-    while head != tail:
-        p = queue[head]
-        head = (head + 1) % n
-        queued[p] = False
-        v = filled[p]
-        y, x = p // w, p % w
-        for k in range(0, 8, 2):  # the 4-neighbours inside the border
-            yy, xx = y + _RING_DY[k], x + _RING_DX[k]
-            if 0 < yy < h - 1 and 0 < xx < w - 1:
-                nb = yy * w + xx
-                if filled[nb] > v and filled[nb] > qf[nb]:
-                    filled[nb] = max(v, qf[nb])
-                    if not queued[nb]:
-                        queue[tail] = nb
-                        tail = (tail + 1) % n
-                        queued[nb] = True
+            y, x = p // w, p % w
+            for k in range(0, 8, 2):  # the 4-neighbours
+                yy, xx = y + _RING_DY[k], x + _RING_DX[k]
+                if 0 <= yy < h and 0 <= xx < w and not seen[yy * w + xx]:
+                    n = yy * w + xx
+                    seen[n] = True
+                    nv = max(v, np.int64(q[yy, xx]))
+                    link[n], head[nv] = head[nv], n
 
 
 @numba.njit(**_NJIT)
@@ -586,7 +568,7 @@ def _largest_workspace(n: int) -> tuple:
         np.empty(n + 1, np.int32),  # first: raster-first pixel of each root's set
         _area_lut(),  # twice the area growth per ring mask
         np.empty(n, np.uint8),  # filled: the map with its holes filled
-        np.empty(n, np.int32),  # queue: the hole filling's FIFO ring
+        np.empty(n, np.int32),  # link: the priority flood's bucket lists
     )
 
 
@@ -660,24 +642,32 @@ def _box_hits_kernel(
 
 
 @numba.njit(**_NJIT)
-def _iou_table_kernel(
-    qmaps: np.ndarray, gt_flat: np.ndarray, gt_offsets: np.ndarray, multi: bool
-) -> np.ndarray:
+def _iou_tables_kernel(
+    qmaps: np.ndarray,
+    gt_flat: np.ndarray,
+    gt_offsets: np.ndarray,
+    multi_rows: np.ndarray,
+    largest_rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(multi-contour table, largest-contour table), each (N, 256); rows not asked for hold -1. A map asked
+    for both is filled once (`_best_per_cut` leaves its filled form for `_best_largest_per_cut`)."""
     n_img, h, w = qmaps.shape
-    table = np.empty((n_img, 256), np.float64)
+    multi_table = np.full((n_img, 256), -1.0)
+    largest_table = np.full((n_img, 256), -1.0)
     work = _workspace(h * w)
     largest = _largest_workspace(h * w)
     needed = np.ones(256, np.bool_)
     for i in range(n_img):
         q = qmaps[i]
         gt = gt_flat[gt_offsets[i] : gt_offsets[i + 1]]
-        best = table[i]
-        if multi:
-            qmax, _, _, _ = _best_per_cut(q, gt, needed, best, work, largest, False)
-        else:
-            qmax = _best_largest_per_cut(q, gt, needed, best, work, largest)
-        best[qmax:] = _empty_iou(gt)
-    return table
+        empty = _empty_iou(gt)
+        if multi_rows[i]:
+            qmax, _, _, _ = _best_per_cut(q, gt, needed, multi_table[i], work, largest, False)
+            multi_table[i, qmax:] = empty
+        if largest_rows[i]:
+            qmax = _best_largest_per_cut(q, gt, needed, largest_table[i], work, largest, multi_rows[i])
+            largest_table[i, qmax:] = empty
+    return multi_table, largest_table
 
 
 def _check_gt(gt_boxes: np.ndarray, name: str) -> np.ndarray:
@@ -694,6 +684,18 @@ def _check_offsets(gt_offsets: np.ndarray, n_maps: int) -> np.ndarray:
             f"gt_offsets must be (N + 1,) increasing from 0 with >= 1 box per map; got {offsets}"
         )
     return offsets
+
+
+def _check_layout(
+    qmaps: np.ndarray, gt_flat: np.ndarray, gt_offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked (N, H, W) uint8 maps, (G, 4) GT boxes and (N + 1,) offsets of the batch kernels."""
+    arr = _check_q(qmaps, 3)
+    offsets = _check_offsets(gt_offsets, len(arr))
+    gt = _check_gt(gt_flat, "gt_flat")
+    if offsets[-1] != len(gt):
+        raise ValueError(f"gt_offsets end at {offsets[-1]} but gt_flat holds {len(gt)} boxes")
+    return arr, gt, offsets
 
 
 def _check_q(q: np.ndarray, ndim: int) -> np.ndarray:
@@ -751,11 +753,7 @@ def box_hits(
     int, each map >= 1 box); the cut of threshold t is ``floor(t * q.max())`` as in the protocol. Releases
     the GIL, so threads can share a batch.
     """
-    arr = _check_q(qmaps, 3)
-    offsets = _check_offsets(gt_offsets, len(arr))
-    gt = _check_gt(gt_flat, "gt_flat")
-    if offsets[-1] != len(gt):
-        raise ValueError(f"gt_offsets end at {offsets[-1]} but gt_flat holds {len(gt)} boxes")
+    arr, gt, offsets = _check_layout(qmaps, gt_flat, gt_offsets)
     return _box_hits_kernel(
         arr,
         gt,
@@ -776,9 +774,23 @@ def box_iou_table(
     subset, the threshold chosen on one part, each image's hit at that threshold) without sweeping again.
     Releases the GIL.
     """
-    arr = _check_q(qmaps, 3)
-    offsets = _check_offsets(gt_offsets, len(arr))
-    gt = _check_gt(gt_flat, "gt_flat")
-    if offsets[-1] != len(gt):
-        raise ValueError(f"gt_offsets end at {offsets[-1]} but gt_flat holds {len(gt)} boxes")
-    return _iou_table_kernel(arr, gt, offsets, bool(multi_contour))
+    arr, gt, offsets = _check_layout(qmaps, gt_flat, gt_offsets)
+    rows = np.ones(len(arr), np.bool_)
+    multi, largest = _iou_tables_kernel(arr, gt, offsets, rows & multi_contour, rows & (not multi_contour))
+    return multi if multi_contour else largest
+
+
+def box_iou_tables(
+    qmaps: np.ndarray, gt_flat: np.ndarray, gt_offsets: np.ndarray, multi_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both ``box_iou_table`` kinds in one pass: (multi-contour (N, 256), rows ``multi_rows`` only, the
+    others -1; largest-contour (N, 256), every row).
+
+    Why: both need the map with its holes filled (the hole sweep runs over the hole pixels only), so a map
+    swept in both modes is filled once. Releases the GIL.
+    """
+    arr, gt, offsets = _check_layout(qmaps, gt_flat, gt_offsets)
+    multi_rows = np.asarray(multi_rows, dtype=bool)
+    if multi_rows.shape != (len(arr),):
+        raise ValueError(f"multi_rows must be ({len(arr)},) bool; got shape {multi_rows.shape}")
+    return _iou_tables_kernel(arr, gt, offsets, multi_rows, np.ones(len(arr), np.bool_))

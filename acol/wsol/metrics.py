@@ -21,7 +21,7 @@ import numpy as np
 
 from acol.data.paths import resolve_inside
 from acol.wsol.boxes import best_iou_per_threshold, check_boxes, threshold_cuts
-from acol.wsol.contours import box_hits, box_iou_table
+from acol.wsol.contours import box_hits, box_iou_table, box_iou_tables
 from acol.wsol.scoremaps import RESIZE_LENGTH, quantize
 
 
@@ -147,6 +147,18 @@ def quantized_iou_table(qmaps: np.ndarray, gt_boxes: Sequence[np.ndarray], multi
     flat, offsets = _flat_boxes(gt_boxes, len(qmaps))
     ious = box_iou_table(qmaps, flat, offsets, multi_contour)
     return IouTable(ious, qmaps.max(axis=(1, 2)).astype(np.int64), bool(multi_contour))
+
+
+def quantized_iou_tables(
+    qmaps: np.ndarray, gt_boxes: Sequence[np.ndarray], multi_rows: np.ndarray
+) -> tuple[IouTable, IouTable]:
+    """(multi-contour table of the rows ``multi_rows``, largest-contour table of every row) of quantized
+    maps, in one pass: a map swept in both modes has its holes filled once (``box_iou_tables``)."""
+    flat, offsets = _flat_boxes(gt_boxes, len(qmaps))
+    rows = np.asarray(multi_rows, dtype=bool)
+    multi, largest = box_iou_tables(qmaps, flat, offsets, rows)
+    qmax = qmaps.max(axis=(1, 2)).astype(np.int64)
+    return IouTable(multi[rows], qmax[rows], True), IouTable(largest, qmax, False)
 
 
 @dataclass(frozen=True)
