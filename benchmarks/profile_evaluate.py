@@ -4,9 +4,10 @@ Runs the stage's steps one after another in one thread (OpenCV's own threads off
 reports the CPU time of each per map, and that CPU time projected to every map of the store: the stage runs
 the same steps over ``os.cpu_count()`` threads, so the sum over the number of cores is the floor of its wall
 time. Phases: reading the store (whole table), the float maps of the GT class (``maps_array``), resize +
-normalize (``prepare_scoremap``), quantize, the multi-contour sweep (MaxBoxAccV2, ``box_hits`` at the
-threshold grid), the largest-contour sweep (``iou_table``: MaxBoxAcc, the threshold, GT-known), and what the
-stage asks of that table afterwards.
+normalize + quantize (``prepare_quantized``), the largest-contour table alone (its own hole filling, its sweep:
+MaxBoxAcc, the threshold, GT-known), then both tables in one pass (``quantized_iou_tables``, as the stage
+runs test images): what that adds over the first is the multi-contour sweeps (MaxBoxAccV2), and what the
+stage asks of the tables afterwards.
 
     python benchmarks/profile_evaluate.py --maps <kept>/maps --manifest <kept>/manifest.parquet \
         --images 5000 --interval 0.001 --out benchmarks/results/profile_evaluate.json
@@ -26,8 +27,8 @@ from acol.data.manifest import read_manifest
 from acol.inference.mapstore import maps_array, read_maps
 from acol.io import write_json_atomic
 from acol.stages.evaluate import EVALUATED_COLUMNS, _gt_boxes_224, _opencv_threads, _rows_of_maps
-from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, iou_table
-from acol.wsol.scoremaps import prepare_scoremap, quantize
+from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, quantized_iou_tables
+from acol.wsol.scoremaps import prepare_quantized
 
 
 def cpu(fn):
@@ -54,21 +55,20 @@ def main() -> None:
     ok, rows = ok.slice(0, args.images), rows.slice(0, args.images)
     n = ok.num_rows
     gt = _gt_boxes_224(rows)
-    warm = prepare_scoremap(maps_array(ok.slice(0, 8), "map_gt"))  # compile the kernels outside the timing
-    BoxEvaluator(interval=args.interval).accumulate(warm, gt[:8])
-    iou_table(warm, gt[:8], multi_contour=False)
+    qwarm = prepare_quantized(maps_array(ok.slice(0, 8), "map_gt"))  # compile the kernels outside the timing
+    quantized_iou_tables(qwarm, gt[:8], np.ones(8, bool))
 
+    everything = np.ones(n, bool)
     raw, raw_s = cpu(lambda: maps_array(ok, "map_gt"))
     with _opencv_threads(0):  # as the stage runs it: its own threads over chunks, none inside OpenCV
-        maps, prepare_s = cpu(lambda: prepare_scoremap(raw))
-    _, quantize_s = cpu(lambda: quantize(maps))
-    v2 = BoxEvaluator(interval=args.interval, multi_contour=True)
-    _, v2_s = cpu(lambda: v2.accumulate(maps, gt))
-    table_v1, v1_s = cpu(lambda: iou_table(maps, gt, multi_contour=False))
+        qmaps, prepare_s = cpu(lambda: prepare_quantized(raw))
+    (_, table_v1), v1_s = cpu(lambda: quantized_iou_tables(qmaps, gt, ~everything))
+    (table_v2, _), both_s = cpu(lambda: quantized_iou_tables(qmaps, gt, everything))
 
     def answers() -> None:
         v1 = BoxEvaluator((50,), args.interval, multi_contour=False)
         v1.accumulate_table(table_v1)
+        BoxEvaluator(interval=args.interval, multi_contour=True).accumulate_table(table_v2)
         classic = ClassicLocEvaluator(v1.compute().best_threshold[50])
         labels = np.asarray(ok.column("label"), dtype=np.int64)
         scores = np.zeros((n, int(labels.max()) + 1))
@@ -78,10 +78,9 @@ def main() -> None:
     _, answers_s = cpu(answers)
     phases = {
         "maps_array": raw_s,
-        "prepare_scoremap": prepare_s,
-        "quantize": quantize_s,
-        "multi_contour_sweep_v2": v2_s,
-        "largest_contour_sweep_v1": v1_s,
+        "prepare_quantized": prepare_s,
+        "largest_contour_table_v1": v1_s,
+        "multi_contour_tables_v2_added": both_s - v1_s,
         "table_answers": answers_s,
     }
     per_map = {k: round(1e3 * v / n, 3) for k, v in phases.items()}
