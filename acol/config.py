@@ -119,6 +119,9 @@ class ExtractParams(_Section):
     buffer_batches: int = Field(8, ge=1)
     box_threshold: float = Field(0.2, ge=0.0, lt=1.0)  # CAM threshold for the boxes written with the maps
     rows_per_file: int = Field(2048, ge=1)
+    # batches the driver predicts itself while Ray starts (CPU runs only): the first maps come in seconds,
+    # not after Ray's start-up; Ray computes the rest
+    driver_batches: int = Field(1, ge=0)
 
 
 class EvaluateParams(_Section):

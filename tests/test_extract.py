@@ -265,3 +265,75 @@ def test_rerun_keeps_the_gitignore_dvc_wrote(setup, tmp_path):
     assert (out / ".gitignore").read_text() == "/maps\n"
     assert sorted(p.name for p in out.iterdir()) == [".gitignore", "maps", "summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acol"]
+
+
+def _with_driver_batches(params, k: int):
+    return params.model_copy(update={"extract": params.extract.model_copy(update={"driver_batches": k})})
+
+
+@pytest.mark.parametrize("driver_batches", [0, 3, 100])
+def test_driver_batches_split_the_rows_and_keep_the_bytes(setup, ray_out, monkeypatch, driver_batches):
+    """The driver predicts the first extract.driver_batches batches while Ray starts, Ray the rest (from a
+    batch boundary): the files are the same bytes whatever the split, and Ray is not started for no rows."""
+    from acol.distributed import extract as module
+
+    s = setup
+    ray_rows, driver_rows = [], []
+    plan, plain = module._ray_dataset, module._plain_batches
+    monkeypatch.setattr(
+        module, "_ray_dataset", lambda inputs, *a: ray_rows.append(inputs.num_rows) or plan(inputs, *a)
+    )
+    monkeypatch.setattr(
+        module, "_plain_batches", lambda inputs, *a: driver_rows.append(inputs.num_rows) or plain(inputs, *a)
+    )
+    out = s["work"] / f"driver-{driver_batches}"
+    summary = extract(_with_driver_batches(s["params"], driver_batches), *_args(s)[1:], out)
+    head = min(s["n"], driver_batches * s["params"].extract.batch_size)
+    assert driver_rows == ([head] if head else [])
+    assert ray_rows == ([s["n"] - head] if head < s["n"] else [])
+    assert summary.rows == s["n"] and summary.engine == "ray"
+    assert _hashes(out / "maps") == ray_out["hashes"]
+
+
+def test_a_ray_failure_during_the_driver_batches_is_raised_and_nothing_left_running(setup, monkeypatch):
+    """Ray fails in its background thread while the driver computes: the error reaches the caller, the thread
+    ends, and no output is swapped into place."""
+    import threading
+
+    from acol.distributed import extract as module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("actor pool could not start")
+
+    monkeypatch.setattr(module, "_ray_dataset", broken)
+    out = setup["work"] / "ray-fails"
+    with pytest.raises(RuntimeError, match="actor pool could not start"):
+        extract(*_args(setup), out)
+    assert not out.exists()
+    assert not [t for t in threading.enumerate() if t.name == "extract-ray"]
+
+
+def test_background_hands_items_over_in_order_and_stops_when_closed():
+    from acol.distributed.extract import _Background
+
+    assert list(_Background(lambda: iter(range(50)))) == list(range(50))
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    feed = _Background(endless, depth=2)
+    first = [next(iter(feed)) for _ in range(3)]
+    feed.close()
+    assert first == [0, 1, 2] and len(produced) <= 3 + 2 + 2  # the queue and one item in hand, no more
+
+    def failing():
+        yield 1
+        raise ValueError("bad row")
+
+    with pytest.raises(ValueError, match="bad row"):
+        list(_Background(failing))

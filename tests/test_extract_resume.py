@@ -209,7 +209,8 @@ def test_ray_resumes_only_the_missing_parts(setup, reference, tmp_path, monkeypa
     _kill_half_way(extract, setup, out, monkeypatch)
     starts = _count_engine_rows(monkeypatch)
     summary = _run(extract, setup, out)
-    assert starts == [9]  # the engine ran on rows 8..16 only
+    # the engine ran on rows 8..16 only: the driver's first batch (extract.driver_batches: 1), Ray the rest
+    assert starts == [9 - setup["params"].extract.batch_size]
     assert (summary.rows, summary.resumed_rows, summary.errors, summary.engine) == (17, 9, 1, "ray")
     ray_full = tmp_path / "ray_full"
     _run(extract, setup, ray_full)

@@ -181,7 +181,9 @@ def _stage(name: str, args: list[str], tiny: dict, work: Path, env: dict[str, st
 def _extract(tiny: dict, work: Path, env: dict[str, str], model: Path, card: Path, *sets: str) -> str:
     args = ["--manifest", str(tiny["val"]), "--model", str(model), "--model-card", str(card),
             "--out", str(work / "extract")]  # fmt: skip
-    log = _stage("extract", args, tiny, work, env, *sets)
+    # batches of 4: the driver predicts the first (extract.driver_batches: 1) while Ray starts in the
+    # background, Ray the other 12 rows; a Ray started off the main thread must survive that thread
+    log = _stage("extract", args, tiny, work, env, "extract.batch_size=4", *sets)
     assert json.loads((work / "extract" / "summary.json").read_text())["rows"] == 16  # every val image
     return log
 

@@ -6,6 +6,8 @@ Two engines share every step but the scheduling, so one is the correctness refer
   per block reads and decodes the files and resizes them to uint8 (``S x S``); a pool of `MapPredictor`
   actors (the model loaded once per actor) normalizes and predicts; the driver streams the results in order
   and writes parts of ``rows_per_file`` rows. Nothing holds the whole dataset: the driver buffers one part.
+  Ray starts in a background thread while the driver predicts the first ``driver_batches`` batches itself
+  (the plain engine's steps), so the first maps come without waiting for Ray's start-up.
 - `extract_plain`: a PyTorch DataLoader over the same decode step, the same predictor, the same writer.
 
 Images travel between the steps as uint8 (a quarter of float32): `eval_transform` is split into its resize,
@@ -28,8 +30,12 @@ import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +49,7 @@ from tqdm import tqdm
 
 from acol.config import Params
 from acol.data.manifest import manifest_classes, read_manifest
-from acol.distributed.session import ensure_ray
+from acol.distributed.session import start_ray_in_background
 from acol.inference.mapstore import (
     MAPSTORE_SCHEMA,
     METADATA_KEY,
@@ -454,6 +460,102 @@ def _ray_dataset(
     )
 
 
+def _ray_batches(
+    ray_started: Future[str],
+    inputs: pa.Table,
+    params: Params,
+    model_kwargs: dict[str, Any],
+    root: str,
+    model_path: str,
+    amp: bool,
+    channels_last: bool,
+) -> Iterator[dict[str, Any]]:
+    """Once Ray is up, run the `_ray_dataset` plan over ``inputs`` and yield its result batches in order."""
+    import ray
+
+    ray_started.result()  # raises what starting Ray raised
+    ctx = ray.data.DataContext.get_current()
+    options = ctx.execution_options
+    old_order, old_limits = options.preserve_order, options.resource_limits
+    options.preserve_order = True  # results in manifest order: deterministic parts
+    options.resource_limits = old_limits.copy(object_store_memory=_buffer_bytes(params))
+    try:
+        ds = _ray_dataset(inputs, params, model_kwargs, root, model_path, amp, channels_last)
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    finally:
+        options.preserve_order, options.resource_limits = old_order, old_limits
+
+
+class _Background:
+    """Iterate ``produce()`` in a thread, handing its items over in order through a short queue.
+
+    Why: Ray's start-up (``ray.init``, actors importing torch, loading the model) takes 10-20 s on a small
+    machine; run in the background, the driver meanwhile computes the first batches itself.
+    """
+
+    _END = object()
+
+    def __init__(self, produce: Callable[[], Iterator[Any]], depth: int = 2) -> None:
+        self._items: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(produce,), name="extract-ray", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._items.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, produce: Callable[[], Iterator[Any]]) -> None:
+        try:
+            items = produce()
+            try:
+                for item in items:
+                    if not self._put(item):
+                        return
+            finally:
+                if hasattr(items, "close"):  # a generator: its own finally runs here, in this thread
+                    items.close()
+            self._put(self._END)
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(error)
+
+    def __iter__(self) -> Iterator[Any]:
+        while (item := self._items.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer (after the item it is computing) and wait for it to end."""
+        self._stop.set()
+        while self._thread.is_alive():
+            with suppress(queue.Empty):
+                self._items.get(timeout=0.2)
+        self._thread.join()
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _driver_rows(params: Params, n_rows: int) -> int:
+    """Rows the driver predicts itself while Ray starts: ``extract.driver_batches`` whole batches on CPU
+    runs; none with GPUs (the driver may have none, and a CPU's maps differ from a GPU's in the last bits)."""
+    cfg = params.extract
+    return 0 if cfg.use_gpu else min(n_rows, cfg.driver_batches * cfg.batch_size)
+
+
 def extract(
     params: Params,
     method: str,
@@ -471,27 +573,37 @@ def extract(
     Runs where `acol.distributed.session.ensure_ray` says (RAY_ADDRESS, else a private local Ray): every
     node must see ``root`` and ``model_path`` at the same paths. ``params.extract`` sets the batch, actor pool, GPU use, box
     threshold and rows per file; ``params.train.image_size`` the input size. A rerun after a kill resumes.
+    While Ray starts (in a background thread), the driver predicts the first ``extract.driver_batches``
+    batches itself with the same steps and as many torch threads as an actor: the same bytes as Ray's.
     """
-    import ray
-
     cfg = params.extract
     root_str, model_str = str(Path(root).resolve()), str(Path(model_path).resolve())
     if not Path(model_str).is_file():
         raise FileNotFoundError(f"model weights not found: {model_path}")
 
     def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        gpus = cfg.num_actors if cfg.use_gpu else 0
-        ensure_ray(cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus, gpus, params.ray.join_local)
-        ctx = ray.data.DataContext.get_current()
-        options = ctx.execution_options
-        old_order, old_limits = options.preserve_order, options.resource_limits
-        options.preserve_order = True  # results in manifest order: deterministic parts
-        options.resource_limits = old_limits.copy(object_store_memory=_buffer_bytes(params))
+        head = _driver_rows(params, inputs.num_rows)
+        tail = inputs.slice(head)
+        feed = None
+        if tail.num_rows:  # Ray starts now, in the background
+            gpus = cfg.num_actors if cfg.use_gpu else 0
+            cpus = cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus
+            started = start_ray_in_background(cpus, gpus, params.ray.join_local)
+            args = (started, tail, params, model_kwargs, root_str, model_str, amp, channels_last)
+            feed = _Background(lambda: _ray_batches(*args))
         try:
-            ds = _ray_dataset(inputs, params, model_kwargs, root_str, model_str, amp, channels_last)
-            yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+            if head:
+                log.info("the driver predicts the first %d images while Ray starts", head)
+                with _torch_threads(math.ceil(cfg.cpus_per_actor)):
+                    yield from _plain_batches(
+                        inputs.slice(0, head), model_kwargs, model_str, root_str, params, "cpu", 0, amp,
+                        channels_last,
+                    )  # fmt: skip
+            if feed is not None:
+                yield from feed
         finally:
-            options.preserve_order, options.resource_limits = old_order, old_limits
+            if feed is not None:
+                feed.close()
 
     options = {"device": _device(cfg.use_gpu, None), "amp": amp, "channels_last": channels_last}
     return _run(
@@ -519,6 +631,32 @@ def _collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([item[name] for item in items]) for name in items[0]}
 
 
+def _plain_batches(
+    inputs: pa.Table,
+    model_kwargs: dict[str, Any],
+    model_path: str,
+    root: str,
+    params: Params,
+    device: str,
+    loader_workers: int,
+    amp: bool,
+    channels_last: bool,
+) -> Iterator[dict[str, Any]]:
+    """The result batches of ``inputs`` from a DataLoader over `decode_batch` and a `MapPredictor` in this process."""
+    cfg, size = params.extract, params.train.image_size
+    predictor = MapPredictor(model_kwargs, model_path, size, cfg.box_threshold, device, amp, channels_last)
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(inputs, root, size),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=loader_workers,
+        collate_fn=_collate,
+        pin_memory=predictor.device.type == "cuda",
+    )
+    for batch in loader:
+        yield predictor(batch)
+
+
 def extract_plain(
     params: Params,
     method: str,
@@ -538,28 +676,20 @@ def extract_plain(
     It resumes after a kill as `extract` does (same parts folder; another engine's partial work is discarded).
     """
     cfg = params.extract
-    size = params.train.image_size
+    target = _device(cfg.use_gpu, device)
 
     def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        predictor = MapPredictor(
+        yield from _plain_batches(
+            inputs,
             model_kwargs,
             str(model_path),
-            size,
-            cfg.box_threshold,
-            _device(cfg.use_gpu, device),
+            str(root),
+            params,
+            target,
+            loader_workers,
             amp,
             channels_last,
         )
-        loader = torch.utils.data.DataLoader(
-            _DecodeDataset(inputs, str(root), size),
-            batch_size=cfg.batch_size,
-            shuffle=False,
-            num_workers=loader_workers,
-            collate_fn=_collate,
-            pin_memory=predictor.device.type == "cuda",
-        )
-        for batch in loader:
-            yield predictor(batch)
 
     options = {"device": _device(cfg.use_gpu, device), "amp": amp, "channels_last": channels_last}
     return _run(

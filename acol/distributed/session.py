@@ -24,9 +24,18 @@ import os
 import socket
 import sys
 import tempfile
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
-__all__ = ["RaySessionError", "ensure_ray", "local_temp_dir", "ray_temp_dir", "recorded_cluster"]
+__all__ = [
+    "RaySessionError",
+    "ensure_ray",
+    "local_temp_dir",
+    "ray_temp_dir",
+    "recorded_cluster",
+    "start_ray_in_background",
+]
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +166,31 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
             )
     log.info("Ray: %s", what)
     return what
+
+
+def start_ray_in_background(
+    cpus_needed: float, gpus_needed: float = 0, join_local: bool = False
+) -> Future[str]:
+    """`ensure_ray` without waiting: a future of its line, so the caller can work while Ray starts.
+
+    Ray is started by a daemon thread that then stays for the life of the process. Why it stays: the
+    processes of a private local Ray get their parent-death signal when the *thread* that started them ends
+    (Linux's rule), so a Ray started by a short-lived thread died with it, and the driver with it.
+    """
+    import ray
+
+    started: Future[str] = Future()
+    if ray.is_initialized():  # nothing to start: answer now, no thread
+        started.set_result(ensure_ray(cpus_needed, gpus_needed, join_local))
+        return started
+
+    def start_and_stay() -> None:
+        try:
+            started.set_result(ensure_ray(cpus_needed, gpus_needed, join_local))
+        except BaseException as error:  # raised to whoever waits on the future
+            started.set_exception(error)
+            return
+        threading.Event().wait()  # keep the Ray processes' parent thread alive until the process exits
+
+    threading.Thread(target=start_and_stay, name="ray-start", daemon=True).start()
+    return started
