@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -168,6 +169,20 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
     return what
 
 
+def _drop_sigterm_note(record: logging.LogRecord) -> bool:
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _exit_on_sigterm() -> None:
+    """What ``ray.init`` does in the main thread and cannot from another: SIGTERM exits through ``sys.exit``,
+    so ``finally`` blocks and ``ray.shutdown`` (atexit) run. Only where nobody set a handler before."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+
 def start_ray_in_background(
     cpus_needed: float, gpus_needed: float = 0, join_local: bool = False
 ) -> Future[str]:
@@ -184,12 +199,18 @@ def start_ray_in_background(
         started.set_result(ensure_ray(cpus_needed, gpus_needed, join_local))
         return started
 
+    _exit_on_sigterm()
+
     def start_and_stay() -> None:
+        worker_log = logging.getLogger("ray._private.worker")
+        worker_log.addFilter(_drop_sigterm_note)  # its "handler not set" warning: we set the same one above
         try:
             started.set_result(ensure_ray(cpus_needed, gpus_needed, join_local))
         except BaseException as error:  # raised to whoever waits on the future
             started.set_exception(error)
             return
+        finally:
+            worker_log.removeFilter(_drop_sigterm_note)
         threading.Event().wait()  # keep the Ray processes' parent thread alive until the process exits
 
     threading.Thread(target=start_and_stay, name="ray-start", daemon=True).start()
