@@ -337,3 +337,23 @@ def test_background_hands_items_over_in_order_and_stops_when_closed():
 
     with pytest.raises(ValueError, match="bad row"):
         list(_Background(failing))
+
+
+def test_background_close_gives_up_on_a_producer_that_never_delivers():
+    """A Ray plan that never yields (actors that cannot be placed) must not hang the stage's error exit."""
+    import threading
+    import time
+
+    from acol.distributed.extract import _Background
+
+    release = threading.Event()
+
+    def stuck():
+        release.wait(30)
+        yield 1
+
+    feed = _Background(stuck)
+    start = time.monotonic()
+    feed.close(timeout=0.5)
+    assert time.monotonic() - start < 5
+    release.set()

@@ -530,13 +530,19 @@ class _Background:
                 raise item
             yield item
 
-    def close(self) -> None:
-        """Stop the producer (after the item it is computing) and wait for it to end."""
+    def close(self, timeout: float = 120.0) -> None:
+        """Stop the producer (after the item it is computing) and wait for it to end, at most ``timeout`` s:
+        a Ray plan that never delivers (actors that cannot be placed) must not hang the caller's exit."""
         self._stop.set()
-        while self._thread.is_alive():
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
             with suppress(queue.Empty):
                 self._items.get(timeout=0.2)
-        self._thread.join()
+        if self._thread.is_alive():
+            log.warning(
+                "the Ray extraction thread did not stop within %.0f s; leaving it to the process exit",
+                timeout,
+            )
 
 
 @contextmanager

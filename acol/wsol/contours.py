@@ -13,7 +13,9 @@ as checked against OpenCV 5 on thousands of maps in ``tests/test_components.py``
 
 Foreground components only grow and merge as the cut decreases, holes only grow and merge as it increases,
 so one sweep of each over the pixels sorted by value (union-find with per-root bounding boxes) gives the
-boxes at all 256 cuts. Boxes are ``(x0, y0, x1, y1)`` int, inclusive, as in ``acol.wsol.boxes``; IoUs are
+boxes at all 256 cuts. The hole sweep visits only the hole pixels: with ``filled`` the map with its holes
+filled (below), pixel p lies in a hole exactly at the cuts ``q[p] <= c < filled[p]``, and a hole reaches the
+border, all of it at once, at its ``filled`` level. Boxes are ``(x0, y0, x1, y1)`` int, inclusive, as in ``acol.wsol.boxes``; IoUs are
 computed with the same integer areas and one float64 division as the reference, so they are bit-identical.
 
 The single largest contour (``max(contours, key=cv2.contourArea)``, classic MaxBoxAcc) comes from a third
@@ -28,8 +30,9 @@ outer border of the F of largest area, ties going to the latest raster-first pix
 
 Cost (what makes it fast): pixels are counting-sorted by value; each added pixel reads its 8 neighbours into
 a ring mask and joins one neighbour per run of consecutive "in" neighbours around the ring (a lookup table),
-usually one ``find``; only roots carry a size and a box. About 1.7 ms of CPU per 224x224 map for both sweeps
-and 1,000 thresholds, against 40-90 ms for the per-threshold ``findContours`` loop.
+usually one ``find``; only roots carry a size and a box. A map wanted in both modes is filled once
+(`box_iou_tables`). About 3 ms of CPU per 224x224 map for either mode at every cut, 5 ms for both
+(``benchmarks/profile_evaluate.py``), against 40-100 ms for the per-threshold ``findContours`` loop.
 """
 
 from __future__ import annotations
@@ -495,7 +498,8 @@ def _sort_by_value(q: np.ndarray, order: np.ndarray, starts: np.ndarray) -> int:
 @numba.njit(**_NJIT)
 def _sort_holes(q: np.ndarray, filled: np.ndarray, order: np.ndarray, starts: np.ndarray) -> None:
     """`_sort_by_value` of the hole pixels only: ``q < filled``, the pixels that some cut encloses in a hole
-    (pixel p is in a hole exactly at the cuts q[p] <= c < filled[p]); few in a CAM, so the hole sweep is short."""
+    (pixel p is in a hole exactly at the cuts q[p] <= c < filled[p]); ~20% of the pixels of the benchmark's
+    CAM-like maps, so the hole sweep is a fraction of a full one."""
     counts = np.zeros(256, np.int64)
     h, w = q.shape
     for y in range(h):
