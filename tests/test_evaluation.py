@@ -153,8 +153,12 @@ def test_holdout_split_is_stable_and_close_to_the_fraction() -> None:
     assert holdout_mask(ids[:10], 0.2).tolist() == mask[:10].tolist()  # depends on the id alone
 
 
-def test_fullsup_split_picks_the_threshold_on_train_fullsup_and_reports_all_of_val(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [256, 5])  # 5: the train-fullsup maps go through in several chunks
+def test_fullsup_split_picks_the_threshold_on_train_fullsup_and_reports_all_of_val(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
     """Choe et al.: the CAM threshold comes from train-fullsup; every val image is a test image."""
+    monkeypatch.setattr("acol.stages.evaluate.CHUNK", chunk)
     manifest, columns, *_ = _dataset(tmp_path)
     full_dir = tmp_path / "fullsup"
     full_dir.mkdir()

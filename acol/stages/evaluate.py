@@ -34,8 +34,8 @@ from acol.wsol.metrics import (
     IouTable,
     MaskEvaluator,
     load_wsol_mask,
+    quantized_iou_table,
     quantized_iou_tables,
-    select_cam_threshold,
 )
 from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_quantized, prepare_scoremap
 
@@ -120,7 +120,12 @@ def _fullsup_threshold(fullsup: tuple[pa.Table, pa.Table] | None, interval: floa
             "data.fullsup_metadata (e.g. the shipped ILSVRC/val or CUB/val WSOL metadata)"
         )
     ok, rows, _ = _rows_of_maps(*fullsup, "train-fullsup")
-    return select_cam_threshold(prepare_scoremap(maps_array(ok, "map_gt")), _gt_boxes_224(rows), interval)
+    gt = _gt_boxes_224(rows)
+    chooser = BoxEvaluator((50,), interval, multi_contour=False)  # as select_cam_threshold, chunk by chunk
+    for part in _chunks(ok.num_rows):  # ILSVRC's 10,000 maps at once were ~4 GB of float maps
+        qmaps = prepare_quantized(maps_array(ok.slice(part.start, part.stop - part.start), "map_gt"))
+        chooser.accumulate_table(quantized_iou_table(qmaps, gt[part], multi_contour=False))
+    return chooser.compute().best_threshold[50]
 
 
 def evaluate_method(
