@@ -1,7 +1,7 @@
 """Stage evaluate: every WSOL metric of one method from its extracted maps.
 
-Writes ``evaluation.json`` (the full record: counts, threshold, map statistics, method), ``metrics.json`` (the
-numbers ``dvc metrics show`` compares, `acol.tracking.dvc_metrics`), and the curves ``box_acc.csv`` / ``pr_curve.csv``.
+Writes ``evaluation.json`` (the full record: counts, threshold, map statistics, method; the metrics stage turns
+it into what ``dvc metrics show`` compares) and the curves ``box_acc.csv`` / ``pr_curve.csv``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from acol.models import METHODS
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.stages.evaluate import EVALUATED_COLUMNS, evaluate_method
 from acol.tracking import runs as tracking
-from acol.tracking.dvc_metrics import evaluation_metrics
 from acol.tracking.registry import record_and_promote
 
 log = logging.getLogger("evaluate")
@@ -67,7 +66,6 @@ def main() -> None:
             out / "pr_curve.csv", pd.DataFrame(result.pr_curve).to_csv(index=False, float_format="%.6g")
         )
     write_json_atomic(out / "evaluation.json", metrics)
-    write_json_atomic(out / "metrics.json", evaluation_metrics(metrics))
     log.info("MaxBoxAccV2 %.2f, GT-known loc %.2f, top-1 loc error %.2f", metrics["maxboxacc_v2"],
              metrics["gt_known_loc"], metrics["top1_loc_error"])  # fmt: skip
 

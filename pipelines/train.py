@@ -1,4 +1,4 @@
-"""Stage train@<method>: Ray Train on the prepared manifests; model.pt, model_card.json, history.csv, metrics.json.
+"""Stage train@<method>: Ray Train on the prepared manifests; model.pt, model_card.json, history.csv.
 
 Run alone (starts a local Ray) or on a cluster: ``ray job submit --working-dir . -- python pipelines/train.py
 --method acol`` (connects through RAY_ADDRESS). On a cluster, pass paths every node sees (and a shared
@@ -19,7 +19,6 @@ from acol.io import write_json_atomic
 from acol.models import METHODS, build_model, load_model_weights, model_kwargs
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.tracking import runs as tracking
-from acol.tracking.dvc_metrics import training_metrics
 
 log = logging.getLogger("train")
 
@@ -71,7 +70,6 @@ def main(argv: list[str] | None = None) -> None:
             "version": version,
         }
         write_json_atomic(out / "model_card.json", card)
-        write_json_atomic(out / "metrics.json", training_metrics(outcome.history[-1]))  # what DVC compares
         mlflow.log_artifact(str(out / "model_card.json"))
         mlflow.log_artifact(str(outcome.history_path))
         log.info("trained %s: %s; registered version %s", args.method, outcome.metrics, version)

@@ -92,6 +92,7 @@ def test_train_stage_two_workers_end_to_end(
         "val_loss",
         "lr",
         "seconds",
+        "samples_per_second",  # the metrics stage's train_img_per_s
     ]
     assert all(r["acc_b"] != "" and 0.0 <= float(r["val_top1"]) <= 1.0 for r in rows)  # ACoL has branch B
     assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # cosine schedule stepped over both epochs

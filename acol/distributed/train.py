@@ -81,7 +81,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EPOCH_HOOK_ENV = "ACOL_EPOCH_HOOK"
-HISTORY_COLUMNS = ("epoch", "loss", "acc_a", "acc_b", "val_top1", "val_top5", "val_loss", "lr", "seconds")
+HISTORY_COLUMNS = (
+    "epoch", "loss", "acc_a", "acc_b", "val_top1", "val_top5", "val_loss", "lr", "seconds", "samples_per_second"
+)  # fmt: skip
 _MODEL_FILE, _OPTIM_FILE, _STATE_FILE = "model.pt", "optim.pt", "state.json"
 
 

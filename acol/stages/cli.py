@@ -12,7 +12,14 @@ from collections.abc import Callable
 
 from acol.config import Params, load_params
 
-__all__ = ["USER_ERROR_EXIT_CODE", "stage_parser", "params_from_args", "run_stage", "setup_logging"]
+__all__ = [
+    "DEBUG_ENV",
+    "USER_ERROR_EXIT_CODE",
+    "stage_parser",
+    "params_from_args",
+    "run_stage",
+    "setup_logging",
+]
 
 USER_ERROR_EXIT_CODE = 2  # as argparse's for a bad command line: the input is wrong, not the program
 DEBUG_ENV = "ACOL_DEBUG"  # =1: user errors keep their traceback, as with --debug
@@ -26,6 +33,7 @@ _USER_ERRORS = (
     ("acol.models.factory", "WeightsError"),
     ("acol.inference.mapstore", "MapStoreError"),
     ("acol.stages.report", "ReportError"),
+    ("acol.stages.metrics", "MetricsInputError"),
     ("acol.distributed.session", "RaySessionError"),
     ("builtins", "FileNotFoundError"),
 )

@@ -1,10 +1,10 @@
 """Compare runs side by side: one row per metric, one column per experiment and method.
 
-Why: ``dvc exp show`` and ``dvc metrics show`` put every metric in its own column, and the acol and cam files
-share metric names, so ``dvc exp show`` names each column by its full file path
-(``outputs/evaluate/acol/metrics.json:MaxBoxAccV2``): 26 metric columns plus every param and dependency make
-a table thousands of characters wide. This reads the same numbers (``dvc exp show --json``) and turns the
-table around, so a handful of experiments fit a terminal.
+Why: ``dvc metrics show`` shows one revision (one row per metric, a column per method), and ``dvc exp show``
+puts every experiment on one row with each metric of each method in its own column
+(``metrics/MaxBoxAccV2.json:acol``), beside every param and dependency: a table thousands of characters wide.
+This reads the same numbers (``dvc exp show --json``) and turns that table around, so a handful of experiments
+fit a terminal. Revisions from before the metrics stage (other metrics files) have no column.
 
     python -m acol.stages.compare                 # workspace and HEAD's experiments
     python -m acol.stages.compare -A              # every commit; any `dvc exp show` option passes through
@@ -20,12 +20,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from acol.tracking.dvc_metrics import EVALUATION_KEYS, TRAINING_KEYS
+from acol.tracking.dvc_metrics import METRIC_NAMES, METRICS_DIR
 
 __all__ = ["RunColumn", "columns_from_exp_show", "main", "render"]
 
-METRIC_ROWS: tuple[str, ...] = (*EVALUATION_KEYS.values(), *(name for name, _, _ in TRAINING_KEYS.values()))
-_METRICS_FILE = re.compile(r"^outputs/(train|evaluate)/(?P<method>[^/]+)/metrics\.json$")
+_METRICS_FILE = re.compile(rf"^{re.escape(METRICS_DIR)}/(?P<name>[^/]+)\.json$")
 
 
 @dataclass
@@ -57,7 +56,8 @@ def columns_from_exp_show(entries: list[dict[str, Any]]) -> list[RunColumn]:
         for path, content in ((row.get("data") or {}).get("metrics") or {}).items():
             match = _METRICS_FILE.match(path)
             if match and isinstance(content, dict) and isinstance(content.get("data"), dict):
-                by_method.setdefault(match["method"], {}).update(content["data"])
+                for method, value in content["data"].items():  # one metric, a value per method
+                    by_method.setdefault(method, {})[match["name"]] = value
         columns += [RunColumn(_label(row), method, values) for method, values in sorted(by_method.items())]
     return columns
 
@@ -72,8 +72,8 @@ def render(columns: list[RunColumn]) -> str:
     """A plain-text table: experiment and method as a two-line header, one metric a line."""
     if not columns:
         return "no metrics found (run `dvc repro` or `dvc exp run` first)"
-    name_width = max(len(name) for name in METRIC_ROWS)
-    cells = [[_cell(c.metrics.get(name)) for c in columns] for name in METRIC_ROWS]
+    name_width = max(len(name) for name in METRIC_NAMES)
+    cells = [[_cell(c.metrics.get(name)) for c in columns] for name in METRIC_NAMES]
     widths = [
         max(len(c.experiment), len(c.method), *(len(row[k]) for row in cells)) for k, c in enumerate(columns)
     ]
@@ -81,7 +81,7 @@ def render(columns: list[RunColumn]) -> str:
         " " * name_width + "".join(f"  {c.experiment:>{w}}" for c, w in zip(columns, widths, strict=True)),
         " " * name_width + "".join(f"  {c.method:>{w}}" for c, w in zip(columns, widths, strict=True)),
     ]
-    for name, row in zip(METRIC_ROWS, cells, strict=True):
+    for name, row in zip(METRIC_NAMES, cells, strict=True):
         lines.append(
             f"{name:<{name_width}}" + "".join(f"  {v:>{w}}" for v, w in zip(row, widths, strict=True))
         )
