@@ -1,1 +1,1 @@
-"""The body of each pipeline stage (prepare, evaluate, report, reevaluate, score_npy) and the CLI helpers that pipelines/*.py call."""
+"""The body of each pipeline stage (prepare, evaluate, metrics, report, reevaluate, score_npy) and the CLI helpers that pipelines/*.py call."""
