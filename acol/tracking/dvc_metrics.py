@@ -4,7 +4,7 @@ Why one file per number, keyed by method (``metrics/MaxBoxAccV2.json`` = ``{"aco
 DVC draws one row per metrics file and one column per key of any file. Files per stage and method made a
 table of 13 columns (172 characters with these names; 1,640 when the files also carried run ids, paths and
 params); turned around, ``dvc metrics show`` is one row per metric and one column per method, like a paper's
-table on its side, and fits any terminal. ``dvc metrics diff`` lists ``<file> <method>`` pairs the same way.
+table on its side, and fits an 80-column terminal. ``dvc metrics diff`` lists ``<file> <method>`` pairs.
 
 Percentages keep two decimals, the loss four: finer digits are noise between runs. The full records keep
 acol's own names (``maxboxacc_v2``, ``top1_loc_error``...), which MLflow logs and ``evaluate.champion_metric``
