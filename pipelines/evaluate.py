@@ -65,6 +65,8 @@ def main() -> None:
         write_text_atomic(
             out / "pr_curve.csv", pd.DataFrame(result.pr_curve).to_csv(index=False, float_format="%.6g")
         )
+    else:  # no masks: an earlier run's curve must not stand beside these numbers (the report would plot it)
+        (out / "pr_curve.csv").unlink(missing_ok=True)
     write_json_atomic(out / "evaluation.json", metrics)
     log.info("MaxBoxAccV2 %.2f, GT-known loc %.2f, top-1 loc error %.2f", metrics["maxboxacc_v2"],
              metrics["gt_known_loc"], metrics["top1_loc_error"])  # fmt: skip

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -308,6 +309,31 @@ def test_evaluate_outputs_survive_a_crash_before_rename(
     with pytest.raises(RenameCrash):
         _run_script("evaluate", argv, monkeypatch)
     assert _snapshot(out) == before
+
+
+def test_evaluate_without_masks_removes_an_earlier_pr_curve(
+    tiny_dataset: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on data without masks has no PR curve; the one an earlier run left must not stay beside its
+    numbers, where the report would plot it as this run's."""
+    manifest = read_manifest(tiny_dataset["val"])
+    no_masks = manifest.set_column(
+        manifest.schema.get_field_index("mask_path"), "mask_path", pa.nulls(manifest.num_rows, pa.string())
+    )
+    val = tmp_path / "val_no_masks.parquet"
+    write_manifest(no_masks, val)
+    model, card = _model_files(tmp_path / "model", manifest_classes(no_masks))
+    params = load_params(tmp_path / "absent.yaml", ["train.image_size=48", "extract.batch_size=8"])
+    extract_plain(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract")
+    out = tmp_path / "evaluate"
+    _stale(out, ["pr_curve.csv"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    argv = ["--method", "acol", "--params", str(tmp_path / "absent.yaml"), "--maps", str(tmp_path / "extract/maps"),
+            "--manifest", str(val), "--model-card", str(card), "--out", str(out),
+            "--set", f"data.root={tiny_dataset['root']}", "--set", "evaluate.interval=0.1"]  # fmt: skip
+    _run_script("evaluate", argv, monkeypatch)
+    assert "pxap" not in json.loads((out / "evaluation.json").read_text())  # no masks, no PxAP
+    assert sorted(p.name for p in out.iterdir()) == ["box_acc.csv", "evaluation.json"]
 
 
 def test_train_and_report_writers_survive_a_crash_before_rename(

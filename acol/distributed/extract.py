@@ -697,7 +697,7 @@ def extract_plain(
             channels_last,
         )
 
-    options = {"device": _device(cfg.use_gpu, device), "amp": amp, "channels_last": channels_last}
+    options = {"device": target, "amp": amp, "channels_last": channels_last}
     return _run(
         "plain", params, method, manifest_path, out_dir, stream, model_card,
         model_path=model_path, root=root, options=options,

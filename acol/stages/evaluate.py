@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -121,10 +121,23 @@ def _fullsup_threshold(fullsup: tuple[pa.Table, pa.Table] | None, interval: floa
         )
     ok, rows, _ = _rows_of_maps(*fullsup, "train-fullsup")
     gt = _gt_boxes_224(rows)
-    chooser = BoxEvaluator((50,), interval, multi_contour=False)  # as select_cam_threshold, chunk by chunk
-    for part in _chunks(ok.num_rows):  # ILSVRC's 10,000 maps at once were ~4 GB of float maps
-        qmaps = prepare_quantized(maps_array(ok.slice(part.start, part.stop - part.start), "map_gt"))
-        chooser.accumulate_table(quantized_iou_table(qmaps, gt[part], multi_contour=False))
+    tables = (  # chunk by chunk: ILSVRC's 10,000 maps at once were ~4 GB of float maps
+        quantized_iou_table(
+            prepare_quantized(maps_array(ok.slice(part.start, part.stop - part.start), "map_gt")),
+            gt[part],
+            multi_contour=False,
+        )
+        for part in _chunks(ok.num_rows)
+    )
+    return _best_threshold(tables, interval)
+
+
+def _best_threshold(tables: Iterable[IouTable], interval: float) -> float:
+    """The CAM threshold maximizing GT-known loc (IoU 50, largest contour) over `tables`, as
+    select_cam_threshold: the held-out split's and the train-fullsup split's choice."""
+    chooser = BoxEvaluator((50,), interval, multi_contour=False)
+    for table in tables:
+        chooser.accumulate_table(table)
     return chooser.compute().best_threshold[50]
 
 
@@ -175,10 +188,8 @@ def _evaluate_method(
     largest = IouTable.concat([table for table, _ in parts])  # every image's largest-contour IoU per cut
     if use_fullsup:
         threshold = _fullsup_threshold(fullsup, params.interval)
-    else:  # the CAM threshold maximizing GT-known loc on the held-out images, as select_cam_threshold
-        chooser = BoxEvaluator((50,), params.interval, multi_contour=False)
-        chooser.accumulate_table(largest.take(hold_idx))
-        threshold = chooser.compute().best_threshold[50]
+    else:
+        threshold = _best_threshold([largest.take(hold_idx)], params.interval)
     v1 = BoxEvaluator((50,), params.interval, multi_contour=False)
     v1.accumulate_table(largest.take(test_idx))
     classic = ClassicLocEvaluator(cam_threshold=threshold)
