@@ -37,15 +37,15 @@ RECORD = {
 CAM_RECORD = {**RECORD, "method": "cam", "maxboxacc_v2": 50.004, "top1_loc_error": 49.996, "pxap": None}
 LAST_EPOCH = {"epoch": 8, "loss": 0.017061944079399108, "acc_a": 1.0, "acc_b": 0.9992, "lr": 0.0,
               "val_loss": 0.0088, "val_top1": 1.0, "val_top5": 1.0, "seconds": 40.19, "samples_per_second": 65.58}  # fmt: skip
+# metric_table's inputs for both methods
+_BOTH = ({"acol": RECORD, "cam": CAM_RECORD}, {"acol": LAST_EPOCH, "cam": LAST_EPOCH})
 
 
 def test_each_metric_is_a_row_with_a_value_per_method() -> None:
-    table = metric_table({"acol": RECORD, "cam": CAM_RECORD}, {"acol": LAST_EPOCH, "cam": LAST_EPOCH})
+    table = metric_table(*_BOTH)
     assert list(table) == list(METRIC_NAMES)  # in display order; every one present (acol has PxAP)
-    assert table["MaxBoxAccV2"] == {
-        "acol": 56.44,
-        "cam": 50.0,
-    }  # rounded by hand: 56.442... -> 56.44, 50.004 -> 50.0
+    # rounded by hand: 56.442... -> 56.44, 50.004 -> 50.0
+    assert table["MaxBoxAccV2"] == {"acol": 56.44, "cam": 50.0}
     assert table["top1_loc_err"] == {"acol": 40.15, "cam": 50.0}
     assert table["MaxBoxAccV2_IoU70"] == {"acol": 19.45, "cam": 19.45}
     assert table["PxAP"] == {"acol": 71.05}  # no masks for cam: left out, not null
@@ -151,7 +151,7 @@ def test_dvc_metrics_show_is_a_row_per_metric_in_80_columns(dvc_repo: Path) -> N
     print("\n".join(lines))
     assert lines[0].split() == ["Path", "acol", "cam"] and len(lines) == 1 + len(METRIC_NAMES)
     rows = {Path(line.split()[0]).stem: line.split()[1:] for line in lines[1:]}
-    table = metric_table({"acol": RECORD, "cam": CAM_RECORD}, {"acol": LAST_EPOCH, "cam": LAST_EPOCH})
+    table = metric_table(*_BOTH)
     for name, values in table.items():  # DVC prints each file's numbers under its method, "-" where none
         assert [None if v == "-" else float(v) for v in rows[name]] == [
             values.get(m) for m in ("acol", "cam")
@@ -209,7 +209,7 @@ def test_compare_turns_dvc_exp_show_around(dvc_repo: Path, monkeypatch: pytest.M
     assert lines[1].split() == ["acol", "cam", "acol", "cam"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert list(rows) == list(METRIC_NAMES)
-    table = metric_table({"acol": RECORD, "cam": CAM_RECORD}, {"acol": LAST_EPOCH, "cam": LAST_EPOCH})
+    table = metric_table(*_BOTH)
     for name, values in rows.items():  # workspace and commit alike: each method's number, "-" where none
         expected = [f"{table[name][m]:g}" if m in table[name] else "-" for m in ("acol", "cam")]
         assert values == expected * 2, name
