@@ -27,6 +27,7 @@ __all__ = [
     "Params",
     "load_params",
     "apply_overrides",
+    "resolve_paths",
 ]
 
 
@@ -210,6 +211,36 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise ParamsError(f"override {override!r}: {part!r} is not a section")
         node[parts[-1]] = _parse_value(value)
     return raw
+
+
+def _absolute(value: str | None, base: Path) -> str | None:
+    """`value` made absolute against `base`; None, empty and URIs (``s3://...``) as they are."""
+    if not value or "://" in value:
+        return value
+    return str((base / Path(value).expanduser()).resolve())
+
+
+def resolve_paths(params: Params, base: str | Path) -> Params:
+    """`params` with every path that names a local file or folder made absolute against `base`.
+
+    Why: Ray Train workers and Ray jobs run in other working directories, so a relative path that the driver
+    checked (``weights/vgg16.pth``) names nothing there. The paths under ``data.root`` (``data.synsets``,
+    ``data.val_solution``, ``data.val_xml_dir``, ``data.mask_dir``) stay relative to the root, as documented.
+    """
+    base = Path(base)
+    data, model, train = params.data, params.model, params.train
+    return params.model_copy(
+        update={
+            "data": data.model_copy(
+                update={
+                    "root": _absolute(data.root, base),
+                    "fullsup_metadata": _absolute(data.fullsup_metadata, base),
+                }
+            ),
+            "model": model.model_copy(update={"backbone_weights": _absolute(model.backbone_weights, base)}),
+            "train": train.model_copy(update={"storage_path": _absolute(train.storage_path, base)}),
+        }
+    )
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from acol.data.dataset import ManifestDataset
-from acol.data.manifest import read_manifest
-from acol.data.transforms import eval_transform
 from acol.distributed.train import fit
-from acol.io import write_json_atomic
-from acol.models import METHODS, build_model, load_model_weights, model_kwargs
+from acol.io import replacing_dir, write_json_atomic
+from acol.models import METHODS
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.tracking import runs as tracking
 
@@ -38,18 +35,16 @@ def main(argv: list[str] | None = None) -> None:
     tracking.check_tracking_server()  # before Ray starts and the model trains
 
     manifests = [args.train_manifest, args.val_manifest]
-    with tracking.stage_run(
-        "train", params, method=args.method, data_paths=manifests, params_file=args.params
-    ) as run:
+    with (
+        tracking.stage_run(
+            "train", params, method=args.method, data_paths=manifests, params_file=args.params
+        ) as run,
+        replacing_dir(out, keep=(".gitignore",)) as staging,  # model, card and history: one set or none
+    ):
         import mlflow
 
-        outcome = fit(params, args.method, *manifests, root, out, run_id=run.info.run_id)
+        outcome = fit(params, args.method, *manifests, root, staging, run_id=run.info.run_id)
         mlflow.set_tags({"restarts": str(outcome.restarts), "ray_run": outcome.run_name})
-
-        model = build_model(**model_kwargs(params.model.model_dump(), args.method, len(outcome.classes)))
-        load_model_weights(model, outcome.model_path)
-        val = ManifestDataset(read_manifest(args.val_manifest), root, eval_transform(params.train.image_size))
-        example = val[0][0][None]  # (1, 3, S, S) normalized image: the signature's input
         card = {
             "method": args.method,
             "backbone": params.model.backbone,
@@ -64,15 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             "ray_run": outcome.run_name,
             "mlflow_run_id": run.info.run_id,
         }
-        version = tracking.log_model(model, args.method, params, example, card)  # state dict + card
-        card["registered_model"] = {
-            "name": tracking.registered_model_name(params, args.method),
-            "version": version,
-        }
-        write_json_atomic(out / "model_card.json", card)
-        mlflow.log_artifact(str(out / "model_card.json"))
+        write_json_atomic(staging / "model_card.json", card)
+        mlflow.log_artifact(str(staging / "model_card.json"))
         mlflow.log_artifact(str(outcome.history_path))
-        log.info("trained %s: %s; registered version %s", args.method, outcome.metrics, version)
+        log.info("trained %s: %s (the evaluate stage registers it)", args.method, outcome.metrics)
 
 
 if __name__ == "__main__":

@@ -316,3 +316,18 @@ def test_paths_outside_the_root_are_refused(
     with pytest.raises(UnsafePathError, match=r"val\.parquet|unsafe path"):  # the extract stage
         _run_script("extract", argv, monkeypatch)
     assert not (tmp_path / "extract").exists()
+
+
+@pytest.mark.parametrize("error_type", ["DataError", "UnsafePathError", "ImageDecodeError"])
+def test_data_errors_survive_pickling(error_type: str) -> None:
+    """Ray hands a worker's error to the driver by pickle: the user must get the error naming the file, not
+    "DataError.__init__() missing 1 required positional argument" from Ray's deserializer."""
+    import pickle
+
+    from acol.data import errors, images, paths
+
+    cls = {"DataError": errors.DataError, "UnsafePathError": paths.UnsafePathError,
+           "ImageDecodeError": images.ImageDecodeError}[error_type]  # fmt: skip
+    back = pickle.loads(pickle.dumps(cls("train/a.JPEG", "missing image")))
+    assert type(back) is cls and back.path == "train/a.JPEG" and back.reason == "missing image"
+    assert str(back) == "train/a.JPEG: missing image"

@@ -298,15 +298,13 @@ def test_train_job_spreads_over_two_nodes_and_resumes(tiny_dataset, tmp_path):
         assert (out / "model.pt").stat().st_size > 0
         assert any((shared / "ray").glob("train-cam-*/epoch-0002"))
 
-        # The MLflow run and the registered version are on the server, not in the job's temp working dir.
+        # The MLflow run and its files are on the server, not in the job's temp working dir (the evaluate
+        # stage registers the model).
         client = MlflowClient(tracking_uri=uri)
         run = client.get_run(card["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["restarts"] == "1"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
-        version = client.get_model_version(
-            card["registered_model"]["name"], card["registered_model"]["version"]
-        )
-        assert version.run_id == run.info.run_id
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model_card.json", "history.csv"}
 
 
 @pytest.mark.slow

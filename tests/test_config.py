@@ -68,3 +68,26 @@ def test_params_are_frozen() -> None:
     params = load_params(REPO / "params.yaml")
     with pytest.raises(Exception, match="frozen"):
         params.train.epochs = 5  # type: ignore[misc]
+
+
+def test_local_paths_are_made_absolute_once_where_params_are_loaded(tmp_path: Path) -> None:
+    """Ray workers and jobs run in other folders: the CLI hands every stage absolute paths (URIs and the
+    paths documented as relative to data.root stay as they are)."""
+    import argparse
+
+    from acol.config import resolve_paths
+    from acol.stages.cli import params_from_args
+
+    sets = ["model.backbone_weights=weights/vgg16.pth", "data.fullsup_metadata=meta/val", "data.root=d",
+            "train.storage_path=s3://bucket/ray", "data.synsets=LOC_synset_mapping.txt"]  # fmt: skip
+    params = resolve_paths(load_params(tmp_path / "absent.yaml", sets), tmp_path)
+    assert params.model.backbone_weights == str(tmp_path / "weights" / "vgg16.pth")
+    assert params.data.fullsup_metadata == str(tmp_path / "meta" / "val")
+    assert params.data.root == str(tmp_path / "d")
+    assert params.train.storage_path == "s3://bucket/ray"  # an object store, not a local folder
+    assert params.data.synsets == "LOC_synset_mapping.txt"  # relative to data.root by definition
+    assert resolve_paths(params, "/elsewhere") == params  # absolute paths stay
+
+    args = argparse.Namespace(params=str(tmp_path / "absent.yaml"), overrides=sets[:1])
+    assert Path(params_from_args(args).model.backbone_weights or "").is_absolute()
+    assert params_from_args(args).model.backbone_weights == str(Path.cwd() / "weights" / "vgg16.pth")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import cv2
@@ -11,9 +12,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from acol.config import DataParams
 from acol.data.readers.ilsvrc import read_ilsvrc_val
-from acol.data.shadow_ilsvrc import _train_images, _write_chunk, shadow_geometry, shadow_texture
+from acol.data.shadow_ilsvrc import (
+    FULLSUP_METADATA,
+    _train_images,
+    _write_chunk,
+    shadow_geometry,
+    shadow_texture,
+)
 from acol.data.synthetic import SyntheticConfig, class_wnids, generate_synthetic
+from acol.stages.prepare import index_dataset, index_fullsup
 from tests.conftest_data import wsol_metadata_dir  # noqa: F401  (session fixture)
 
 N_VAL = 30
@@ -70,6 +79,10 @@ def test_sizes_boxes_and_labels_are_the_metadata_s(shadow: tuple[Path, Path]) ->
         assert got == boxes[image_id]
     mapping = [line.split()[0] for line in (root / "LOC_synset_mapping.txt").read_text().splitlines()]
     assert mapping == sorted(mapping) == wnids
+    marker = json.loads((root / "synthetic.json").read_text())["config"]
+    assert (
+        "shadow_classes" not in marker and "shadow_fullsup_metadata" not in marker
+    )  # as before they existed
 
 
 def test_the_ilsvrc_reader_reads_it_back(shadow: tuple[Path, Path]) -> None:
@@ -122,6 +135,83 @@ def test_train_tree_and_class_codes(tmp_path: Path, wsol_metadata_dir: Path) -> 
     assert len(codes) == 1000  # every class a distinct (part hue, body texture) pair
 
 
+Row = tuple[str, int, int, int, list[list[float]]]  # id, class index, width, height, boxes
+SUBSET, VAL_PER_CLASS, FULLSUP_PER_CLASS = 3, 2, 2
+
+
+def metadata_rows(folder: Path) -> list[Row]:
+    """Every image of a WSOL metadata folder in image_ids.txt order, from the plain text."""
+    labels = {r[0]: int(r[1]) for r in plain_rows(folder / "class_labels.txt")}
+    sizes = {r[0]: (int(r[1]), int(r[2])) for r in plain_rows(folder / "image_sizes.txt")}
+    boxes: dict[str, list[list[float]]] = {}
+    for r in plain_rows(folder / "localization.txt"):
+        boxes.setdefault(r[0], []).append([float(v) for v in r[1:]])
+    return [(i, labels[i], *sizes[i], boxes[i]) for (i,) in plain_rows(folder / "image_ids.txt")]
+
+
+def first_of_classes(rows: list[Row], per_class: int) -> list[Row]:
+    return [row for k in range(SUBSET) for row in [r for r in rows if r[1] == k][:per_class]]
+
+
+def manifest_rows(table: object) -> list[Row]:
+    return sorted(
+        (r["image_id"], r["class_index"], r["width"], r["height"], r["boxes"])
+        for r in table.to_pylist()  # type: ignore[attr-defined]
+    )
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory: pytest.TempPathFactory, wsol_metadata_dir: Path) -> tuple[Path, SyntheticConfig]:  # noqa: F811
+    root = tmp_path_factory.mktemp("shadow_subset") / "data"
+    config = shadow_config(wsol_metadata_dir, num_val_images=None, shadow_classes=SUBSET,
+                           val_per_class=VAL_PER_CLASS, train_per_class=2, holdout_per_class=FULLSUP_PER_CLASS,
+                           shadow_fullsup_metadata=str(wsol_metadata_dir / "ILSVRC" / "val"))  # fmt: skip
+    generate_synthetic(root, config, progress=False)
+    return root, config
+
+
+def test_a_class_subset_reads_back_as_its_classes(subset: tuple[Path, SyntheticConfig]) -> None:
+    root, config = subset
+    train, val, problems = index_dataset(DataParams(source="ilsvrc", root=str(root)))
+    assert problems == []
+    wnids = class_wnids(SUBSET)
+    assert sorted(set(train.column("class_id").to_pylist())) == wnids
+    assert train.column("class_index").to_pylist() == [0, 0, 1, 1, 2, 2]
+    expected = first_of_classes(metadata_rows(Path(str(config.shadow_metadata))), VAL_PER_CLASS)
+    assert manifest_rows(val) == sorted(expected)
+    assert len(list((root / "val").iterdir())) == SUBSET * VAL_PER_CLASS
+    assert (root / "LOC_synset_mapping.txt").read_text().split()[::4] == wnids
+    assert json.loads((root / "synthetic.json").read_text())["config"]["shadow_classes"] == SUBSET
+    assert not generate_synthetic(root, config, progress=False).created  # the marker matches its config
+
+
+def test_a_subset_s_files_are_the_full_set_s(subset: tuple[Path, SyntheticConfig], tmp_path: Path) -> None:
+    # A val image keeps its metadata row as render index, a train image its class-major position.
+    root, config = subset
+    full = config.model_copy(update={"shadow_classes": None, "shadow_fullsup_metadata": None})
+    every = shadow_geometry(full)
+    row = next(i for i, g in enumerate(every) if g.label == 2)
+    _write_chunk(str(tmp_path), full, "val", [(row, every[row])])
+    assert (tmp_path / every[row].name).read_bytes() == (root / every[row].name).read_bytes()
+    first = _train_images(full, every)[5]
+    _write_chunk(str(tmp_path), full, "train", [(5, first)])
+    assert (tmp_path / first.name).read_bytes() == (root / first.name).read_bytes()
+
+
+def test_fullsup_images_and_metadata(subset: tuple[Path, SyntheticConfig]) -> None:
+    root, config = subset
+    data = DataParams(source="ilsvrc", root=str(root), fullsup_metadata=str(root / FULLSUP_METADATA))
+    table, problems = index_fullsup(data, class_wnids(SUBSET))
+    assert problems == []
+    expected = first_of_classes(metadata_rows(Path(str(config.shadow_fullsup_metadata))), FULLSUP_PER_CLASS)
+    assert len(expected) == SUBSET * FULLSUP_PER_CLASS and expected[0][0].startswith("val2/0/")
+    assert manifest_rows(table) == sorted(expected)
+    for image_id, _, w, h, _ in expected:
+        assert cv2.imread(str(root / image_id)).shape == (h, w, 3)
+    summary = json.loads((root / "synthetic.json").read_text())["summary"]
+    assert summary["images"] == {"train": 6, "val": 6, "holdout": 6} and summary["num_classes"] == SUBSET
+
+
 def test_config_rules() -> None:
     with pytest.raises(ValidationError, match="shadow_metadata"):
         SyntheticConfig(layout="shadow_ilsvrc", num_classes=1000)
@@ -135,3 +225,12 @@ def test_config_rules() -> None:
         SyntheticConfig(train_per_class=0)
     with pytest.raises(ValidationError):
         SyntheticConfig(layout="imagenet")
+    with pytest.raises(ValidationError, match="layout='toy'"):
+        SyntheticConfig(shadow_classes=4)
+    with pytest.raises(ValidationError, match="layout='toy'"):
+        SyntheticConfig(shadow_fullsup_metadata="m")
+    with pytest.raises(ValidationError, match="holdout_per_class"):
+        SyntheticConfig(layout="shadow_ilsvrc", num_classes=1000, shadow_metadata="m",
+                        shadow_fullsup_metadata="v", holdout_per_class=0)  # fmt: skip
+    with pytest.raises(ValidationError):
+        SyntheticConfig(layout="shadow_ilsvrc", num_classes=1000, shadow_metadata="m", shadow_classes=1001)

@@ -21,6 +21,11 @@ class DataError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Pickled by its two fields: Ray carries a worker's error to the driver by pickle, and the default
+        # (the message as the only argument) cannot rebuild it, so the user got a deserialization error instead.
+        return type(self), (self.path, self.reason)
+
 
 @dataclass(frozen=True)
 class DataProblem:

@@ -11,14 +11,24 @@ Layout written under ``root`` (the real release's):
     LOC_val_solution.csv                ImageId,PredictionString "wnid x0 y0 x1 y1 ..." (the metadata's boxes)
     LOC_synset_mapping.txt              1,000 wnids (``class_wnids``; their sorted order = class index)
     train/<wnid>/<wnid>_<n>.JPEG        ``train_per_class`` per class, geometry of val images (cycled)
+    val2/<class>/<n>.jpeg               only with ``shadow_fullsup_metadata`` (ImageNetV2, ILSVRC/val): the
+                                        first ``holdout_per_class`` per class, at the metadata's ids
+    fullsup_metadata/                   their WSOL metadata folder (``data.fullsup_metadata``; ids relative
+                                        to ``root``, which is ``data.root``)
     synthetic.json                      config + summary, written last: marks a complete dataset
+
+``shadow_classes = N`` keeps classes 0..N-1 (the first N sorted wnids): the synset file lists N wnids, val
+holds the first ``val_per_class`` metadata images of each (then the first ``num_val_images``), train
+``train_per_class`` per kept class. Every image keeps the render index it has in the full dataset (val and
+fullsup: its metadata row; train: its class-major position), so a subset's files are the full set's files.
 
 Each object is drawn inside its real box: an ellipse body inscribed in the box, textured, with a saturated
 square part at one end of its long axis, as in the toy layout. 1,000 classes need more cues than 180 hues:
 class k has part hue ``k % 20`` (of 20) and body texture ``k // 20`` (5 patterns x 10 periods), so each class
 is still a unique (part, texture) pair. No masks, holdout or XML: the real val release has none of them.
-Every image is drawn by ``np.random.default_rng([seed, split, index, 1])``: byte-identical whatever the order
-or number of workers.
+Every image is drawn by ``np.random.default_rng([seed, split, index, stream])`` (stream 1; shadow CUB uses
+2): byte-identical whatever the order or number of workers. ``acol.data.shadow_cub`` reuses the renderer
+and the helpers here for the CUB-200-2011 layout.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from acol.data.manifest import manifest_from_records
+from acol.data.readers.wsol_metadata import read_wsol_metadata, write_wsol_metadata
 from acol.data.synthetic import (
     _SPLIT_CODE,
     TEXTURE_PATTERNS,
@@ -44,12 +56,22 @@ from acol.data.synthetic import (
     class_wnids,
     write_marker,
 )
-from acol.data.readers.wsol_metadata import read_wsol_metadata
 from acol.io import write_bytes_atomic
 
-__all__ = ["ShadowImage", "generate_shadow_ilsvrc", "render_shadow_image", "shadow_geometry"]
+__all__ = [
+    "FULLSUP_METADATA",
+    "ShadowImage",
+    "first_per_class",
+    "generate_shadow_ilsvrc",
+    "metadata_geometry",
+    "render_shadow_image",
+    "shadow_geometry",
+    "write_geometry_metadata",
+    "write_shadow_images",
+]
 
 SHADOW_CLASSES = 1000
+FULLSUP_METADATA = "fullsup_metadata"  # under root: the WSOL metadata folder of the fullsup images written
 _PART_HUES = 20  # hues 9 * (k % 20): 9 OpenCV hue steps apart
 _PERIODS_PX = tuple(3.0 * 1.25**i for i in range(10))  # 3 to 22 px, 1.25 apart (> the 8/7 training upscale)
 _STREAM = 1  # the 4th seed word: shadow images never share a stream with toy images
@@ -67,14 +89,19 @@ class ShadowImage:
 
 
 def shadow_geometry(config: SyntheticConfig) -> list[ShadowImage]:
-    """All images of the metadata folder in ``image_ids.txt`` order; raises if it has problems."""
-    table, problems = read_wsol_metadata(str(config.shadow_metadata), strict=True)
+    """All images of ``config.shadow_metadata`` in ``image_ids.txt`` order; raises if it has problems."""
+    return metadata_geometry(str(config.shadow_metadata))
+
+
+def metadata_geometry(folder: str | os.PathLike[str]) -> list[ShadowImage]:
+    """All images of a WSOL metadata folder in ``image_ids.txt`` order, names = its ids; raises on problems."""
+    table, problems = read_wsol_metadata(folder, strict=True)
     if problems:  # strict raises first; kept as a guard
-        raise ValueError(f"{config.shadow_metadata}: {len(problems)} metadata problems")
+        raise ValueError(f"{folder}: {len(problems)} metadata problems")
     rows = table.select(["image_id", "width", "height", "class_index", "boxes"]).to_pydict()
     labels = rows["class_index"]
     if max(labels) >= SHADOW_CLASSES:
-        raise ValueError(f"{config.shadow_metadata}: labels beyond {SHADOW_CLASSES} classes")
+        raise ValueError(f"{folder}: labels beyond {SHADOW_CLASSES} classes")
     return [
         ShadowImage(name, int(w), int(h), int(k), tuple(tuple(int(v) for v in b) for b in boxes))  # type: ignore[misc]
         for name, w, h, k, boxes in zip(
@@ -83,9 +110,35 @@ def shadow_geometry(config: SyntheticConfig) -> list[ShadowImage]:
     ]
 
 
+def first_per_class(
+    images: list[ShadowImage], classes: int, per_class: int | None
+) -> list[tuple[int, ShadowImage]]:
+    """(row, image) of the first ``per_class`` images (None: all) of each class below ``classes``, in row
+    order; the row is the image's render index, so a subset draws the same pixels as the full set."""
+    taken = [0] * classes
+    out = []
+    for row, image in enumerate(images):
+        if image.label < classes and (per_class is None or taken[image.label] < per_class):
+            taken[image.label] += 1
+            out.append((row, image))
+    return out
+
+
+def _kept_classes(config: SyntheticConfig) -> int:
+    return config.shadow_classes or SHADOW_CLASSES
+
+
+def _val_jobs(config: SyntheticConfig, every: list[ShadowImage]) -> list[tuple[int, ShadowImage]]:
+    """Val images with their render index: the first ``num_val_images`` rows, or with ``shadow_classes`` the
+    first ``val_per_class`` rows of each kept class, then the first ``num_val_images`` of those."""
+    if config.shadow_classes is None:  # the original selection, unchanged
+        return list(enumerate(every[: config.num_val_images]))
+    return first_per_class(every, config.shadow_classes, config.val_per_class)[: config.num_val_images]
+
+
 def _train_images(config: SyntheticConfig, val: list[ShadowImage]) -> list[ShadowImage]:
     """``train_per_class`` images per class, class-major; image i takes the size and boxes of val image i."""
-    wnids = class_wnids(SHADOW_CLASSES)
+    wnids = class_wnids(_kept_classes(config))
     out = []
     for k, wnid in enumerate(wnids):
         for n in range(config.train_per_class):
@@ -123,9 +176,12 @@ def shadow_texture(label: int) -> tuple[str, float]:
     return TEXTURE_PATTERNS[code % len(TEXTURE_PATTERNS)], _PERIODS_PX[code // len(TEXTURE_PATTERNS)]
 
 
-def render_shadow_image(config: SyntheticConfig, split: Split, index: int, image: ShadowImage) -> np.ndarray:
-    """(H, W, 3) uint8 BGR image ``index`` of ``split`` (deterministic in (seed, split, index))."""
-    rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], index, _STREAM])
+def render_shadow_image(
+    config: SyntheticConfig, split: Split, index: int, image: ShadowImage, stream: int = _STREAM
+) -> np.ndarray:
+    """(H, W, 3) uint8 BGR image ``index`` of ``split`` (deterministic in (seed, split, index, stream));
+    ``config`` gives the style (seed, colours, contrast, part size, noise), ``image`` the geometry."""
+    rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], index, stream])
     w, h = image.width, image.height
     canvas = _background(rng, config, w, h)
     wave = _texture_wave(rng, *shadow_texture(image.label), h, w)
@@ -146,11 +202,15 @@ def render_shadow_image(config: SyntheticConfig, split: Split, index: int, image
 
 
 def _write_chunk(
-    root: str, config: SyntheticConfig, split: Split, jobs: list[tuple[int, ShadowImage]]
+    root: str,
+    config: SyntheticConfig,
+    split: Split,
+    jobs: list[tuple[int, ShadowImage]],
+    stream: int = _STREAM,
 ) -> int:
-    """Worker: render, encode and atomically write a chunk of images; returns how many."""
+    """Worker: render, encode and atomically write a chunk of images (at ``root/name``); returns how many."""
     for index, image in jobs:
-        array = render_shadow_image(config, split, index, image)
+        array = render_shadow_image(config, split, index, image, stream)
         jpeg = _encode(array, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality], image.name)
         write_bytes_atomic(Path(root) / image.name, jpeg, durable=False)
     return len(jobs)
@@ -165,7 +225,9 @@ def _solution_csv(images: list[ShadowImage]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _summary(root: Path, train: list[ShadowImage], val: list[ShadowImage]) -> SyntheticSummary:
+def _summary(
+    root: Path, classes: int, train: list[ShadowImage], val: list[ShadowImage], fullsup: list[ShadowImage]
+) -> SyntheticSummary:
     per_image = np.array([len(g.boxes) for g in val])
     areas = np.array(
         [(b[2] - b[0] + 1) * (b[3] - b[1] + 1) / (g.width * g.height) for g in val for b in g.boxes]
@@ -173,8 +235,8 @@ def _summary(root: Path, train: list[ShadowImage], val: list[ShadowImage]) -> Sy
     quantiles = np.quantile(areas, [0.1, 0.25, 0.5, 0.75, 0.9])
     return SyntheticSummary(
         root=str(root),
-        num_classes=SHADOW_CLASSES,
-        images={"train": len(train), "val": len(val), "holdout": 0},
+        num_classes=classes,
+        images={"train": len(train), "val": len(val), "holdout": len(fullsup)},
         boxes=int(per_image.sum()),
         boxes_per_image={int(k): float(np.mean(per_image == k)) for k in np.unique(per_image)},
         box_area_fraction_quantiles={
@@ -184,43 +246,95 @@ def _summary(root: Path, train: list[ShadowImage], val: list[ShadowImage]) -> Sy
     )
 
 
+def write_shadow_images(
+    root: Path,
+    config: SyntheticConfig,
+    split: Split,
+    jobs: list[tuple[int, ShadowImage]],
+    *,
+    executor: ProcessPoolExecutor | None = None,
+    stream: int = _STREAM,
+    desc: str = "shadow",
+    progress: bool = False,
+) -> None:
+    """Render and write each (render index, image) at ``root/image.name``, in chunks of 32 (on ``executor``'s
+    processes when given); the bytes depend on the jobs only, never on the chunking or the workers."""
+    from tqdm import tqdm  # imported here: the module does no work at import time
+
+    chunks = [jobs[i : i + 32] for i in range(0, len(jobs), 32)]
+    bar = tqdm(total=len(jobs), desc=f"{desc} {split}", disable=not progress, unit="img")
+    if executor is None:
+        done = (_write_chunk(str(root), config, split, c, stream) for c in chunks)
+    else:
+        n = len(chunks)
+        done = executor.map(_write_chunk, [str(root)] * n, [config] * n, [split] * n, chunks, [stream] * n)
+    for count in done:
+        bar.update(count)
+    bar.close()
+
+
+def write_geometry_metadata(folder: Path, images: list[ShadowImage], classes: list[str], source: str) -> None:
+    """The WSOL metadata folder (image_ids, class_labels, image_sizes, localization) of ``images``, whose
+    names are the ids; through the project's own writer, so it is what the metadata reader expects."""
+    records = [
+        {
+            "image_id": g.name,
+            "class_index": g.label,
+            "width": g.width,
+            "height": g.height,
+            "boxes": list(g.boxes),
+        }
+        for g in images
+    ]
+    write_wsol_metadata(manifest_from_records(records, classes, source), folder)
+
+
+def _fullsup_jobs(config: SyntheticConfig) -> list[tuple[int, ShadowImage]]:
+    """ImageNetV2 fullsup images of the kept classes (the first ``holdout_per_class`` each); none if unset."""
+    if config.shadow_fullsup_metadata is None:
+        return []
+    every = metadata_geometry(config.shadow_fullsup_metadata)
+    return first_per_class(every, _kept_classes(config), config.holdout_per_class)
+
+
 def generate_shadow_ilsvrc(
     root: str | os.PathLike[str], config: SyntheticConfig, *, workers: int = 1, progress: bool = True
 ) -> SyntheticSummary:
     """Write the shadow ILSVRC dataset under ``root`` (called by ``generate_synthetic``, which first keeps
     a complete dataset of the same config); a process pool of ``workers`` renders chunks of 32 images."""
-    from tqdm import tqdm  # imported here: the module does no work at import time
-
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
     every = shadow_geometry(config)
-    val = every[: config.num_val_images]
+    val_jobs = _val_jobs(config, every)
     train = _train_images(config, every)
+    fullsup_jobs = _fullsup_jobs(config)
     root.mkdir(parents=True, exist_ok=True)
-    wnids = class_wnids(SHADOW_CLASSES)
+    wnids = class_wnids(_kept_classes(config))
     write_bytes_atomic(
         root / "LOC_synset_mapping.txt",
         "".join(f"{w} synthetic class {k}\n" for k, w in enumerate(wnids)).encode(),
     )
+    splits: list[tuple[Split, list[tuple[int, ShadowImage]]]] = [
+        ("train", list(enumerate(train))),
+        ("val", val_jobs),
+        ("holdout", fullsup_jobs),
+    ]
     executor = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
-        for split, images in (("train", train), ("val", val)):
-            jobs = list(enumerate(images))
-            chunks = [jobs[i : i + 32] for i in range(0, len(jobs), 32)]
-            bar = tqdm(total=len(jobs), desc=f"shadow ILSVRC {split}", disable=not progress, unit="img")
-            if executor is None:
-                done = (_write_chunk(str(root), config, split, c) for c in chunks)  # type: ignore[arg-type]
-            else:
-                n = len(chunks)
-                done = executor.map(_write_chunk, [str(root)] * n, [config] * n, [split] * n, chunks)
-            for count in done:
-                bar.update(count)
-            bar.close()
+        for split, jobs in splits:
+            if jobs:
+                write_shadow_images(
+                    root, config, split, jobs, executor=executor, desc="shadow ILSVRC", progress=progress
+                )
     finally:
         if executor is not None:
             executor.shutdown()
+    val = [g for _, g in val_jobs]
+    fullsup = [g for _, g in fullsup_jobs]
+    if fullsup:
+        write_geometry_metadata(root / FULLSUP_METADATA, fullsup, wnids, "ilsvrc")
     write_bytes_atomic(root / "LOC_val_solution.csv", _solution_csv(val).encode())
-    summary = _summary(root, train, val)
+    summary = _summary(root, len(wnids), train, val, fullsup)
     write_marker(root, config, summary)
     return summary

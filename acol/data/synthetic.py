@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -71,6 +70,10 @@ _WNID_BASE = 90_000_000  # made-up wnids n90000000, n90000001, ... (no clash wit
 # (+-45 degrees, sign drawn per image), a checkerboard and a 45-degree checkerboard.
 TEXTURE_PATTERNS: tuple[str, ...] = ("stripes-0", "stripes-90", "stripes-45", "checker", "checker-45")
 _TEXTURE_PATTERNS = len(TEXTURE_PATTERNS)
+_SHADOW_ONLY = ("shadow_metadata", "num_val_images", "shadow_classes", "shadow_fullsup_metadata")
+# Fields added after shadow datasets were first made: left out of the marker while None, so that an older
+# dataset's synthetic.json stays byte-identical.
+_SHADOW_OPTIONAL = ("shadow_classes", "shadow_fullsup_metadata")
 
 
 class SyntheticConfig(BaseModel):
@@ -84,6 +87,13 @@ class SyntheticConfig(BaseModel):
     layout: Literal["toy", "shadow_ilsvrc"] = "toy"
     shadow_metadata: str | None = None  # shadow_ilsvrc: the WSOL metadata folder (image_ids.txt, ...)
     num_val_images: int | None = Field(None, ge=1)  # shadow_ilsvrc: only the first N val images; None = all
+    # shadow_ilsvrc: keep only classes 0..N-1 (wnids, train and val of those; val capped at val_per_class per
+    # class); None = all 1,000 (val_per_class not applied: the real val set has 50 per class).
+    shadow_classes: int | None = Field(None, ge=2, le=1000)
+    # shadow_ilsvrc: a WSOL metadata folder of ImageNetV2 "train-fullsup" (ILSVRC/val); when set, the first
+    # holdout_per_class of its images per kept class are drawn at their ids (val2/<class>/<n>.jpeg) and a
+    # metadata folder of them is written (acol.data.shadow_ilsvrc.FULLSUP_METADATA).
+    shadow_fullsup_metadata: str | None = None
     num_classes: int = Field(10, ge=2, le=1000)  # toy: <= 36, even pairs every class; shadow_ilsvrc: 1000
     train_per_class: int = Field(125, ge=0)  # trains both methods in a few minutes on 2 CPU cores
     val_per_class: int = Field(50, ge=1)  # evaluation split (boxes + masks)
@@ -130,9 +140,13 @@ class SyntheticConfig(BaseModel):
                 raise ValueError(
                     "layout='shadow_ilsvrc' needs num_classes=1000 and shadow_metadata (a folder)"
                 )
+            if self.shadow_fullsup_metadata is not None and self.holdout_per_class < 1:
+                raise ValueError(
+                    "shadow_fullsup_metadata needs holdout_per_class >= 1 (fullsup images per class)"
+                )
             return self
-        if self.num_classes > 36 or self.shadow_metadata is not None or self.num_val_images is not None:
-            raise ValueError("layout='toy' takes num_classes <= 36 and no shadow_metadata or num_val_images")
+        if self.num_classes > 36 or any(getattr(self, name) is not None for name in _SHADOW_ONLY):
+            raise ValueError(f"layout='toy' takes num_classes <= 36 and none of {', '.join(_SHADOW_ONLY)}")
         if self.train_per_class < 1:
             raise ValueError("layout='toy' needs train_per_class >= 1 (0 is for shadow_ilsvrc val-only runs)")
         probs = self.object_count_probs
@@ -568,10 +582,13 @@ def existing_dataset(root: Path, config: SyntheticConfig) -> SyntheticSummary | 
 
 
 def write_marker(root: Path, config: SyntheticConfig, summary: SyntheticSummary) -> None:
-    """Write ``synthetic.json`` last (config + summary); toy configs leave the shadow fields out, so the
-    default dataset's marker stays byte-identical to the one written before those fields existed."""
-    shadow = {"layout", "shadow_metadata", "num_val_images"} if config.layout == "toy" else set()
-    payload = {"config": json.loads(config.model_dump_json(exclude=shadow)), "summary": asdict(summary)}
+    """Write ``synthetic.json`` last (config + summary); toy configs leave the shadow fields out, and shadow
+    configs their unset later fields, so a marker stays byte-identical to the one written before they existed."""
+    if config.layout == "toy":
+        left_out = {"layout", *_SHADOW_ONLY}
+    else:
+        left_out = {name for name in _SHADOW_OPTIONAL if getattr(config, name) is None}
+    payload = {"config": json.loads(config.model_dump_json(exclude=left_out)), "summary": asdict(summary)}
     payload["summary"].pop("created")
     payload["summary"].pop("root")
     write_bytes_atomic(root / _MARKER, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())

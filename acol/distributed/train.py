@@ -72,6 +72,7 @@ __all__ = [
     "EpochStart",
     "TrainOutcome",
     "fit",
+    "place_and_restore",
     "resolve_epoch_hook",
     "run_name",
     "train_loop_per_worker",
@@ -284,10 +285,25 @@ def _save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: 
     (folder / _STATE_FILE).write_text(json.dumps(state))
 
 
+def place_and_restore(
+    run: _Run, place: Callable[[nn.Module], nn.Module], checkpoint: Any, world_size: int, rank: int
+) -> None:
+    """Put the model on its device (`place`), then restore `checkpoint` (if any) into `run`.
+
+    In this order: the optimizer's state (SGD momentum, Adam moments) is loaded onto the parameters' device
+    by `Optimizer.load_state_dict`; restored first, it would stay on the CPU while the parameters move to the
+    GPU, and the first step after a resume would fail.
+    """
+    run.model = place(run.model)
+    if checkpoint is not None:
+        _restore(run, checkpoint, run.epochs, world_size, rank)
+
+
 def _restore(run: _Run, checkpoint: Any, epochs: int, world_size: int, rank: int) -> None:
-    """Load model, optimizer, schedule, history and restart count from a Ray Train checkpoint into `run`."""
+    """Load model, optimizer, schedule, history and restart count from a Ray Train checkpoint into `run`
+    (whose model is already on its device: `place_and_restore`)."""
     with checkpoint.as_directory() as folder:
-        run.model.load_state_dict(
+        _unwrap(run.model).load_state_dict(
             torch.load(Path(folder) / _MODEL_FILE, map_location="cpu", weights_only=True)
         )
         optim = torch.load(Path(folder) / _OPTIM_FILE, map_location="cpu", weights_only=True)
@@ -360,12 +376,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(params.train.seed)
     device = ray.train.torch.get_device()
     run = _build_run(config, params, world_size, rank, device)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        _restore(run, checkpoint, params.train.epochs, world_size, rank)
+    # prepare_model moves to the device (DDP when world_size > 1)
+    place_and_restore(run, ray.train.torch.prepare_model, ray.train.get_checkpoint(), world_size, rank)
     if rank == 0:  # the history so far (missing after a driver relaunch) and the restart count
         _log_epochs(config, run.history, restarts=run.restarts)
-    run.model = ray.train.torch.prepare_model(run.model)  # moves to the device; DDP when world_size > 1
 
     hook = resolve_epoch_hook(config.get("epoch_hook"))
     for epoch in range(run.start_epoch + 1, params.train.epochs + 1):

@@ -9,8 +9,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from acol.config import Params, load_params
+from acol.config import Params, load_params, resolve_paths
 
 __all__ = [
     "DEBUG_ENV",
@@ -63,7 +64,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
-    return load_params(args.params, args.overrides)
+    """params.yaml with the `--set` overrides, its local paths made absolute against the working directory
+    (once, here: Ray workers and jobs run elsewhere; `acol.config.resolve_paths`)."""
+    return resolve_paths(load_params(args.params, args.overrides), Path.cwd())
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -126,12 +126,21 @@ def manifest_stats(table: pa.Table) -> dict[str, Any]:
     return stats
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when inside it: the summary is committed, and a checkout's
+    own location is not part of the dataset."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 def prepare_summary(
     train: pa.Table, val: pa.Table, problems: list[DataProblem], data: DataParams
 ) -> dict[str, Any]:
     return {
         "source": data.source,
-        "root": str(data.root),
+        "root": _shown(data.root),
         "num_classes": len(manifest_classes(train)),
         "classes": manifest_classes(train),
         "train": manifest_stats(train),
