@@ -159,6 +159,9 @@ class RayParams(_Section):
     # false: RAY_ADDRESS's cluster when set, else a private local Ray, whatever `ray start` recorded on this
     # machine; true: join the local cluster `ray start` recorded (RAY_ADDRESS still wins).
     join_local: bool = False
+    # false: a stage whose workers or actors no live node can hold fails at once, naming the params; true (a
+    # cluster whose autoscaler adds nodes, e.g. KubeRay with in-tree autoscaling): it warns and waits for one.
+    autoscaling: bool = False
 
 
 class Params(_Section):

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from acol.config import Params
 from acol.data.manifest import manifest_classes, read_manifest
-from acol.distributed.session import start_ray_in_background
+from acol.distributed.session import Demand, check_placement, start_ray_in_background
 from acol.inference.mapstore import (
     MAPSTORE_SCHEMA,
     METADATA_KEY,
@@ -474,6 +474,15 @@ def _ray_batches(
     import ray
 
     ray_started.result()  # raises what starting Ray raised
+    cfg = params.extract
+    inference = {"CPU": cfg.cpus_per_actor, "GPU": 1.0 if cfg.use_gpu else 0.0}
+    check_placement(
+        [
+            Demand("extract.cpus_per_actor, use_gpu", inference),
+            Demand("extract.decode_cpus", {"CPU": cfg.decode_cpus}),
+        ],
+        params.ray.autoscaling,
+    )
     ctx = ray.data.DataContext.get_current()
     options = ctx.execution_options
     old_order, old_limits = options.preserve_order, options.resource_limits

@@ -26,12 +26,17 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "Demand",
     "RaySessionError",
+    "check_placement",
     "ensure_ray",
+    "unplaceable",
     "local_temp_dir",
     "ray_temp_dir",
     "recorded_cluster",
@@ -167,6 +172,78 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
             )
     log.info("Ray: %s", what)
     return what
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a stage asks Ray for at once: `count` bundles of `bundle` resources placed by `strategy`;
+    `params` names the keys that set it, for the error message."""
+
+    params: str
+    bundle: Mapping[str, float]
+    count: int = 1
+    strategy: str = "PACK"
+
+
+def _fits(node: Mapping[str, float], bundle: Mapping[str, float], times: int = 1) -> bool:
+    return all(node.get(key, 0.0) + 1e-9 >= amount * times for key, amount in bundle.items() if amount)
+
+
+def _copies(node: Mapping[str, float], bundle: Mapping[str, float]) -> int:
+    """How many `bundle`s one node holds (by its total resources: busy ones free up)."""
+    needed = [(node.get(key, 0.0), amount) for key, amount in bundle.items() if amount]
+    return min((math.floor(have / amount + 1e-9) for have, amount in needed), default=1_000_000)
+
+
+def unplaceable(demand: Demand, nodes: Sequence[Mapping[str, float]]) -> str | None:
+    """Why no placement of `demand` exists on `nodes` (each node's total resources), or None when one does."""
+    if demand.strategy == "STRICT_PACK":
+        if any(_fits(node, demand.bundle, demand.count) for node in nodes):
+            return None
+        return f"no node holds all {demand.count} of them (STRICT_PACK)"
+    if demand.strategy == "STRICT_SPREAD":
+        holding = sum(_fits(node, demand.bundle) for node in nodes)
+        if holding >= demand.count:
+            return None
+        return f"{holding} node(s) hold one, STRICT_SPREAD needs {demand.count}"
+    if not any(_fits(node, demand.bundle) for node in nodes):
+        return "no node holds even one"
+    if sum(_copies(node, demand.bundle) for node in nodes) < demand.count:
+        return f"the nodes hold {sum(_copies(node, demand.bundle) for node in nodes)} in all"
+    return None
+
+
+def _node_sizes(nodes: Sequence[Mapping[str, float]]) -> str:
+    return ", ".join(
+        "{" + ", ".join(f"{k}: {node.get(k, 0):g}" for k in ("CPU", "GPU")) + "}" for node in nodes
+    )
+
+
+def check_placement(demands: Sequence[Demand], autoscaling: bool) -> None:
+    """Fail at once, naming the params, when the cluster's live nodes cannot hold what a stage asks for.
+
+    Why: Ray queues a request that no node can hold and waits for ever ("No available node types can fulfill
+    resource request") when no autoscaler will add a node. With ``ray.autoscaling: true`` (a cluster whose
+    autoscaler adds nodes, e.g. KubeRay's) the wait is what the user wants: a warning instead.
+    """
+    import ray
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    for demand in demands:
+        why = unplaceable(demand, nodes)
+        if why is None:
+            continue
+        message = (
+            f"Ray cannot place {demand.count} x {dict(demand.bundle)} ({demand.params}): {why}; the live "
+            f"nodes have {_node_sizes(nodes) or 'nothing'}"
+        )
+        if autoscaling:
+            log.warning("%s; waiting for the autoscaler to add nodes (ray.autoscaling: true)", message)
+            continue
+        raise RaySessionError(
+            f"{message}. Lower those params, or add nodes; on a cluster whose autoscaler adds nodes, set "
+            "ray.autoscaling: true to wait for them"
+        )
 
 
 def _drop_sigterm_note(record: logging.LogRecord) -> bool:

@@ -53,7 +53,7 @@ from acol.config import Params
 from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, train_transform
-from acol.distributed.session import ensure_ray
+from acol.distributed.session import Demand, check_placement, ensure_ray
 from acol.io import atomic_path
 from acol.models import build_model, model_kwargs
 from acol.training.engine import (
@@ -463,6 +463,10 @@ def fit(
     _check_backbone_weights(params, method, len(classes))
     gpus = tp.num_workers if tp.use_gpu else 0  # one GPU per worker
     ensure_ray(tp.num_workers * tp.cpus_per_worker, gpus, params.ray.join_local)
+    worker = {"CPU": tp.cpus_per_worker, "GPU": 1.0 if tp.use_gpu else 0.0}
+    demand = Demand("train.num_workers x train.cpus_per_worker, use_gpu", worker, tp.num_workers,
+                    tp.placement_strategy)  # fmt: skip
+    check_placement([demand], params.ray.autoscaling)
     log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, run_dir)
     result = _trainer(params, config, name, storage, train_manifest, root).fit()
     if result.checkpoint is None:
