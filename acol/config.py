@@ -165,6 +165,9 @@ class RayParams(_Section):
 
 
 class Params(_Section):
+    # the methods the pipeline trains, extracts and evaluates (dvc.yaml's foreach), and the metrics and the
+    # report show; a preset runs its own method
+    methods: tuple[str, ...] = ("acol", "cam")
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -173,6 +176,15 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     reevaluate: ReevaluateParams = ReevaluateParams()
     ray: RayParams = RayParams()
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from acol.models import METHODS
+
+        if not value or len(set(value)) != len(value) or not set(value) <= set(METHODS):
+            raise ValueError(f"a non-empty list of distinct methods; allowed: {list(METHODS)}")
+        return value
 
 
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:

@@ -94,6 +94,7 @@ def _acol_paper(backbone: str, dataset: str) -> Preset:
     data, epochs = (_ILSVRC, 6) if dataset == "ilsvrc" else (_CUB, 60)
     note = "" if backbone == "vgg16" else "the official code has no GoogLeNet script: VGG16's recipe is used"
     overrides = {
+        "methods": ["acol"],  # the published row's method; the pipeline runs the methods listed
         **data,
         **_GPU_224,
         **_ACOL_RECIPE,
@@ -113,6 +114,7 @@ def _acol_paper(backbone: str, dataset: str) -> Preset:
 def _choe(backbone: str, method: str, dataset: str) -> Preset:
     data = _ILSVRC if dataset == "ilsvrc" else _CUB
     overrides = {
+        "methods": [method],
         **data,
         # the CAM threshold is chosen on train-fullsup (ImageNetV2 / CUBV2), whose WSOL metadata ships in
         # tests/assets/wsol-metadata.tar.xz (extract it into data/wsol-metadata)
@@ -157,6 +159,8 @@ def _yaml_scalar(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_yaml_scalar(v) for v in value) + "]"  # a YAML flow list, no whitespace
     return str(value)
 
 

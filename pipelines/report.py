@@ -31,6 +31,7 @@ def main() -> None:
         manifest=args.manifest,
         summary=args.summary,
         dataset_root=params.data.root,
+        methods=params.methods,
     )
     log.info("building the report for %s", ", ".join(inputs.methods))
     index = build_report(inputs, args.out)

@@ -45,7 +45,7 @@ def test_overrides_are_parsed_as_yaml_and_nested() -> None:
         ),
         ("evaluate.iou_thresholds=[0, 50]", r"evaluate\.iou_thresholds: .*percentage"),
         ("data.synthetic.num_classes=1", r"data\.synthetic\.num_classes"),
-        ("nosuchsection.x=1", r"nosuchsection: unknown key; allowed: data, model, train, .*, ray"),
+        ("nosuchsection.x=1", r"nosuchsection: unknown key; allowed: methods, data, model, train, .*, ray"),
         ("data.synthetic.seeed=1", r"data\.synthetic\.seeed: unknown key; allowed: .*\bseed\b"),
         ("ray.join_local=maybe", r"ray\.join_local: Input should be a valid boolean"),
     ],
@@ -91,3 +91,10 @@ def test_local_paths_are_made_absolute_once_where_params_are_loaded(tmp_path: Pa
     args = argparse.Namespace(params=str(tmp_path / "absent.yaml"), overrides=sets[:1])
     assert Path(params_from_args(args).model.backbone_weights or "").is_absolute()
     assert params_from_args(args).model.backbone_weights == str(Path.cwd() / "weights" / "vgg16.pth")
+
+
+@pytest.mark.parametrize("methods", ["[]", "[acol,acol]", "[acol,has]"])
+def test_methods_is_a_list_of_distinct_known_methods(methods: str) -> None:
+    with pytest.raises(ParamsError, match=r"methods: .*allowed: \['acol', 'cam'"):
+        load_params("absent.yaml", [f"methods={methods}"])
+    assert load_params("absent.yaml", ["methods=[cam]"]).methods == ("cam",)

@@ -22,6 +22,7 @@ from acol.stages.metrics import MetricsInputError, collect_metrics, write_metric
 from acol.tracking.dvc_metrics import METRIC_NAMES, METRICS_DIR, metric_table
 
 REPO = Path(__file__).resolve().parents[1]
+METHODS = ("acol", "cam")
 DVC = [sys.executable, "-m", "dvc"]
 
 # An evaluation record and a last history row shaped like the real ones (see outputs/evaluate/*/evaluation.json).
@@ -78,7 +79,7 @@ def test_metrics_stage_writes_a_file_per_metric_and_replaces_the_folder(tmp_path
     out = tmp_path / "metrics"
     out.mkdir()
     (out / "IoU30.json").write_text("{}")  # a file of an earlier layout: gone with the old folder
-    write_metrics(collect_metrics(evaluate_dir, train_dir), out)
+    write_metrics(collect_metrics(evaluate_dir, train_dir, METHODS), out)
     files = {p.stem: json.loads(p.read_text()) for p in out.iterdir()}
     assert set(files) == set(METRIC_NAMES)
     assert files["MaxBoxAccV2"] == {"acol": 56.44, "cam": 50.0}
@@ -87,19 +88,26 @@ def test_metrics_stage_writes_a_file_per_metric_and_replaces_the_folder(tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".metrics")]  # no temp folder left
 
 
+def test_metrics_show_the_methods_of_params_not_every_folder(tmp_path: Path) -> None:
+    """`methods: [cam]` after a run of both: the acol folder is an earlier run's, not a column of this one."""
+    evaluate_dir, train_dir = _stage_inputs(tmp_path, {"acol": RECORD, "cam": CAM_RECORD})
+    table = collect_metrics(evaluate_dir, train_dir, ["cam"])
+    assert table["MaxBoxAccV2"] == {"cam": 50.0} and "PxAP" not in table  # PxAP was acol's alone
+
+
 def test_metrics_stage_names_the_missing_record(tmp_path: Path) -> None:
     evaluate_dir, train_dir = _stage_inputs(tmp_path, {"acol": RECORD, "cam": CAM_RECORD})
     (train_dir / "cam" / "history.csv").unlink()
     with pytest.raises(MetricsInputError, match=r"train/cam/history\.csv: no training history"):
-        collect_metrics(evaluate_dir, train_dir)
+        collect_metrics(evaluate_dir, train_dir, METHODS)
     (train_dir / "cam" / "history.csv").write_text(",".join(HISTORY_COLUMNS) + "\n")
     with pytest.raises(MetricsInputError, match=r"cam/history\.csv: no epoch"):
-        collect_metrics(evaluate_dir, train_dir)
+        collect_metrics(evaluate_dir, train_dir, METHODS)
     (evaluate_dir / "cam" / "evaluation.json").unlink()
     with pytest.raises(MetricsInputError, match=r"evaluate: no evaluation\.json for cam"):
-        collect_metrics(evaluate_dir, train_dir)
+        collect_metrics(evaluate_dir, train_dir, METHODS)
     with pytest.raises(MetricsInputError, match="no such folder"):
-        collect_metrics(tmp_path / "absent", train_dir)
+        collect_metrics(tmp_path / "absent", train_dir, METHODS)
 
 
 def test_metrics_stage_cli_says_what_is_missing_in_one_line(tmp_path: Path) -> None:
@@ -140,7 +148,7 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([*DVC, "init", "-q"], cwd=work, check=True)
     assert _metrics_out() == METRICS_DIR
     inputs = _stage_inputs(work / "inputs", {"acol": RECORD, "cam": CAM_RECORD})
-    write_metrics(collect_metrics(*inputs), work / METRICS_DIR)
+    write_metrics(collect_metrics(*inputs, METHODS), work / METRICS_DIR)
     _git(work, "add", "-A")
     _git(work, "commit", "-qm", "metrics")
     return work
@@ -163,7 +171,7 @@ def test_dvc_metrics_show_is_a_row_per_metric_in_80_columns(dvc_repo: Path) -> N
 def test_dvc_metrics_diff_and_exp_show_of_one_metric_fit_80_columns(dvc_repo: Path) -> None:
     better = {**CAM_RECORD, "maxboxacc_v2": 61.0}
     inputs = _stage_inputs(dvc_repo / "inputs2", {"acol": RECORD, "cam": better})
-    write_metrics(collect_metrics(*inputs), dvc_repo / METRICS_DIR)
+    write_metrics(collect_metrics(*inputs, METHODS), dvc_repo / METRICS_DIR)
     try:
         diff = _dvc(dvc_repo, "metrics", "diff")
         assert diff[0].split() == ["Path", "Metric", "HEAD", "workspace", "Change"]

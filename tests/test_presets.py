@@ -30,11 +30,11 @@ def _preset_params(name: str) -> Params:
 def test_preset_validates_and_its_first_training_step_runs(name: str) -> None:
     params = _preset_params(name)
     for key, value in preset_overrides(name).items():  # every override arrived, with its type
-        section, _, rest = key.partition(".")
-        node = getattr(params, section)
-        for part in rest.split("."):
+        node = params
+        for part in key.split("."):
             node = getattr(node, part)
-        assert node == value, key
+        assert node == (tuple(value) if isinstance(value, list) else value), key
+    assert params.methods == (_method(name),)  # a preset runs its published row's method
     num_classes = 1000 if params.data.source == "ilsvrc" else 200
     torch.manual_seed(0)
     # the preset's architecture, with narrower heads (128, not 1024) to keep the suite quick on 2 cores

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +36,25 @@ def _last_row(history: Path) -> dict[str, Any]:
     return rows[-1]
 
 
-def _methods(evaluate_dir: Path) -> list[str]:
-    """The methods the evaluate stage wrote (hidden leftovers of an interrupted write are not methods)."""
-    found = sorted(p.name for p in evaluate_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    missing = [m for m in found if not (evaluate_dir / m / "evaluation.json").is_file()]
-    if missing or not found:
+def _methods(evaluate_dir: Path, methods: Sequence[str]) -> list[str]:
+    """`methods` (params.yaml's list), each with its evaluation record: folders of methods no longer in the
+    list (an earlier run's) are not this run's and are left out."""
+    missing = [m for m in methods if not (evaluate_dir / m / "evaluation.json").is_file()]
+    if missing or not methods:
         raise MetricsInputError(
             f"{evaluate_dir}: no evaluation.json for {', '.join(missing) or 'any method'} (run the evaluate stage)"
         )
-    return found
+    return list(methods)
 
 
 def collect_metrics(
-    evaluate_dir: str | os.PathLike[str], train_dir: str | os.PathLike[str]
+    evaluate_dir: str | os.PathLike[str], train_dir: str | os.PathLike[str], methods: Sequence[str]
 ) -> dict[str, dict[str, float]]:
-    """``{metric: {method: value}}`` for every method under `evaluate_dir` (see `metric_table`)."""
+    """``{metric: {method: value}}`` for each of `methods` (see `metric_table`)."""
     evaluate_dir, train_dir = Path(evaluate_dir), Path(train_dir)
     if not evaluate_dir.is_dir():
         raise MetricsInputError(f"{evaluate_dir}: no such folder (run the evaluate stage)")
-    methods = _methods(evaluate_dir)
+    methods = _methods(evaluate_dir, methods)
     records = {m: read_json_object(evaluate_dir / m / "evaluation.json", MetricsInputError) for m in methods}
     last_epochs = {m: _last_row(train_dir / m / "history.csv") for m in methods}
     return metric_table(records, last_epochs)

@@ -111,13 +111,19 @@ class ReportInputs:
         manifest: str | Path | None,
         summary: str | Path | None,
         dataset_root: str | Path | None,
+        methods: Sequence[str] | None = None,
         **options: Any,
     ) -> ReportInputs:
-        """The pipeline layout: methods are the subfolders of ``evaluate_dir``; only pr_curve.csv may be absent."""
+        """The pipeline layout: `methods` (params.yaml's list; None: every subfolder of ``evaluate_dir``);
+        only pr_curve.csv may be absent."""
         evaluate_dir, train_dir, extract_dir = Path(evaluate_dir), Path(train_dir), Path(extract_dir)
         if not evaluate_dir.is_dir():
             raise ReportError(f"{evaluate_dir}: evaluate folder not found")
-        names = sorted(p.name for p in evaluate_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = (
+            list(methods)
+            if methods is not None
+            else sorted(p.name for p in evaluate_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        )
         if not names:
             raise ReportError(f"{evaluate_dir}: no method subfolders (expected e.g. acol/, cam/)")
         names.sort(key=lambda n: (_PREFERRED_ORDER.index(n) if n in _PREFERRED_ORDER else 99, n))
