@@ -18,6 +18,11 @@ from acol.tracking import runs as tracking
 log = logging.getLogger("extract")
 
 
+def _train_run_id(card_path: Path) -> str:
+    """The train run whose model made these maps (the evaluate stage registers that model)."""
+    return str(json.loads(card_path.read_text()).get("mlflow_run_id", ""))
+
+
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--method", required=True, choices=METHODS)
@@ -47,7 +52,6 @@ def main() -> None:
         fullsup_out = Path(args.fullsup_out or Path("outputs/extract_fullsup") / args.method)
         run(params, args.method, args.fullsup_manifest, root, model, card_path, fullsup_out)
 
-    card = json.loads(card_path.read_text())
     with tracking.stage_run("extract", params, method=args.method, data_paths=[args.manifest]) as mlrun:
         import mlflow
 
@@ -59,12 +63,7 @@ def main() -> None:
                 "bytes_per_image": summary.bytes_per_image,
             }
         )
-        model_info = card.get("registered_model") or {}
-        if model_info.get("name"):
-            mlflow.set_tags(
-                {"model_name": model_info["name"], "model_version": str(model_info.get("version"))}
-            )
-        mlflow.set_tag("engine", args.engine)
+        mlflow.set_tags({"engine": args.engine, "train_run_id": _train_run_id(card_path)})
         mlflow.log_artifact(str(out / "summary.json"))
         log.info("MLflow run %s", mlrun.info.run_id)
 

@@ -100,8 +100,6 @@ def test_repro_writes_every_output(pipeline_copy: tuple[Path, dict[str, str]]) -
         shown = json.loads((work / "metrics" / "MaxBoxAccV2.json").read_text())  # the metrics stage
         assert shown[method] == round(metrics["maxboxacc_v2"], 2)
         assert json.loads((work / "metrics" / "train_img_per_s.json").read_text())[method] > 0
-        card = json.loads((out / "train" / method / "model_card.json").read_text())
-        assert card["registered_model"]["name"] == f"e2e-{method}"
         assert (out / "train" / method / "model.pt").stat().st_size > 0
     html = (out / "report" / "index.html").read_text()
     assert "MaxBoxAccV2" in html or "maxboxacc_v2" in html
@@ -118,7 +116,7 @@ def test_mlflow_holds_runs_params_and_registered_models(pipeline_copy: tuple[Pat
     import mlflow
     from mlflow import MlflowClient
 
-    _, env = pipeline_copy
+    work, env = pipeline_copy
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
     experiment = client.get_experiment_by_name("acol")
@@ -143,9 +141,13 @@ def test_mlflow_holds_runs_params_and_registered_models(pipeline_copy: tuple[Pat
     assert parent.end_time >= max(r.info.end_time for r in stage_runs)  # spans its stages
     assert {d.dataset.name for d in train_run.inputs.dataset_inputs} == {"train", "val"}
     for method in ("acol", "cam"):
-        version = client.get_model_version_by_alias(f"e2e-{method}", "champion")
-        assert version.tags["metric.maxboxacc_v2"]
-        assert client.get_model_version_by_alias(f"e2e-{method}", "candidate").version == version.version
+        name = f"e2e-small-{method}-holdout"  # registered_model, backbone, method, threshold protocol
+        version = client.get_model_version_by_alias(name, "champion")
+        record = json.loads((work / "outputs" / "evaluate" / method / "evaluation.json").read_text())
+        assert version.tags["metric.maxboxacc_v2"] == str(record["maxboxacc_v2"])
+        assert version.tags["acol.method"] == method and version.tags["acol.protocol"] == "holdout"
+        assert client.get_model_version_by_alias(name, "candidate").version == version.version
+        assert client.get_run(version.run_id).data.tags["acol.stage"] == "evaluate"  # registered by evaluate
 
 
 @pytest.mark.slow

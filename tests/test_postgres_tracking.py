@@ -53,7 +53,11 @@ def test_stages_models_and_promotion_on_a_postgres_backed_server(
             version = tracking.log_model(model, "cam", params, example, card)
         with tracking.stage_run("evaluate", params, method="cam", data_paths=[val]):
             promotion = record_and_promote(
-                tracking.registered_model_name(params, "cam"), version, {"maxboxacc_v2": 50.0}, "maxboxacc_v2"
+                tracking.registered_model_name(params, "cam"),
+                version,
+                {"maxboxacc_v2": 50.0},
+                "maxboxacc_v2",
+                key={"acol.backbone": "small", "acol.method": "cam"},
             )
 
         client = MlflowClient()

@@ -128,7 +128,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
         extract_plain(params, "cam", val, root, weights, card, tmp_path / "baseline")
         baseline = evaluate_method(read_maps(tmp_path / "baseline" / "maps"), read_manifest(val), root,
                                    params.evaluate).metrics  # fmt: skip
-        record_and_promote(name, version, baseline, "maxboxacc_v2")
+        record_and_promote(name, version, baseline, "maxboxacc_v2", key={"acol.backbone": "small"})
 
         report = reevaluate(params, "cam", val, root, tmp_path / "r1", engine="plain")
         assert report.passed, report.summary()
@@ -157,3 +157,139 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
         assert saved["passed"] is False and [c["name"] for c in saved["comparisons"] if c["regressed"]] == [
             "maxboxacc_v2"
         ]
+
+
+# --- re-evaluation with the settings recorded on the version (its card's `evaluation` section) ------------
+
+RECORDED = {"image_size": 32, "interval": 0.05, "holdout_fraction": 0.25}  # what the version was evaluated at
+NOW = ["train.image_size=48", "evaluate.interval=0.1", "evaluate.holdout_fraction=0.5"]  # params.yaml today
+
+
+def _evaluation(protocol: str) -> dict:
+    return {"dataset": "synthetic", "protocol": protocol, "iou_thresholds": [30, 50, 70], "cam_threshold": 0.5,
+            "champion_metric": "maxboxacc_v2", "metrics": {}, "train_run_id": None, **RECORDED}  # fmt: skip
+
+
+def _recorded_params(root, protocol: str):
+    return load_params(
+        "absent.yaml",
+        ["model.head_channels=8", "tracking.log_system_metrics=false", f"data.root={root}",
+         f"train.image_size={RECORDED['image_size']}", f"evaluate.interval={RECORDED['interval']}",
+         f"evaluate.holdout_fraction={RECORDED['holdout_fraction']}", f"evaluate.threshold_split={protocol}"],
+    )  # fmt: skip
+
+
+def _register(params, card: dict, metrics: dict, tmp_path) -> tuple[str, str]:
+    """Log the model of `card` (weights tmp_path/model.pt) as a new version, tag `metrics`, alias champion."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from acol.models import build_model
+    from acol.tracking import runs as tracking
+
+    model = build_model("small", card["num_classes"], "cam", head_channels=8)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    tracking.configure(params)
+    with mlflow.start_run():
+        version = tracking.log_model(model, "cam", params, torch.zeros(1, 3, 32, 32), card)
+    name = tracking.registered_model_name(params, "cam")
+    client = MlflowClient()
+    for key, value in metrics.items():
+        if isinstance(value, int | float):
+            client.set_model_version_tag(name, version, f"metric.{key}", str(value))
+    client.set_registered_model_alias(name, "champion", version)
+    return name, version
+
+
+def _weights_and_card(tmp_path, val, protocol: str | None) -> dict:
+    from acol.data.manifest import manifest_classes, read_manifest
+    from acol.models import build_model
+
+    classes = manifest_classes(read_manifest(val))
+    torch.manual_seed(0)
+    torch.save(build_model("small", len(classes), "cam", head_channels=8).state_dict(), tmp_path / "model.pt")
+    card = {"method": "cam", "backbone": "small", "num_classes": len(classes), "classes": classes,
+            "model": {"backbone": "small", "head_channels": 8}}  # fmt: skip
+    return {**card, "evaluation": _evaluation(protocol)} if protocol else card
+
+
+def _baseline(params, root, val, card, tmp_path, fullsup_manifest=None):
+    """The evaluate stage's numbers at the recorded settings: the oracle a faithful re-evaluation equals."""
+    from acol.data.manifest import read_manifest
+    from acol.distributed.extract import extract_plain
+    from acol.inference.mapstore import read_maps
+    from acol.stages.evaluate import evaluate_method
+
+    extract_plain(params, "cam", val, root, tmp_path / "model.pt", card, tmp_path / "base")
+    fullsup = None
+    if fullsup_manifest is not None:
+        extract_plain(
+            params, "cam", fullsup_manifest, root, tmp_path / "model.pt", card, tmp_path / "base_fs"
+        )
+        fullsup = (read_maps(tmp_path / "base_fs" / "maps"), read_manifest(fullsup_manifest))
+    maps = read_maps(tmp_path / "base" / "maps")
+    return evaluate_method(maps, read_manifest(val), root, params.evaluate, fullsup).metrics, maps
+
+
+@pytest.fixture
+def sqlite_store(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("ACOL_PIPELINE_RUN", f"reevaluate-{tmp_path.name}")
+
+
+@pytest.mark.slow
+def test_reevaluate_uses_the_settings_recorded_on_the_version(tiny_dataset, tmp_path, sqlite_store, caplog):
+    """Recorded at 32 px / interval 0.05 / holdout 0.25, params.yaml now says 48 / 0.1 / 0.5: the re-evaluation
+    reproduces the recorded numbers exactly (same weights, same data) from maps of the recorded size."""
+    from acol.inference.mapstore import read_maps
+
+    root, val = tiny_dataset["root"], tiny_dataset["val"]
+    recorded = _recorded_params(root, "holdout")
+    card = _weights_and_card(tmp_path, val, "holdout")
+    baseline, base_maps = _baseline(recorded, root, val, card, tmp_path)
+    _, version = _register(recorded, card, baseline, tmp_path)
+
+    now = load_params("absent.yaml", [*OVERRIDES[:1], "tracking.log_system_metrics=false", *NOW])
+    report = reevaluate(now, "cam", val, root, tmp_path / "r", engine="plain")
+    assert report.model_version == version and report.passed, report.summary()
+    assert report.metrics == baseline  # same weights, same data, the recorded settings: the same numbers
+    maps = read_maps(tmp_path / "r" / "extract" / "maps")
+    assert maps.column("map_height").to_pylist() == base_maps.column("map_height").to_pylist()
+    assert report.settings["source"] == "version" and report.settings["image_size"] == 32
+    assert report.settings["interval"] == 0.05 and report.settings["holdout_fraction"] == 0.25
+
+    # A version registered before the card had an `evaluation` section: params.yaml's settings, with a warning.
+    legacy = _weights_and_card(tmp_path, val, None)
+    _register(recorded, legacy, baseline, tmp_path)
+    with caplog.at_level("WARNING"):
+        old = reevaluate(now, "cam", val, root, tmp_path / "r2", engine="plain")
+    assert old.settings["source"] == "params" and old.settings["image_size"] == 48
+    assert any("no evaluation record" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_reevaluate_a_fullsup_version_extracts_the_fullsup_split(tiny_dataset, tmp_path, sqlite_store):
+    """A version evaluated with threshold_split fullsup: the threshold comes from the train-fullsup maps, as in
+    the evaluate stage (the tiny train manifest stands in for train-fullsup)."""
+    root, val, fullsup = tiny_dataset["root"], tiny_dataset["val"], tiny_dataset["train"]
+    recorded = _recorded_params(root, "fullsup")
+    card = _weights_and_card(tmp_path, val, "fullsup")
+    baseline, _ = _baseline(recorded, root, val, card, tmp_path, fullsup)
+    assert baseline["num_holdout_images"] == 0  # every val image reported: the fullsup protocol
+    _register(recorded, card, baseline, tmp_path)
+
+    now = load_params("absent.yaml", ["model.head_channels=8", "tracking.log_system_metrics=false",
+                                      "evaluate.threshold_split=fullsup", *NOW])  # fmt: skip
+    report = reevaluate(now, "cam", val, root, tmp_path / "r", engine="plain", fullsup_manifest=fullsup)
+    assert report.passed and report.metrics == baseline
+    assert report.settings["protocol"] == "fullsup"
+    with pytest.raises(FileNotFoundError, match=r"absent\.parquet"):
+        reevaluate(
+            now,
+            "cam",
+            val,
+            root,
+            tmp_path / "r2",
+            engine="plain",
+            fullsup_manifest=tmp_path / "absent.parquet",
+        )

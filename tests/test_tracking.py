@@ -201,7 +201,7 @@ def test_log_model_registers_versions_that_load_without_unpickling(
     assert not [r.getMessage() for r in caplog.records if "pickle" in r.getMessage().lower()]
     assert versions[1] == str(int(versions[0]) + 1)
     name = tracking.registered_model_name(params, "cam")
-    assert name == f"{params.tracking.registered_model}-cam"
+    assert name == f"{params.tracking.registered_model}-small-cam-holdout"  # backbone, method, protocol
     files = {
         p.name
         for p in Path(download_artifacts(f"models:/{name}/{versions[1]}", dst_path=str(tmp_path))).rglob("*")
@@ -220,7 +220,10 @@ def test_log_model_registers_versions_that_load_without_unpickling(
     with torch.inference_mode():
         expected = model(example).logits
         assert torch.equal(rebuilt(example).logits, expected)
-    np.testing.assert_array_equal(pyfunc.predict(example.numpy()), expected.numpy())
+    # an array still gives the logits (the served signature is images as bytes: tests/test_serving.py)
+    np.testing.assert_array_equal(
+        pyfunc.unwrap_python_model().predict(None, example.numpy()), expected.numpy()
+    )
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         tracking.log_model(model, "cam", params, torch.zeros(3, 32, 32), card)
 
@@ -334,27 +337,30 @@ def test_champion_and_candidate_on_real_registered_versions(params: Params) -> N
         ]
     name = tracking.registered_model_name(params, "cam")
     client = MlflowClient()
+    key = {"acol.dataset": "synthetic", "acol.backbone": "small", "acol.method": "cam"}
 
     def aliases() -> tuple[str, str]:
         return tuple(
             str(client.get_model_version_by_alias(name, a).version) for a in ("champion", "candidate")
         )
 
-    first = record_and_promote(name, versions[0], {"maxboxacc_v2": 50.0}, "maxboxacc_v2")
+    first = record_and_promote(name, versions[0], {"maxboxacc_v2": 50.0}, "maxboxacc_v2", key=key)
     assert first["champion"] and aliases() == (versions[0], versions[0])
-    better = record_and_promote(name, versions[1], {"maxboxacc_v2": 60.0}, "maxboxacc_v2")
+    better = record_and_promote(name, versions[1], {"maxboxacc_v2": 60.0}, "maxboxacc_v2", key=key)
     assert better["champion"] and better["previous_champion_value"] == 50.0
     assert aliases() == (versions[1], versions[1])
-    worse = record_and_promote(name, versions[2], {"maxboxacc_v2": 55.0}, "maxboxacc_v2")
+    worse = record_and_promote(name, versions[2], {"maxboxacc_v2": 55.0}, "maxboxacc_v2", key=key)
     assert not worse["champion"] and aliases() == (versions[1], versions[2])
     assert client.get_model_version(name, versions[2]).tags["metric.maxboxacc_v2"] == "55.0"
-    again = record_and_promote(name, versions[1], {"maxboxacc_v2": 59.0}, "maxboxacc_v2")  # re-evaluated
+    again = record_and_promote(
+        name, versions[1], {"maxboxacc_v2": 59.0}, "maxboxacc_v2", key=key
+    )  # re-evaluated
     assert again["champion"] and aliases() == (versions[1], versions[1])  # the champion itself keeps it
     # an error metric: 40 % beats the champion's 45 %, so lower wins
     client.set_model_version_tag(name, versions[1], "metric.top1_loc_error", "45.0")
     lower = record_and_promote(
-        name, versions[3], {"maxboxacc_v2": 1.0, "top1_loc_error": 40.0}, "top1_loc_error"
+        name, versions[3], {"maxboxacc_v2": 1.0, "top1_loc_error": 40.0}, "top1_loc_error", key=key
     )
     assert lower["champion"] and aliases() == (versions[3], versions[3])
     with pytest.raises(KeyError, match="champion_metric"):
-        record_and_promote(name, versions[3], {"maxboxacc_v2": 1.0}, "pxap")
+        record_and_promote(name, versions[3], {"maxboxacc_v2": 1.0}, "pxap", key=key)

@@ -1,10 +1,13 @@
 """Scheduled re-evaluation: does the registered model (by alias) still localize as well as when it was promoted?
 
 A cron job (Kubernetes CronJob, or a crontab line on one machine) runs `reevaluate` on the *current* validation
-manifest: it resolves ``models:/<registered_model>-<method>@<alias>`` to a version, fetches that version's
+manifest: it resolves ``models:/<registered_model_name>@<alias>`` to a version, fetches that version's
 weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.stages.evaluate.evaluate_method`) and
 compares with the metrics recorded on the version's tags when the evaluate stage promoted it
-(`acol.tracking.registry.version_metrics`). A metric that got worse by more than ``params.reevaluate.tolerance`` points
+(`acol.tracking.registry.version_metrics`). It extracts and evaluates with the settings those numbers were made
+with, from the version's model card (``evaluation``: image size, threshold protocol, grid step, held-out
+fraction, IoU thresholds), not today's params.yaml; a ``fullsup`` version's threshold is chosen on the
+train-fullsup manifest again. A metric that got worse by more than ``params.reevaluate.tolerance`` points
 is a regression: the report says which, and ``pipelines/reevaluate.py`` exits with `REGRESSION_EXIT_CODE`.
 
 Why: the data drifts (a new val manifest, re-annotated boxes, a changed decoder), the model does not; this
@@ -35,6 +38,7 @@ __all__ = [
     "compare_metrics",
     "fetch_model",
     "lower_is_better",
+    "recorded_settings",
     "reevaluate",
     "write_report",
 ]
@@ -112,6 +116,8 @@ class ReevaluationReport:
     metrics: dict[str, Any]  # everything evaluate_method reported now
     comparisons: list[MetricComparison] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    # how the maps were made and evaluated now: `recorded_settings` ("source": "version" or "params")
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def regressions(self) -> list[MetricComparison]:
@@ -151,6 +157,7 @@ class ReevaluationReport:
             f"- images evaluated: {self.metrics.get('num_images')}, failed to read: "
             f"{self.metrics.get('failed_images')}",
             f"- MLflow run: {self.mlflow_run_id or '-'}",
+            f"- settings: {_describe(self.settings)}",
             "",
             "| metric | recorded | now | drop (points) | |",
             "| --- | ---: | ---: | ---: | --- |",
@@ -159,6 +166,15 @@ class ReevaluationReport:
             flag = "REGRESSED" if c.regressed else "ok"
             lines.append(f"| {c.name} | {c.recorded:.2f} | {c.current:.2f} | {c.drop:+.2f} | {flag} |")
         return "\n".join(lines) + "\n"
+
+
+def _describe(settings: Mapping[str, Any]) -> str:
+    if not settings:
+        return "-"
+    source = (
+        "recorded on the version" if settings.get("source") == "version" else "params.yaml (none recorded)"
+    )
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "source") + f" ({source})"
 
 
 def write_report(report: ReevaluationReport, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -214,9 +230,12 @@ def reevaluate(
     out_dir: str | os.PathLike[str],
     *,
     engine: Literal["ray", "plain"] = "ray",
+    fullsup_manifest: str | os.PathLike[str] | None = None,
 ) -> ReevaluationReport:
-    """Re-evaluate ``<registered_model>-<method>@<reevaluate.alias>`` on `manifest`; log and report it.
+    """Re-evaluate `registered_model_name` ``@<reevaluate.alias>`` on `manifest`; log and report it.
 
+    Maps and metrics are made with the version's recorded settings (`recorded_settings`); a version evaluated
+    with ``threshold_split: fullsup`` needs `fullsup_manifest` (its maps go to ``out_dir/extract_fullsup/``).
     Writes ``out_dir/model/`` (fetched weights), ``out_dir/extract/`` (maps, as the extract stage),
     ``out_dir/report.json`` and ``report.md``. Logs an MLflow stage run ``reevaluate@<method>`` tagged
     ``model_name`` / ``model_version`` (the link to the version) with the metrics, ``drop.<metric>`` per
@@ -233,7 +252,10 @@ def reevaluate(
     log.info("re-evaluating %s v%s (@%s) on %s", name, version.version, alias, manifest)
     model_path, card = fetch_model(name, str(version.version), out_dir / "model")
     card = {**card, "method": card.get("method") or method}
-    metrics = _extract_and_evaluate(params, method, manifest, root, model_path, card, out_dir, engine)
+    used, settings = recorded_settings(params, card, f"{name} v{version.version}")
+    fullsup = _fullsup_path(settings, fullsup_manifest, f"{name} v{version.version}")
+    inputs = _Inputs(manifest, root, model_path, card, out_dir, fullsup)
+    metrics = _extract_and_evaluate(used, method, inputs, engine)
     report = ReevaluationReport(
         model_name=name,
         model_version=str(version.version),
@@ -245,8 +267,9 @@ def reevaluate(
         trained_data_version=card.get("data_version"),
         metrics=metrics,
         comparisons=compare_metrics(recorded, metrics, params.reevaluate.tolerance),
+        settings=settings,
     )
-    _log_and_write(report, params, manifest, out_dir)
+    _log_and_write(report, used, manifest, out_dir)
     (log.info if report.passed else log.error)("%s", report.summary())
     return report
 
@@ -265,30 +288,95 @@ def _recorded_metrics(name: str, alias: str) -> tuple[Any, dict[str, float]]:
     return version, recorded
 
 
+def recorded_settings(params: Params, card: Mapping[str, Any], label: str) -> tuple[Params, dict[str, Any]]:
+    """`params` with the image size and evaluate settings the version's numbers were made with, and those.
+
+    Read from the card's ``evaluation`` section (the evaluate stage writes it when it registers the version);
+    a key it lacks keeps the params value. A card without it (a version registered before) keeps params.yaml's
+    settings, with a warning: its recorded numbers may then not be comparable.
+    """
+    evaluation = card.get("evaluation")
+    if not isinstance(evaluation, Mapping):
+        log.warning("%s has no evaluation record in its model card (registered before it was kept): "
+                    "re-evaluating with params.yaml's settings, which may differ", label)  # fmt: skip
+        evaluation = {}
+    ev = params.evaluate
+    size = int(evaluation.get("image_size", params.train.image_size))
+    updates = {
+        "threshold_split": str(evaluation.get("protocol", ev.threshold_split)),
+        "interval": float(evaluation.get("interval", ev.interval)),
+        "holdout_fraction": float(evaluation.get("holdout_fraction", ev.holdout_fraction)),
+        "iou_thresholds": tuple(int(t) for t in evaluation.get("iou_thresholds", ev.iou_thresholds)),
+    }
+    used = params.model_copy(
+        update={
+            "train": params.train.model_copy(update={"image_size": size}),
+            "evaluate": ev.model_copy(update=updates),
+        }
+    )
+    source = "version" if evaluation else "params"
+    settings = {"source": source, "image_size": size, "protocol": updates.pop("threshold_split"), **updates}
+    settings["iou_thresholds"] = list(settings["iou_thresholds"])
+    log.info("%s: settings from the %s: %s", label, source, _describe(settings))
+    return used, settings
+
+
+def _fullsup_path(
+    settings: Mapping[str, Any], fullsup_manifest: str | os.PathLike[str] | None, label: str
+) -> Path | None:
+    """The train-fullsup manifest a ``fullsup`` version needs (None for ``holdout``); missing is an error."""
+    if settings["protocol"] != "fullsup":
+        return None
+    if fullsup_manifest is None:
+        raise ReevaluationError(f"{label} chose its CAM threshold on train-fullsup: pass its manifest")
+    path = Path(fullsup_manifest)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"train-fullsup manifest not found: {path} ({label} was evaluated with threshold_split fullsup; "
+            "the prepare stage writes it from data.fullsup_metadata, or pass --fullsup-manifest)"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What one re-evaluation reads and where it writes (`_extract_and_evaluate`)."""
+
+    manifest: str | os.PathLike[str]
+    root: str | os.PathLike[str]
+    model_path: Path
+    card: dict[str, Any]
+    out_dir: Path
+    fullsup_manifest: Path | None
+
+
 def _extract_and_evaluate(
-    params: Params,
-    method: str,
-    manifest: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    model_path: Path,
-    card: dict[str, Any],
-    out_dir: Path,
-    engine: Literal["ray", "plain"],
+    params: Params, method: str, inputs: _Inputs, engine: Literal["ray", "plain"]
 ) -> dict[str, Any]:
-    """Maps into ``out_dir/extract`` as the extract stage makes them, then the evaluate stage's metrics."""
+    """Maps into ``out_dir/extract`` (and ``extract_fullsup``) as the extract stage makes them, then the
+    evaluate stage's metrics."""
     from acol.data.manifest import read_manifest
     from acol.distributed.extract import extract, extract_plain
     from acol.inference.mapstore import read_maps
     from acol.stages.evaluate import EVALUATED_COLUMNS, evaluate_method
 
     run = extract if engine == "ray" else extract_plain
-    run(params, method, manifest, root, model_path, card, out_dir / "extract")
-    result = evaluate_method(
-        read_maps(out_dir / "extract" / "maps", EVALUATED_COLUMNS),
-        read_manifest(manifest),
-        root,
-        params.evaluate,
-    )
+
+    def maps(manifest: str | os.PathLike[str], folder: str) -> Any:
+        run(params, method, manifest, inputs.root, inputs.model_path, inputs.card, inputs.out_dir / folder)
+        return read_maps(inputs.out_dir / folder / "maps", EVALUATED_COLUMNS)
+
+    fullsup = None
+    if inputs.fullsup_manifest is not None:
+        table = read_manifest(inputs.fullsup_manifest)
+        if table.num_rows == 0:
+            raise ReevaluationError(
+                f"train-fullsup manifest {inputs.fullsup_manifest} is empty: set data.fullsup_metadata and rerun "
+                "the prepare stage"
+            )
+        fullsup = (maps(inputs.fullsup_manifest, "extract_fullsup"), table)
+    val = maps(inputs.manifest, "extract")
+    result = evaluate_method(val, read_manifest(inputs.manifest), inputs.root, params.evaluate, fullsup)
     return result.metrics
 
 

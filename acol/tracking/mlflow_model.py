@@ -1,40 +1,55 @@
-"""The registered model as MLflow stores it: a state dict and its model card, rebuilt by acol, never unpickled.
+"""The registered model as MLflow stores it: a state dict, its model card and acol's code; nothing pickled.
 
 Why: MLflow's PyTorch flavour either pickles the whole module (loading it runs whatever code the pickle names,
 and MLflow warns so) or exports ``forward`` only ("pt2": `localization_maps` would be lost). The model is
 logged instead as an MLflow *model from code* (`mlflow.pyfunc`): its artifacts are ``weights`` (a plain state
 dict, read with ``torch.load(weights_only=True)``) and ``model_card`` (the build arguments: method, backbone,
-classes, ``model`` params); its code is `MODEL_CODE`, which builds a `WSOLPyfunc` from this module.
+classes, ``model`` params, and the ``serving`` settings of `serving_settings`); its code is `MODEL_CODE`,
+which builds a `WSOLPyfunc` from this module, and the ``acol`` package itself travels with it (MLflow's
+``code_paths``), so a version loads and serves where acol is not installed.
 
 Three ways to load a version, none unpickling code: `download_version` (weights and card; what re-evaluation
 uses, then `acol.distributed.extract` builds the model), `load_version` (the `WSOLModel` itself), or
-``mlflow.pyfunc.load_model("models:/<name>/<version>")`` (``predict`` gives branch A's logits).
+``mlflow.pyfunc.load_model("models:/<name>/<version>")`` / ``mlflow models serve`` (`WSOLPyfunc.predict`:
+encoded images in, top-k classes, boxes and maps out).
 
-Importing this module only imports MLflow; nothing runs.
+Importing this module only imports MLflow (and NumPy and pandas, which MLflow imports); nothing runs.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from acol.config import Params
 
 __all__ = [
     "CARD_ARTIFACT",
+    "IMAGE_COLUMN",
     "MODEL_CODE",
     "WEIGHTS_ARTIFACT",
     "WSOLPyfunc",
     "build_from_card",
+    "copy_package",
     "download_version",
     "load_version",
+    "serving_settings",
+    "serving_signature",
 ]
 
 WEIGHTS_ARTIFACT, CARD_ARTIFACT = "weights", "model_card"
 _FILES = {WEIGHTS_ARTIFACT: "model.pt", CARD_ARTIFACT: "model_card.json"}
+IMAGE_COLUMN = "image"  # the input column of encoded images
 # The code file MLflow stores with the model and runs to load it (models from code): a few lines, no pickle.
 MODEL_CODE = "from mlflow.models import set_model\n\nfrom acol.tracking.mlflow_model import WSOLPyfunc\n\nset_model(WSOLPyfunc())\n"
 
@@ -53,21 +68,110 @@ def build_from_card(card: dict[str, Any], weights: str | os.PathLike[str]) -> An
     )
 
 
+def serving_settings(card: dict[str, Any], params: Params | None = None) -> dict[str, Any]:
+    """Threshold and input size a served version uses, and where each came from (recorded in its card).
+
+    ``cam_threshold``: ``card["evaluation"]["cam_threshold"]`` (the threshold the version was evaluated
+    with), else ``card["extract"]["box_threshold"]``, else ``params.extract.box_threshold`` (the boxes the
+    map store writes). ``image_size``: ``card["evaluation"]["image_size"]``, else ``card["train"]["image_size"]``,
+    else ``params.train.image_size``. `params` defaults to the `Params` defaults (an old card, no params).
+    """
+    if params is None:
+        from acol.config import Params
+
+        params = Params()
+    evaluation, extract, train = (card.get(k) or {} for k in ("evaluation", "extract", "train"))
+    if "cam_threshold" in evaluation:
+        threshold, source = evaluation["cam_threshold"], "evaluation.cam_threshold"
+    elif "box_threshold" in extract:
+        threshold, source = extract["box_threshold"], "card extract.box_threshold"
+    else:
+        threshold, source = params.extract.box_threshold, "params extract.box_threshold"
+    size = evaluation.get("image_size", train.get("image_size", params.train.image_size))
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"cam_threshold ({source}) must be in [0, 1], got {threshold}")
+    return {"cam_threshold": float(threshold), "cam_threshold_from": source, "image_size": int(size)}
+
+
+def serving_signature() -> Any:
+    """The pyfunc signature: a binary ``image`` column (base64 in JSON), params ``top_k`` and ``return_map``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    from acol.inference.localize import TOP_K
+
+    floats, longs = Array(DataType.double), Array(DataType.long)
+    outputs = [ColSpec(DataType.long, "width"), ColSpec(DataType.long, "height")]
+    outputs += [ColSpec(longs, "class_indices"), ColSpec(Array(DataType.string), "classes")]
+    outputs += [ColSpec(floats, "scores"), ColSpec(Array(floats), "boxes")]
+    outputs.append(ColSpec(Array(Array(floats)), "maps", required=False))
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, IMAGE_COLUMN)]),
+        outputs=Schema(outputs),
+        params=ParamSchema(
+            [ParamSpec("top_k", DataType.long, TOP_K), ParamSpec("return_map", DataType.boolean, False)]
+        ),
+    )
+
+
+def _image_bytes(value: Any) -> bytes:
+    """A cell of the image column: bytes (MLflow decodes the JSON's base64 for a binary column) or base64."""
+    if isinstance(value, str):
+        return base64.b64decode(value)
+    return bytes(value)
+
+
 class WSOLPyfunc(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a registered version: ``predict`` maps (B, 3, S, S) float32 images to (B, K) logits."""
+    """The pyfunc face of a registered version: encoded images in, top-k classes with boxes (and maps) out.
+
+    ``predict`` takes a DataFrame with an ``image`` column (encoded JPEG/PNG/...) and returns one row per
+    image (`acol.inference.localize.localize`). A (B, 3, S, S) float array still gives (B, K) logits, as
+    versions logged before the ``image`` signature do.
+    """
 
     def load_context(self, context: Any) -> None:
-        card = json.loads(Path(context.artifacts[CARD_ARTIFACT]).read_text())
-        self.model = build_from_card(card, context.artifacts[WEIGHTS_ARTIFACT])
+        self.card = json.loads(Path(context.artifacts[CARD_ARTIFACT]).read_text())
+        self.model = build_from_card(self.card, context.artifacts[WEIGHTS_ARTIFACT])
+        self.settings = self.card.get("serving") or serving_settings(self.card)  # "serving": set at logging
 
-    def predict(
-        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
-    ) -> np.ndarray:
+    # The hint is the one MLflow accepts without inferring a signature from it (a union would warn).
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
         import torch
 
+        if isinstance(model_input, pd.DataFrame):
+            return self._localize(model_input, params or {})
         with torch.inference_mode():
             images = torch.as_tensor(np.asarray(model_input), dtype=torch.float32)
             return self.model(images).logits.numpy()
+
+    def _localize(self, frame: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+        """Rows of `localize` for the images of `frame`; a bad image or param is the caller's error (400)."""
+        from mlflow.exceptions import MlflowException
+
+        from acol.data.errors import DataError
+        from acol.inference.localize import TOP_K, decode_images, localize
+
+        top_k = int(params.get("top_k", TOP_K))
+        if IMAGE_COLUMN not in frame.columns or top_k < 1:
+            raise MlflowException.invalid_parameter_value(
+                f"input needs a column {IMAGE_COLUMN!r} of encoded images and top_k >= 1 (got {top_k})"
+            )
+        try:
+            pixels = decode_images([_image_bytes(v) for v in frame[IMAGE_COLUMN]])
+        except (DataError, binascii.Error) as error:
+            raise MlflowException.invalid_parameter_value(f"cannot decode the input: {error}") from None
+        size, threshold = self.settings["image_size"], self.settings["cam_threshold"]
+        return_map = bool(params.get("return_map", False))
+        rows = localize(self.model, pixels, size, threshold, top_k, return_map, self.card["classes"])
+        return pd.DataFrame(rows)
+
+
+def copy_package(dest: str | os.PathLike[str]) -> str:
+    """A copy of the ``acol`` package (sources and data files, no caches) in `dest`, for ``code_paths``."""
+    source = Path(__file__).resolve().parents[1]
+    target = Path(dest) / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return str(target)
 
 
 def artifacts_for(folder: Path, state_dict: dict[str, Any], card: dict[str, Any]) -> dict[str, str]:

@@ -94,7 +94,15 @@ def configure(params: Params) -> str:
 
 
 def registered_model_name(params: Params, method: str) -> str:
-    return f"{params.tracking.registered_model}-{method}"
+    """``<tracking.registered_model>-<backbone>-<method>-<evaluate.threshold_split>``, e.g.
+    ``wsol-ilsvrc-vgg16-acol-holdout``.
+
+    Why: versions of one name compete for `champion`; a ResNet-50 must not be ranked against a VGG16, nor a
+    threshold chosen on val against one chosen on train-fullsup. The rest of the comparison key (dataset,
+    image size, IoU thresholds) is tagged on each version and checked by `acol.tracking.registry`.
+    """
+    parts = (params.tracking.registered_model, params.model.backbone, method, params.evaluate.threshold_split)
+    return "-".join(parts)
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -319,11 +327,18 @@ def log_datasets(stage: str, paths: Sequence[str | os.PathLike[str]]) -> None:
 
 
 def _pip_requirements() -> list[str]:
-    """Pinned requirements of the logged model, given so that MLflow does not infer them in a subprocess."""
+    """Pinned requirements of the logged model: what its code (acol, shipped in the version) imports to load
+    and predict, at the installed versions (tests/test_serving.py checks them against a load and predict).
+
+    Given rather than inferred: MLflow's inference runs the model in a subprocess, and misses what acol imports.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
+    # torch and the model; the eval transform (torchvision, PIL); decoding and boxes (OpenCV, numba); the
+    # card's Params (pydantic, PyYAML); the pyfunc's DataFrame (pandas)
+    packages = ("torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "numba")
     pins = []
-    for package in ("torch", "torchvision", "numpy"):
+    for package in (*packages, "pydantic", "pyyaml", "pandas"):
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
@@ -337,18 +352,21 @@ def log_model(
     """Log `model` to the active run as ``model`` and register it; returns the new registered version.
 
     Stored without pickle (`acol.tracking.mlflow_model`): the state dict and `card` (the model card: ``method``,
-    ``backbone``, ``classes``, ``model`` params...), which rebuild the `WSOLModel`, and a few lines of code for
-    ``mlflow.pyfunc``. `example_input` is a (B, 3, S, S) float32 tensor of normalized images; the signature
-    records it and the (B, K) logits of branch A.
+    ``backbone``, ``classes``, ``model`` params, ``evaluation`` when evaluated...), which rebuild the `WSOLModel`,
+    a few lines of code for ``mlflow.pyfunc`` and a copy of the ``acol`` package (``code_paths``), so that the
+    version loads where acol is not installed. The card gets ``serving`` (`serving_settings`: the CAM threshold
+    of its boxes and the input size). `example_input` is a (B, 3, S, S) float32 tensor of normalized images;
+    its first image, as PNG, is the input example of the signature (`serving_signature`).
     """
     import tempfile
 
     import mlflow
     import mlflow.pyfunc
+    import pandas as pd
     import torch
-    from mlflow.models import infer_signature
 
-    from acol.tracking.mlflow_model import MODEL_CODE, artifacts_for
+    from acol.inference.localize import encode_png
+    from acol.tracking import mlflow_model as mm
 
     model = model.module if hasattr(model, "module") else model
     model = model.cpu().eval()
@@ -357,20 +375,19 @@ def log_model(
         raise ValueError(f"log_model: example_input must be (B, 3, H, W), got {tuple(example.shape)}")
     if card.get("method", method) != method or "classes" not in card:
         raise ValueError(f"log_model: the card must be for method {method!r} and list its classes")
-    with torch.inference_mode():
-        logits = model(example).logits
-    signature = infer_signature(example.numpy(), logits.numpy())
+    full_card = {**card, "method": method, "serving": mm.serving_settings(dict(card), params)}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         code = folder / "wsol_model.py"
-        code.write_text(MODEL_CODE)
+        code.write_text(mm.MODEL_CODE)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(code),  # a model from code: MLflow stores the file, pickles nothing
-            artifacts=artifacts_for(folder, state, {**card, "method": method}),
-            signature=signature,
-            input_example=example.numpy(),
+            artifacts=mm.artifacts_for(folder, state, full_card),
+            code_paths=[mm.copy_package(folder / "code")],
+            signature=mm.serving_signature(),
+            input_example=pd.DataFrame({mm.IMAGE_COLUMN: [encode_png(example[0])]}),
             registered_model_name=registered_model_name(params, method),
             pip_requirements=_pip_requirements(),
         )
