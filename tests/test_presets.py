@@ -15,6 +15,7 @@ from acol.models import build_model, model_kwargs
 from acol.presets import PRESETS, dvc_set_args, main, preset_overrides
 from acol.training.engine import build_optimizer, build_scheduler
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -87,3 +88,15 @@ def test_cli_prints_dvc_arguments_and_rejects_unknown_names(capsys) -> None:
         [sys.executable, "-m", "acol.presets", "no-such-preset"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 2 and "choe-vgg16-acol-ilsvrc" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_key_is_in_params_yaml(name: str) -> None:
+    """`dvc exp run -S key=value` only overrides keys params.yaml has ("Key 'fullsup_metadata' is not in
+    struct" stopped every Choe preset before its first stage)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in preset_overrides(name):
+        node = raw
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{key} is not in params.yaml"
+            node = node[part]
