@@ -15,7 +15,6 @@ from acol.models import build_model, model_kwargs
 from acol.presets import PRESETS, dvc_set_args, main, preset_overrides
 from acol.training.engine import build_optimizer, build_scheduler
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
