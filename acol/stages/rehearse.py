@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA_ARCHIVE = REPO / "tests" / "assets" / "wsol-metadata.tar.xz"
-KILL_HOOK = f"{__name__}:kill_one_worker_at_epoch_2"
+KILL_HOOK = "acol.stages.rehearse:kill_one_worker_at_epoch_2"  # by name: this module may run as __main__
 KILL_MARKER = "rehearsal_worker_killed"
 # torchvision's constructors for the presets' backbones (their state dicts are what the presets load)
 _TORCHVISION = {
@@ -173,6 +173,7 @@ def _shadow_ilsvrc(repo: Path, metadata: Path, shrink: Shrink, overrides: dict[s
     scratch = repo.parent / "shadow-ilsvrc"
     config = SyntheticConfig(
         layout="shadow_ilsvrc",
+        num_classes=1000,  # the metadata's class space; shadow_classes keeps the first ones
         shadow_metadata=str(metadata / "ILSVRC" / "test"),
         shadow_classes=shrink.classes,
         train_per_class=shrink.train_per_class,
