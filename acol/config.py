@@ -98,6 +98,9 @@ class TrainParams(_Section):
     # augmented images from Ray Data tasks, which may run on CPU-only nodes (acol.distributed.ingest)
     input: Literal["loader", "ray_data"] = "loader"
     amp: bool = False  # bf16 autocast on GPUs
+    # true: cuDNN's deterministic kernels, no autotuning (for repeatable GPU runs and resumes); false:
+    # `cudnn.benchmark` picks the fastest kernels per shape. No effect on the CPU (no cuDNN there).
+    deterministic: bool = False
     max_failures: int = Field(2, ge=-1)  # Ray Train FailureConfig: restarts from the last checkpoint
     checkpoints_to_keep: int = Field(2, ge=1)
     storage_path: str = "outputs/ray"  # where Ray Train keeps checkpoints: every node must see it
@@ -123,6 +126,10 @@ class ExtractParams(_Section):
     # batches the driver predicts itself while Ray starts (CPU runs only): the first maps come in seconds,
     # not after Ray's start-up; Ray computes the rest
     driver_batches: int = Field(1, ge=0)
+    # bf16 autocast for the forward (GPUs: Ampere or newer); the maps differ from float32's in the last bits
+    amp: bool = False
+    # channels-last images and weights (faster convolutions with GPU tensor cores); float32 maps up to rounding
+    channels_last: bool = False
 
 
 class EvaluateParams(_Section):

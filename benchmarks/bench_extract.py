@@ -272,7 +272,7 @@ def main() -> None:
                 *args.set,
             ],
         )
-        options = {"amp": args.bf16, "channels_last": args.channels_last}
+        options = {"amp": args.bf16 or None, "channels_last": args.channels_last or None}  # None: the params'
         for engine in args.engines:
             if engine == "ray":
                 import ray

@@ -47,10 +47,11 @@ def main() -> None:
     tracking.check_tracking_server()
 
     run = extract if args.engine == "ray" else extract_plain
-    summary = run(params, args.method, args.manifest, root, model, card_path, out)
+    forward = {"amp": params.extract.amp, "channels_last": params.extract.channels_last}
+    summary = run(params, args.method, args.manifest, root, model, card_path, out, **forward)
     if args.fullsup_manifest:  # threshold selection on train-fullsup (evaluate.threshold_split: fullsup)
         fullsup_out = Path(args.fullsup_out or Path("outputs/extract_fullsup") / args.method)
-        run(params, args.method, args.fullsup_manifest, root, model, card_path, fullsup_out)
+        run(params, args.method, args.fullsup_manifest, root, model, card_path, fullsup_out, **forward)
 
     with tracking.stage_run("extract", params, method=args.method, data_paths=[args.manifest]) as mlrun:
         import mlflow

@@ -304,7 +304,7 @@ def test_evaluate_outputs_survive_a_crash_before_rename(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     _crash_on_rename(monkeypatch)
     argv = ["--method", "acol", "--params", str(tmp_path / "absent.yaml"), "--maps", str(tmp_path / "extract/maps"),
-            "--manifest", str(val), "--model-card", str(card), "--out", str(out),
+            "--manifest", str(val), "--model-card", str(card), "--model", str(model), "--out", str(out),
             "--set", f"data.root={tiny_dataset['root']}", "--set", "evaluate.interval=0.1"]  # fmt: skip
     with pytest.raises(RenameCrash):
         _run_script("evaluate", argv, monkeypatch)
@@ -329,7 +329,7 @@ def test_evaluate_without_masks_removes_an_earlier_pr_curve(
     _stale(out, ["pr_curve.csv"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     argv = ["--method", "acol", "--params", str(tmp_path / "absent.yaml"), "--maps", str(tmp_path / "extract/maps"),
-            "--manifest", str(val), "--model-card", str(card), "--out", str(out),
+            "--manifest", str(val), "--model-card", str(card), "--model", str(model), "--out", str(out),
             "--set", f"data.root={tiny_dataset['root']}", "--set", "evaluate.interval=0.1"]  # fmt: skip
     _run_script("evaluate", argv, monkeypatch)
     assert "pxap" not in json.loads((out / "evaluation.json").read_text())  # no masks, no PxAP

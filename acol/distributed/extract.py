@@ -94,6 +94,9 @@ class ExtractSummary:
     parquet_bytes: int = 0
     bytes_per_image: float = 0.0
     parts: list[str] = field(default_factory=list)
+    # the forward's options (`extract.amp`, `extract.channels_last` or the caller's): they change the maps' bits
+    amp: bool = False
+    channels_last: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -299,7 +302,13 @@ def _stream_into(
 
 
 def _summary(
-    method: str, engine: str, writer: _PartWriter, timing: _Timing, setup_seconds: float, resumed: int
+    method: str,
+    engine: str,
+    writer: _PartWriter,
+    timing: _Timing,
+    setup_seconds: float,
+    resumed: int,
+    options: dict[str, Any],
 ) -> ExtractSummary:
     """The counts cover every row (adopted parts included); the rates only the rows computed in this run."""
     computed = writer.rows - resumed
@@ -322,6 +331,8 @@ def _summary(
         parquet_bytes=writer.bytes,
         bytes_per_image=round(writer.bytes / max(writer.rows, 1), 1),
         parts=writer.parts,
+        amp=bool(options.get("amp", False)),
+        channels_last=bool(options.get("channels_last", False)),
     )
 
 
@@ -396,11 +407,20 @@ def _run(
         timing = _stream_into(writer, batches, inputs.num_rows, f"extract {method}")
         if writer.rows != inputs.num_rows:
             raise RuntimeError(f"extraction wrote {writer.rows} rows for {inputs.num_rows} manifest rows")
-        summary = _summary(method, engine, writer, timing, setup_seconds, resumed)
+        summary = _summary(method, engine, writer, timing, setup_seconds, resumed, options)
         # Timings vary run to run; summary.json lives beside maps/ so the parts stay byte-identical.
         write_json_atomic(work / _SUMMARY_NAME, summary.to_json())
     _log_summary(summary)
     return summary
+
+
+def _forward_options(params: Params, amp: bool | None, channels_last: bool | None) -> tuple[bool, bool]:
+    """``amp`` and ``channels_last`` as given, else ``extract.amp`` / ``extract.channels_last`` of the params.
+
+    Why both: the stage sets them in params.yaml; a caller (the benchmark's --bf16) may still override them.
+    """
+    cfg = params.extract
+    return (cfg.amp if amp is None else amp), (cfg.channels_last if channels_last is None else channels_last)
 
 
 def _device(use_gpu: bool, device: str | None) -> str:
@@ -580,8 +600,8 @@ def extract(
     model_card: str | os.PathLike[str] | dict[str, Any],
     out_dir: str | os.PathLike[str],
     *,
-    amp: bool = False,
-    channels_last: bool = False,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
 ) -> ExtractSummary:
     """Ray Data extraction of every manifest image into ``out_dir/maps/part-*.parquet`` + ``summary.json``.
 
@@ -590,8 +610,10 @@ def extract(
     threshold and rows per file; ``params.train.image_size`` the input size. A rerun after a kill resumes.
     While Ray starts (in a background thread), the driver predicts the first ``extract.driver_batches``
     batches itself with the same steps and as many torch threads as an actor: the same bytes as Ray's.
+    ``amp`` (bf16 autocast) and ``channels_last`` default to ``extract.amp`` and ``extract.channels_last``.
     """
     cfg = params.extract
+    amp, channels_last = _forward_options(params, amp, channels_last)
     root_str, model_str = str(Path(root).resolve()), str(Path(model_path).resolve())
     if not Path(model_str).is_file():
         raise FileNotFoundError(f"model weights not found: {model_path}")
@@ -642,8 +664,11 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return decode_batch(row, self.root, self.size)
 
 
-def _collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([item[name] for item in items]) for name in items[0]}
+def _collate(items: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """One batch dict; ``image`` as a tensor: the loader's ``pin_memory`` pins tensors only (not NumPy)."""
+    batch: dict[str, Any] = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
+    batch["image"] = torch.from_numpy(batch["image"])
+    return batch
 
 
 def _plain_batches(
@@ -666,7 +691,7 @@ def _plain_batches(
         shuffle=False,
         num_workers=loader_workers,
         collate_fn=_collate,
-        pin_memory=predictor.device.type == "cuda",
+        pin_memory=predictor.device.type == "cuda",  # the predictor then copies asynchronously
     )
     for batch in loader:
         yield predictor(batch)
@@ -683,14 +708,16 @@ def extract_plain(
     *,
     device: str | None = None,
     loader_workers: int = 0,
-    amp: bool = False,
-    channels_last: bool = False,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
 ) -> ExtractSummary:
     """The same extraction with a PyTorch DataLoader in this process: the reference and the baseline.
 
     It resumes after a kill as `extract` does (same parts folder; another engine's partial work is discarded).
+    ``amp`` and ``channels_last`` default to ``extract.amp`` and ``extract.channels_last``.
     """
     cfg = params.extract
+    amp, channels_last = _forward_options(params, amp, channels_last)
     target = _device(cfg.use_gpu, device)
 
     def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:

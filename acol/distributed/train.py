@@ -221,6 +221,7 @@ def _loader_batches(
         drop_last=False,
         generator=generator,
         num_workers=tp.loader_workers,
+        pin_memory=tp.use_gpu,  # page-locked batches: the copy to the GPU overlaps the step
     )
     loader = ray.train.torch.prepare_data_loader(loader)
 
@@ -238,18 +239,35 @@ def _per_worker_batch(params: Params, world_size: int) -> int:
 
 
 def _val_loader(config: dict[str, Any], params: Params, world_size: int) -> DataLoader:
-    """Validation runs on rank 0 over the whole split: no sampler, no collectives, exact numbers."""
+    """Validation runs on rank 0 over the whole split: no sampler, no collectives, exact numbers.
+
+    At the global batch (``train.batch_size``), whatever ``world_size``: rank 0 alone does the whole split, so
+    the per-worker batch (20 // 8 = 2 on 8 GPUs) only made it slower; no gradients, so memory is not the
+    training step's. (Its numbers depend on the batch in the last bits only.) Pinned for a GPU.
+    """
     workers = params.train.loader_workers
     val_set = ManifestDataset(
         read_manifest(config["val_manifest"]), config["root"], eval_transform(params.train.image_size)
     )
     return DataLoader(
         val_set,
-        batch_size=_per_worker_batch(params, world_size),
+        batch_size=params.train.batch_size,
         shuffle=False,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=params.train.use_gpu,
     )
+
+
+def _configure_cudnn(deterministic: bool) -> None:
+    """``train.deterministic``: cuDNN's deterministic kernels, else autotuned ones (`cudnn.benchmark`).
+
+    Why: autotuning picks the fastest kernel per shape, and that pick (and some of the kernels) may differ run
+    to run: a resumed or repeated GPU run can only repeat bit for bit with ``deterministic`` (other CUDA ops
+    with atomics may still differ: `torch.use_deterministic_algorithms`). The CPU uses no cuDNN: no effect.
+    """
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def _build_run(
@@ -372,6 +390,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     params = Params.model_validate(config["params"])
+    _configure_cudnn(params.train.deterministic)
     # the same initial weights on every rank (DDP also broadcasts rank 0's); epochs reseed per rank
     seed_everything(params.train.seed)
     device = ray.train.torch.get_device()
@@ -485,6 +504,7 @@ def _loop_config(
     epoch_hook: str | EpochHook | None,
 ) -> dict[str, Any]:
     """The `train_loop_per_worker` config: plain values Ray pickles to every worker."""
+    from acol.tracking.redact import loop_tracking_uri
     from acol.tracking.runs import tracking_uri
 
     if isinstance(epoch_hook, str):
@@ -496,7 +516,7 @@ def _loop_config(
         "val_manifest": str(val_manifest),
         "root": str(Path(root).resolve()),
         "run_id": run_id,
-        "tracking_uri": tracking_uri(),
+        "tracking_uri": loop_tracking_uri(tracking_uri()),  # None if it has a password: workers use their env
         "run_dir": run_dir,
         "epoch_hook": epoch_hook,
     }

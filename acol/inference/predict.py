@@ -51,23 +51,24 @@ def predict_batch(
     """
     model.eval()
     # The forward erases with the labels (the GT-class maps); `localization_maps` of the top-1 class runs B
-    # again erased by the top-1 class, so the predicted box never depends on the label.
+    # again erased by the top-1 class, so the predicted box never depends on the label. Both run under the
+    # forward's autocast: B run again is then the forward's B in the same precision, and an image's maps
+    # depend on that image alone (outside it, bf16 gave a float32 B to a whole batch whenever one image's
+    # top-1 differed from its label). Maps are normalized and scores computed in float32.
     device = next(model.parameters()).device
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     with torch.inference_mode():
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(images, labels_t)
-        out.logits = out.logits.float()
-        out.maps_a = out.maps_a.float()
+            probs = torch.softmax(out.logits.float(), dim=1)
+            scores, classes = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
+            map_gt = model.localization_maps(out, labels_t)  # (B, h, w)
+            map_top1 = model.localization_maps(out, classes[:, 0])
+        map_a = normalize_maps(select_class_maps(out.maps_a, labels_t).float())
+        map_b = None
         if out.maps_b is not None:
-            out.maps_b = out.maps_b.float()
-        probs = torch.softmax(out.logits, dim=1)
-        scores, classes = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
-        map_gt = model.localization_maps(out, labels_t)  # (B, h, w)
-        map_top1 = model.localization_maps(out, classes[:, 0])
-        map_a = normalize_maps(select_class_maps(out.maps_a, labels_t))
-        map_b = None if out.maps_b is None else normalize_maps(select_class_maps(out.maps_b, labels_t))
+            map_b = normalize_maps(select_class_maps(out.maps_b, labels_t).float())
     b, h, w = map_gt.shape
     top1_f16 = _flat_f16(map_top1)
     return {
@@ -129,6 +130,14 @@ class BatchDecoder:
         return decode_batch(batch, self.root, self.size)
 
 
+def _ok_images(images: np.ndarray | torch.Tensor, ok: np.ndarray) -> torch.Tensor:
+    """The uint8 images of the rows that decoded. A tensor (the plain engine's loader, pinned for a GPU) is
+    used as it is when every row decoded: a copy would lose the pinning that makes its transfer asynchronous."""
+    if isinstance(images, torch.Tensor):
+        return images if ok.all() else images[torch.from_numpy(ok)]
+    return torch.from_numpy(np.ascontiguousarray(images[ok]))
+
+
 class MapPredictor:
     """Ray Data callable class: loads the model once, maps a numpy batch dict to the map-store columns."""
 
@@ -163,8 +172,7 @@ class MapPredictor:
             "error": errors,
         }
         if ok.any():
-            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).to(self.device)
-            images = self.normalize(images)
+            images = self.normalize(_ok_images(batch["image"], ok).to(self.device, non_blocking=True))
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             cols = predict_batch(

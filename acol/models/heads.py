@@ -81,7 +81,8 @@ class _SingleBranchHead(nn.Module):
         return F.cross_entropy(output.logits, labels)
 
     def localization_maps(self, output: ModelOutput, classes: torch.Tensor) -> torch.Tensor:
-        return normalize_maps(select_class_maps(output.maps_a, classes))
+        """Normalized in float32 (under bf16 autocast the class maps are bfloat16)."""
+        return normalize_maps(select_class_maps(output.maps_a, classes).float())
 
 
 class CAMHead(_SingleBranchHead):
@@ -191,11 +192,22 @@ class ACoLHead(nn.Module):
         return F.cross_entropy(output.logits, labels) + F.cross_entropy(output.logits_b, labels)
 
     def localization_maps(self, output: ModelOutput, classes: torch.Tensor) -> torch.Tensor:
-        """Fused (B, h, w) maps of `classes`; B is run again, erased by `classes`, unless it already was."""
+        """Fused (B, h, w) float32 maps of `classes`; B is run again, erased by `classes`, for the images it
+        was not already erased by.
+
+        Per image, so an image's map never depends on the other images' classes: call it under the
+        forward's autocast, and the pass run again is the forward's B, in the same precision. (A decision for
+        the whole batch ran every image again once one differed: under bf16 autocast, called outside it, that
+        was a float32 B, and image 0's map changed with image 3's label.) Normalized in float32.
+        """
         assert output.maps_b is not None and output.features is not None, "ACoL output must carry branch B"
         maps_b = output.maps_b
         if output.erase_classes is None or not torch.equal(output.erase_classes, classes):
-            maps_b = self.branch_b(output.features, output.maps_a, classes)
-        map_a = normalize_maps(select_class_maps(output.maps_a, classes))
-        map_b = normalize_maps(select_class_maps(maps_b, classes))
+            again = self.branch_b(output.features, output.maps_a, classes)
+            if output.erase_classes is not None:
+                same = (output.erase_classes == classes)[:, None, None, None]
+                again = torch.where(same, maps_b.to(again.dtype), again)
+            maps_b = again
+        map_a = normalize_maps(select_class_maps(output.maps_a, classes).float())
+        map_b = normalize_maps(select_class_maps(maps_b, classes).float())
         return torch.maximum(map_a, map_b)

@@ -107,9 +107,16 @@ def train_one_epoch(
     *,
     amp: bool = False,
 ) -> dict[str, float]:
-    """One pass over `loader`; returns mean loss, accuracy of A (and B for ACoL), samples and seconds."""
+    """One pass over `loader`; returns mean loss, accuracy of A (and B for ACoL), samples and seconds.
+
+    The sums stay on the device and are read once at the end: a read per step (``float(loss)``) made the host
+    wait for every step's kernels, so it could not queue the next step's. They are float64 sums of each step's
+    ``loss * batch``, in step order: the same numbers as the Python float sums they replace.
+    """
     model.train()
-    total_loss = correct_a = correct_b = samples = 0.0
+    # [loss * samples, correct of A, correct of B], float64 (exact for counts below 2**53)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    samples = 0.0
     has_branch_b = False
     start = time.perf_counter()
     for images, labels, _ in loader:
@@ -125,11 +132,13 @@ def train_one_epoch(
             scheduler.step()
         batch = labels.shape[0]
         samples += batch
-        total_loss += float(loss.detach()) * batch
-        correct_a += float((output.logits.argmax(1) == labels).sum())
-        if output.logits_b is not None:
-            has_branch_b = True
-            correct_b += float((output.logits_b.argmax(1) == labels).sum())
+        with torch.no_grad():
+            sums[0] += loss.detach().double() * batch
+            sums[1] += (output.logits.argmax(1) == labels).sum()
+            if output.logits_b is not None:
+                has_branch_b = True
+                sums[2] += (output.logits_b.argmax(1) == labels).sum()
+    total_loss, correct_a, correct_b = sums.tolist()  # the epoch's one host sync
     seconds = time.perf_counter() - start
     metrics = {
         "loss": total_loss / max(samples, 1),
@@ -145,18 +154,24 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate_classification(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Top-1 / top-5 accuracy and loss of the prediction (branch A) on `loader`."""
+    """Top-1 / top-5 accuracy and loss of the prediction (branch A) on `loader`.
+
+    Sums on the device, read once (as in `train_one_epoch`): float64 of each batch's float32 loss sum.
+    """
     model.eval()
-    top1 = top5 = total_loss = samples = 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # [loss sum, top-1 hits, top-5 hits]
+    samples = 0.0
     for images, labels, _ in loader:
-        images, labels = images.to(device), labels.to(device)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         output = model(images)
-        total_loss += float(nn.functional.cross_entropy(output.logits, labels, reduction="sum"))
+        sums[0] += nn.functional.cross_entropy(output.logits, labels, reduction="sum").double()
         k = min(5, output.logits.shape[1])
         topk = output.logits.topk(k, dim=1).indices
-        top1 += float((topk[:, 0] == labels).sum())
-        top5 += float((topk == labels[:, None]).any(dim=1).sum())
+        sums[1] += (topk[:, 0] == labels).sum()
+        sums[2] += (topk == labels[:, None]).any(dim=1).sum()
         samples += labels.shape[0]
+    total_loss, top1, top5 = sums.tolist()
     return {
         "val_loss": total_loss / max(samples, 1),
         "val_top1": top1 / max(samples, 1),
