@@ -6,9 +6,9 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,25 +30,78 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _new_temp(parent: Path, prefix: str, suffix: str = "", *, folder: bool = False) -> Path:
+    """Create a fresh, uniquely named file or folder in `parent` with the user's umask applied by the kernel.
+
+    Why not `tempfile.mkstemp` / `mkdtemp`: they create 0600 / 0700 whatever the umask says, and a chmod after
+    them would have to guess the umask (reading it means changing it, which races other threads).
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if folder:
+                path.mkdir(0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temp name {prefix}*{suffix} in {parent}")
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush `path` (a file, or a folder's entries) to disk.
+
+    Folders that cannot be opened or synced (some network and FUSE filesystems refuse) are skipped: their
+    renames are as durable as that filesystem makes them.
+    """
+    folder = path.is_dir()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if folder else 0))
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not folder or e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under `root` (folders after their content), before `root` is renamed."""
+    for folder, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                _fsync_path(Path(folder, name))
+        _fsync_path(Path(folder))
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside `path` for a writer (pyarrow, torch.save...); rename it over `path` on success.
 
     On any error, or if the process dies, `path` keeps its old content and the temp file is removed (or left
-    as a hidden `.name.*.tmp` that nothing reads).
+    as a hidden `.name.*.tmp` that nothing reads). The file gets the permissions the umask gives new files.
+    ``durable`` (default): the data is synced before the rename and the folder after it, so that a power cut
+    leaves the old or the new content, never an empty file, and never loses a rename already reported done.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temp(path.parent, f".{path.name}.", ".tmp")
     try:
         yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
+        if durable:
+            _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync_path(path.parent)
 
 
 def read_json_object(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> dict[str, Any]:
@@ -64,17 +117,14 @@ def read_json_object(path: str | os.PathLike[str], error: type[Exception] = Valu
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`.
+    """Write to a temp file in the same folder, fsync, then rename over `path` (`atomic_path`).
 
-    ``durable=False`` skips the fsync: still never half-written, but a power cut may lose the newest files;
+    ``durable=False`` skips the fsyncs: still never half-written, but a power cut may lose the newest files;
     for bulk outputs that are regenerated deterministically (the synthetic images), where one fsync per file
     would dominate the run.
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(path, durable=durable) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -174,7 +224,8 @@ def replace_dir(
     """Move the finished folder `tmp_dir` into place as `final_dir`, replacing any previous output.
 
     At every instant `final_dir` holds a complete old or new copy: the two folders are swapped atomically
-    (`_exchange`), then the old one (now at `tmp_dir`) is deleted. Without an exchange, the old folder is first
+    (`_exchange`), then the old one (now at `tmp_dir`) is deleted. Everything in `tmp_dir` is synced to disk
+    before the swap and the parent folder after it (a power cut keeps a complete old or new copy). Without an exchange, the old folder is first
     renamed to ``.<name>.old`` and only deleted once the new one is in place; `recover_dir` (next writer) and
     `readable_path` (readers) understand that state. `keep` names entries of the old folder that the new one
     inherits when it lacks them (DVC's ``.gitignore`` in a stage's output folder).
@@ -184,15 +235,19 @@ def replace_dir(
     for name in keep:
         if (final_dir / name).is_file() and not (tmp_dir / name).exists():
             shutil.copy2(final_dir / name, tmp_dir / name)
+    _fsync_tree(tmp_dir)  # the new content is on disk before any name points at it
     if not final_dir.exists():
         os.rename(tmp_dir, final_dir)  # nothing to replace: one atomic rename
+        _fsync_path(final_dir.parent)
         return
     if _exchange(tmp_dir, final_dir):
+        _fsync_path(final_dir.parent)
         shutil.rmtree(tmp_dir)  # the previous output; a kill here leaves a temp folder recover_dir removes
         return
     old = _old_copy(final_dir)
     os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
+    _fsync_path(final_dir.parent)
     shutil.rmtree(old)
 
 
@@ -206,9 +261,8 @@ def replacing_dir(final_dir: str | os.PathLike[str], *, keep: Sequence[str] = ()
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final_dir), dir=final_dir.parent))
+    tmp = _new_temp(final_dir.parent, _temp_prefix(final_dir), folder=True)  # permissions: the umask's
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; outputs are meant to be read by others
         yield tmp
         replace_dir(tmp, final_dir, keep=keep)
     except BaseException:
@@ -268,7 +322,7 @@ def resumable_dir(
     elif work.exists():
         work.unlink()
     if not resumed:
-        work.mkdir(mode=0o755)
+        work.mkdir()  # permissions: the umask's
         write_json_atomic(work / _FINGERPRINT_NAME, expected)
     yield work, resumed
     (work / _FINGERPRINT_NAME).unlink(missing_ok=True)  # a kill from here on: the next run starts afresh

@@ -2,8 +2,11 @@
 
 Run one with ``dvc exp run -n NAME $(python -m acol.presets NAME)``: the command prints the ``-S key=value``
 arguments of the preset, so DVC records every value in the experiment as usual. ``python -m acol.presets``
-lists them. Each preset cites where its recipe comes from; where the source leaves a value open, the value
-is the source code's default and the preset's note says so. docs/models.md gives the architectures.
+lists them; ``python -m acol.presets NAME --describe`` shows its row, recipe source, note and published
+numbers (`acol.published`). Each preset cites where its recipe comes from; where the source leaves a value
+open, the value is the source code's default and the preset's note says so. docs/models.md gives the
+architectures. `match_presets` finds the preset a run's params reproduce, so the report can show the run's
+numbers beside the published ones.
 """
 
 from __future__ import annotations
@@ -12,7 +15,18 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PRESETS", "Preset", "dvc_set_args", "preset_overrides"]
+from acol.config import Params
+from acol.published import NOT_CONFIRMED, PresetMatch, Published, for_preset, in_metric
+
+__all__ = [
+    "IDENTITY_KEYS",
+    "PRESETS",
+    "Preset",
+    "describe",
+    "dvc_set_args",
+    "match_presets",
+    "preset_overrides",
+]
 
 _ACOL_CODE = "xiaomengyc/ACoL scripts/train_vgg_{dataset}.sh, exper/my_optim.py, utils/LoadData.py"
 _CHOE_CODE = "clovaai/wsolevaluation config.py defaults and README example, data_loaders.py"
@@ -176,16 +190,93 @@ def dvc_set_args(name: str) -> list[str]:
     return args
 
 
+# --------------------------------------------------------------------------- a run's params vs the presets
+
+# What identifies a preset's published row: the dataset, the architecture, the method, the threshold protocol
+# and the input size. A run that agrees on these is compared with the row's published numbers; amounts
+# (epochs, classes, images) and every other key are not compared, only listed when they differ.
+IDENTITY_KEYS = ("data.source", "model.backbone", "methods", "evaluate.threshold_split", "train.image_size")
+# Where files lie and which hardware runs: not part of a recipe (paths are absolute in a stage's params).
+_NOT_RECIPE = {
+    *("data.root", "data.synsets", "data.val_solution", "data.mask_dir", "data.fullsup_metadata"),
+    *("model.backbone_weights", "tracking.registered_model", "train.use_gpu", "extract.use_gpu"),
+}
+
+
+def _get(params: Params, key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = getattr(node, part)
+    return list(node) if isinstance(node, tuple) else node
+
+
+def _identity(name: str) -> dict[str, Any]:
+    """The preset's identity values; a key it leaves alone has the params default it runs with (a test
+    checks params.yaml keeps those defaults)."""
+    overrides = PRESETS[name].overrides
+    return {k: overrides[k] if k in overrides else _get(Params(), k) for k in IDENTITY_KEYS}
+
+
+def _differs(params: Params, name: str) -> tuple[str, ...]:
+    """Recipe keys of the preset the run sets otherwise, as ``"train.epochs 2 (preset 6)"``."""
+    keys = set(PRESETS[name].overrides) - set(IDENTITY_KEYS) - _NOT_RECIPE
+    return tuple(
+        f"{k} {_yaml_scalar(_get(params, k))} (preset {_yaml_scalar(PRESETS[name].overrides[k])})"
+        for k in PRESETS[name].overrides
+        if k in keys and _get(params, k) != PRESETS[name].overrides[k]
+    )
+
+
+def match_presets(params: Params) -> tuple[PresetMatch, ...]:
+    """One match per method of the run whose params agree with a preset on `IDENTITY_KEYS` (the preset's
+    one method among the run's methods); no two presets share an identity (a test checks)."""
+    matches = []
+    for method in params.methods:
+        run = {k: [method] if k == "methods" else _get(params, k) for k in IDENTITY_KEYS}
+        for name in PRESETS:
+            if _identity(name) == run:
+                matches.append(PresetMatch(method, name, _differs(params, name)))
+    return tuple(matches)
+
+
+def describe(name: str) -> str:
+    """Preset `name` for a reader: its row, recipe source, note, identity and published numbers."""
+    preset_overrides(name)  # an unknown name lists the presets
+    preset, numbers = PRESETS[name], for_preset(name)
+    lines = [name, f"  row: {preset.row}", f"  recipe source: {preset.source}"]
+    lines += [f"  note: {preset.note}"] if preset.note else []
+    lines.append("  identity: " + " ".join(f"{k}={_yaml_scalar(v)}" for k, v in _identity(name).items()))
+    if not numbers:
+        lines.append(f"  published: {NOT_CONFIRMED}")
+    else:
+        lines.append("  published (the figure in this project's metric, then as the source printed it):")
+    lines += [line for p in numbers for line in _published_lines(p)]
+    return "\n".join(lines)
+
+
+def _published_lines(p: Published) -> list[str]:
+    """One published entry: the figure, as printed, its status and source; then its note."""
+    if p.printed is None:
+        head = f"    {p.metric}: {NOT_CONFIRMED}"
+    else:
+        where = f"{p.paper}: {p.where}" + (f" <{p.source}>" if p.source else "")
+        head = f"    {p.metric} {in_metric(p)} (printed: {p.as_printed()}) [{p.status}] {where}"
+    return [head, f"      note: {p.note}"] if p.note else [head]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print a preset's `dvc exp run` arguments, or list presets.")
     parser.add_argument("name", nargs="?", help="preset name (omit to list them)")
+    parser.add_argument(
+        "--describe", action="store_true", help="the preset's row, source and published numbers"
+    )
     args = parser.parse_args(argv)
     if args.name is None:
         for name, preset in PRESETS.items():
             print(f"{name:34s} {preset.row}")
         return 0
     try:
-        print(" ".join(dvc_set_args(args.name)))
+        print(describe(args.name) if args.describe else " ".join(dvc_set_args(args.name)))
     except KeyError as error:
         parser.exit(2, f"error: {error.args[0]}\n")
     return 0

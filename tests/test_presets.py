@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from acol import presets
 from acol.config import Params, apply_overrides
 from acol.models import build_model, model_kwargs
-from acol.presets import PRESETS, dvc_set_args, main, preset_overrides
+from acol.presets import IDENTITY_KEYS, PRESETS, describe, dvc_set_args, main, match_presets, preset_overrides
+from acol.published import (
+    CHOE_ACOL,
+    CHOE_COLUMNS,
+    CHOE_GRID,
+    NUMBERS,
+    PresetMatch,
+    for_preset,
+    in_metric,
+    markdown_tables,
+)
 from acol.training.engine import build_optimizer, build_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +112,124 @@ def test_every_preset_key_is_in_params_yaml(name: str) -> None:
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"{key} is not in params.yaml"
             node = node[part]
+
+
+# --- published numbers (acol.published): one table, read by the README, --describe and the report ---
+
+NOTES = (
+    ROOT.parent / "shared" / "notes" / "published.md"
+)  # where the figures were read (not in every checkout)
+
+
+def test_choe_acol_is_cam_plus_the_printed_difference() -> None:
+    cam, diff = CHOE_GRID["CAM"], CHOE_GRID["ACoL"]
+    assert [str(Decimal(c) + Decimal(d)) for c, d in zip(cam, diff, strict=True)] == list(CHOE_ACOL)
+    for p in NUMBERS:
+        if p.preset and p.preset.startswith("choe-"):
+            column = CHOE_COLUMNS.index((p.preset.split("-")[3], p.preset.split("-")[1]))
+            method = "ACoL" if p.method == "acol" else "CAM"
+            assert p.printed == Decimal(CHOE_GRID[method][column]), p.preset
+            assert p.value == Decimal((CHOE_ACOL if method == "ACoL" else CHOE_GRID["CAM"])[column])
+
+
+def test_errors_are_100_minus_the_printed_accuracy() -> None:
+    for p in NUMBERS:
+        if p.value is None or p.printed is None:
+            continue
+        if "accuracy" in p.measure and "error" in p.metric:
+            assert p.printed + p.value == 100, p
+        elif "difference" not in p.measure:
+            assert p.value == p.printed, p  # printed in this project's terms already
+
+
+def _choe_notes_table(text: str) -> dict[str, list[str]]:
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
+    grid = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows if len(cells) == 10}
+    grid.pop("method"), grid.pop("---")  # the header and its rule
+    return grid
+
+
+@pytest.mark.skipif(not NOTES.is_file(), reason="the project notes are not in this checkout")
+def test_every_figure_is_as_the_notes_print_it() -> None:
+    text = NOTES.read_text()
+    assert _choe_notes_table(text) == {m: list(v) for m, v in CHOE_GRID.items()}
+    so_acol = re.search(r"So ACoL: ImageNet (.*), CUB (.*), OpenImages PxAP (.*)\.", text)
+    assert so_acol and [v for g in so_acol.groups() for v in g.split(" / ")] == list(CHOE_ACOL)
+    for p in NUMBERS:
+        if p.paper.startswith("Choe"):
+            continue  # the grid and its sums are checked above
+        for figure in (p.printed, p.value):  # every figure, digit for digit, in the notes
+            assert figure is None or re.search(rf"(?<![\d.+-]){re.escape(str(figure))}(?![\d])", text), p
+    do_not_cite = re.search(r"^\| VGG16-ACoL, CUB GT-known \| (.*?) \|", text, re.M)
+    assert do_not_cite and "do not cite" in text.split(do_not_cite.group(0))[1].splitlines()[0]
+    cub_gt = [p for p in for_preset("acol-paper-vgg16-cub") if p.metric == "gt_known_loc"]
+    assert [(p.value, p.printed, p.status) for p in cub_gt] == [(None, None, "not confirmed")]
+
+
+def test_unconfirmed_figures_are_no_presets_number() -> None:
+    for p in NUMBERS:
+        if "unconfirmed" in p.status or p.status == "not confirmed":
+            assert p.preset is None or (p.value, p.printed) == (None, None), p
+    assert all(p.preset is None or p.preset in PRESETS for p in NUMBERS)
+    for name in ("acol-paper-googlenet-ilsvrc", "acol-paper-googlenet-cub"):
+        assert [p.value for p in for_preset(name)] == [None]
+
+
+def test_readme_holds_the_published_tables() -> None:
+    section = (ROOT / "README.md").read_text().split("## Reproducing published results")[1]
+    assert markdown_tables() in section.split("### Rehearse a preset")[0]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_describe_shows_row_source_and_published_numbers(name: str, capsys) -> None:
+    assert main([name, "--describe"]) == 0
+    out = capsys.readouterr().out
+    assert PRESETS[name].row in out and PRESETS[name].source in out and PRESETS[name].note in out
+    numbers = [p for p in for_preset(name) if p.value is not None or p.printed is not None]
+    for p in numbers:
+        assert f"{p.metric} {in_metric(p)} (printed: {p.as_printed()}) [{p.status}]" in out
+    if not numbers:
+        assert "not confirmed" in out and not re.search(r"\d\.\d", out.split("published")[1])
+
+
+def test_describe_of_the_abstract_number_says_whose_classifier() -> None:
+    out = describe("acol-paper-vgg16-ilsvrc")
+    line = next(ln for ln in out.splitlines() if "(printed: top-1 loc error 45.14)" in ln)
+    note = out.splitlines()[out.splitlines().index(line) + 1]
+    assert "[primary]" in line and "DPN-ensemble classifier" in note and "not this preset's own" in note
+
+
+# --- a run's params vs the presets ---
+
+
+def test_each_presets_params_match_that_preset_alone() -> None:
+    identities = [tuple(map(str, presets._identity(n).values())) for n in PRESETS]
+    assert len(set(identities)) == len(PRESETS)  # no two presets share an identity
+    for name in PRESETS:
+        assert match_presets(_preset_params(name)) == (PresetMatch(_method(name), name, ()),)
+
+
+def test_identity_defaults_are_params_yaml_values() -> None:
+    """A preset that leaves an identity key alone runs with params.yaml's value: it must be the Params default."""
+    default = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    for key in IDENTITY_KEYS:
+        if any(key not in p.overrides for p in PRESETS.values()):
+            assert presets._get(default, key) == presets._get(Params(), key), key
+
+
+def test_default_params_match_no_preset() -> None:
+    assert match_presets(Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))) == ()
+
+
+def test_shortened_run_matches_but_is_not_the_full_recipe() -> None:
+    """A rehearsal (fewer epochs, data elsewhere, CPUs) still matches; only the recipe key is listed."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    settings = dvc_set_args("acol-paper-vgg16-cub")[1::2]
+    shrunk = ["train.epochs=2", "data.root=/tmp/elsewhere", "train.use_gpu=false", "methods=[acol,cam]"]
+    params = Params.model_validate(apply_overrides(raw, [*settings, *shrunk]))
+    assert match_presets(params) == (
+        PresetMatch("acol", "acol-paper-vgg16-cub", ("train.epochs 2 (preset 60)",)),
+    )
+    other = Params.model_validate(apply_overrides(raw, [*settings, "evaluate.threshold_split=fullsup"]))
+    (match,) = match_presets(other)  # Choe et al.'s threshold protocol: their row, with the ACoL recipe
+    assert match.preset == "choe-vgg16-acol-cub" and "model.erase_threshold 0.6 (preset 0.7)" in match.differs

@@ -340,3 +340,143 @@ def test_template_is_strict() -> None:
     row = {"key": "pxap", "cells": [{"text": "1.00", "best": False}]}  # no "arrow"
     with pytest.raises(jinja2.UndefinedError, match="arrow"):
         render_html({**context, "metric_rows": [row]})
+
+
+# --- published numbers beside a run whose params match a preset ---
+
+
+def _params(*settings: str):
+    """params.yaml with `-S`-style settings applied, as `dvc exp run -S` would."""
+    import yaml
+
+    from acol.config import Params, apply_overrides
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    return Params.model_validate(apply_overrides(raw, list(settings)))
+
+
+def _preset_settings(name: str) -> list[str]:
+    from acol.presets import dvc_set_args
+
+    return dvc_set_args(name)[1::2]
+
+
+def _published_table(text: str) -> str:
+    return text.split("<div class='published'>")[1].split("</div>")[0]
+
+
+def test_report_shows_the_runs_numbers_beside_the_matching_presets(
+    tmp_path: Path, tiny_dataset: dict
+) -> None:
+    from acol.presets import match_presets
+    from acol.published import for_preset, in_metric
+
+    # Choe et al.'s VGG16 ILSVRC protocol with both methods: ACoL and CAM each match their own preset
+    params = _params(*_preset_settings("choe-vgg16-acol-ilsvrc"), "methods=[acol,cam]")
+    matches = match_presets(params)
+    assert [(m.method, m.preset, m.differs) for m in matches] == [
+        ("acol", "choe-vgg16-acol-ilsvrc", ()),
+        ("cam", "choe-vgg16-cam-ilsvrc", ()),
+    ]
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    text = build_report(_inputs(out, tiny_dataset, presets=matches), tmp_path / "report").read_text()
+    table = _published_table(text)
+    assert "No preset matches" not in table
+    for match in matches:
+        (published,) = for_preset(match.preset)
+        run = METRICS[match.method][published.metric]
+        assert f"<td>{run:.2f}</td><td>{in_metric(published)}</td>" in table  # this run beside the published
+        assert f"<td class='k'>{published.as_printed()}</td>\n<td class='k'>{published.status}</td>" in table
+        assert f"{match.preset}<br><span class=note>full recipe</span>" in table
+        assert f"{match.method}: this run&#39;s params match preset {match.preset} (full recipe)" in text
+    assert table.count("<a href='https://github.com/clovaai/wsolevaluation'>") == 2
+
+
+def test_report_says_a_shortened_run_is_not_the_full_recipe(tmp_path: Path, tiny_dataset: dict) -> None:
+    from acol.presets import match_presets
+    from acol.published import for_preset
+
+    params = _params(*_preset_settings("acol-paper-vgg16-cub"), "train.epochs=2", "methods=[acol,cam]")
+    matches = match_presets(params)
+    assert [m.preset for m in matches] == ["acol-paper-vgg16-cub"]  # CAM has no ACoL-paper preset
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    table = _published_table(
+        build_report(_inputs(out, tiny_dataset, presets=matches), tmp_path / "report").read_text()
+    )
+    assert "not the full recipe: train.epochs 2 (preset 60)" in table
+    rows = re.findall(r"<td class='k'>(\w+)</td><td>([^<]*)</td><td>([^<]*)</td>", table)
+    want = [
+        (
+            p.metric,
+            f"{METRICS['acol'][p.metric]:.2f}",
+            str(p.value) if p.value is not None else "not confirmed",
+        )
+        for p in for_preset("acol-paper-vgg16-cub")
+    ]
+    assert rows == want and ("gt_known_loc", "81.25", "not confirmed") in rows  # "do not cite" stays out
+
+
+def test_report_without_a_matching_preset_shows_no_comparison(tmp_path: Path, tiny_dataset: dict) -> None:
+    from acol.presets import match_presets
+
+    assert match_presets(_params()) == ()  # params.yaml: the synthetic default
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    text = build_report(_inputs(out, tiny_dataset, presets=()), tmp_path / "report").read_text()
+    table = _published_table(text)
+    assert "No preset matches this run's params" in table and "match preset" not in text
+    cells = re.findall(r"<td class='k'>\w+</td><td>([^<]*)</td><td>([^<]*)</td>", table)
+    assert len(cells) == len(PUBLISHED) and {run for run, _ in cells} == {"—"}  # no run number beside them
+    assert [value for _, value in cells] == [str(p.value) for p in PUBLISHED]
+
+
+def test_pipeline_passes_the_matching_preset(tmp_path: Path, tiny_dataset: dict, monkeypatch) -> None:
+    """pipelines/report.py matches params.yaml against the presets and hands the match to the report."""
+    import yaml
+
+    from acol.config import apply_overrides
+    from acol.stages import report as report_stage
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    settings = [*_preset_settings("choe-resnet50-cam-cub"), f"data.root={tiny_dataset['root']}"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(apply_overrides(raw, settings)))
+    seen = []
+    monkeypatch.setattr(report_stage, "build_report", lambda inputs, out: seen.append(inputs) or Path(out))
+    spec = importlib.util.spec_from_file_location(
+        "pipelines_report_presets", Path(__file__).parents[1] / "pipelines" / "report.py"
+    )
+    assert spec and spec.loader
+    report_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_cli)
+    monkeypatch.setattr(report_cli, "build_report", lambda inputs, out: seen.append(inputs) or Path(out))
+    monkeypatch.setattr(report_cli.tracking, "check_tracking_server", lambda: None)
+    monkeypatch.setattr(report_cli.tracking, "stage_run", _NoRun)
+    out = _write_outputs(tmp_path, tiny_dataset["val"])
+    argv = ["report", "--params", str(params), "--evaluate-dir", str(out["evaluate"]), "--train-dir",
+            str(out["train"]), "--extract-dir", str(out["extract"]), "--manifest", str(tiny_dataset["val"]),
+            "--summary", str(out["summary"]), "--out", str(tmp_path / "report")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setitem(sys.modules, "mlflow", _NoMlflow())
+    report_cli.main()
+    assert [(m.method, m.preset, m.differs) for m in seen[0].presets] == [
+        ("cam", "choe-resnet50-cam-cub", ())
+    ]
+
+
+class _NoRun:
+    """stage_run without MLflow: the test checks what reaches the report, not the logging."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.info = type("Info", (), {"run_id": "none"})()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _NoMlflow:
+    @staticmethod
+    def log_artifacts(*args, **kwargs) -> None:
+        return None

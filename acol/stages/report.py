@@ -11,8 +11,10 @@ are escaped by the engine; StrictUndefined) from plain data prepared here, every
 the same PNGs next to it; the folder is built under a temp name and renamed into place
 (`acol.io.replace_dir`), so a reader never sees half a report.
 
-Published numbers are listed separately and labelled as published, each with its source; only figures that
-could be confirmed from a text source are included (`PUBLISHED`).
+Published numbers come from the one table `acol.published.NUMBERS`, labelled as published, each with its source
+and status. When the run's params match a preset (``ReportInputs.presets``, from `acol.presets.match_presets`),
+the table shows that preset's numbers beside the run's, per method, and says when the run is not the full
+recipe; otherwise it lists the presets' confirmed numbers (`PUBLISHED`) for orientation only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from acol.io import read_json_object, readable_path, replacing_dir, write_bytes_atomic
+from acol.published import NUMBERS, PresetMatch, Published, for_preset, in_metric
 from acol.stages import plots
 from acol.wsol.boxes import iou
 from acol.wsol.metrics import metric_direction
@@ -44,6 +47,7 @@ __all__ = [
     "ReportInputs",
     "PublishedNumber",
     "PUBLISHED",
+    "PresetMatch",
     "metric_direction",
     "best_methods",
     "box_region_means",
@@ -101,6 +105,7 @@ class ReportInputs:
     gallery_size: int = 4  # images per gallery (best, worst, random)
     seed: int = 0  # random gallery
     max_stat_images: int = 500  # images sampled for the inside/outside map statistics (memory bound)
+    presets: tuple[PresetMatch, ...] = ()  # methods whose params match a preset (acol.presets.match_presets)
 
     @classmethod
     def from_dirs(
@@ -146,35 +151,9 @@ class ReportInputs:
         )
 
 
-@dataclass(frozen=True)
-class PublishedNumber:
-    """A figure from a paper, shown only in the "published" table, never mixed with ours."""
-
-    paper: str
-    dataset: str
-    backbone: str
-    method: str
-    metric: str
-    value: float  # percent
-    source: str  # where the figure was read
-    note: str = ""
-
-
-# Only figures confirmed from a text source. Choe et al.'s per-backbone MaxBoxAccV2 / PxAP table is published
-# as an image (wsolevaluation README, main_table.png) and the ACoL paper's per-backbone table could not be read
-# as text here, so they are not transcribed: add entries with their source when they can be checked.
-PUBLISHED: tuple[PublishedNumber, ...] = (
-    PublishedNumber(
-        paper="Zhang et al., CVPR 2018 (ACoL)",
-        dataset="ILSVRC 2012 val",
-        backbone="not stated in the abstract",
-        method="ACoL",
-        metric="top1_loc_error",
-        value=45.14,
-        source="https://arxiv.org/abs/1804.06962",
-        note="abstract: the paper's best ILSVRC top-1 localization error; the paper's own protocol",
-    ),
-)
+PublishedNumber = Published  # the report's name for an `acol.published` entry
+# For orientation when no preset matches: every preset's confirmed figure (in this project's metric).
+PUBLISHED: tuple[Published, ...] = tuple(p for p in NUMBERS if p.preset and p.value is not None)
 
 
 # --------------------------------------------------------------------------------------------------- numbers
@@ -418,19 +397,48 @@ def _metric_rows(metrics: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
     return rows
 
 
-def _published_rows() -> list[dict[str, str]]:
+def _published_rows(
+    matches: Sequence[PresetMatch], metrics: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The matched presets' figures beside the run's (``matched``); without a match, `PUBLISHED` alone."""
+    if not matches:
+        return [_published_row(p, None, "", None) for p in PUBLISHED]
     return [
-        {
-            "paper": p.paper,
-            "dataset": p.dataset,
-            "backbone": p.backbone,
-            "method": p.method,
-            "metric": p.metric,
-            "value": f"{p.value:.2f}",
-            "source": p.source,
-            "note": p.note,
-        }
-        for p in PUBLISHED
+        _published_row(p, m.method, _recipe_text(m), metrics.get(m.method, {}).get(p.metric))
+        for m in matches
+        for p in for_preset(m.preset)
+    ]
+
+
+def _published_row(p: Published, method: str | None, recipe: str, run: Any) -> dict[str, Any]:
+    return {
+        "matched": method is not None,
+        "preset": p.preset or "",
+        "recipe": recipe,
+        "method": method or p.method,
+        "row": p.row,
+        "metric": p.metric,
+        "run": _fmt(run) if method is not None else "—",
+        "value": in_metric(p),
+        "printed": p.as_printed(),
+        "paper": p.paper,
+        "source": p.source,
+        "where": p.where,
+        "status": p.status,
+        "note": p.note,
+    }
+
+
+def _recipe_text(match: PresetMatch) -> str:
+    """Whether the run is the preset's full recipe (amounts such as epochs count: a rehearsal is not)."""
+    return "full recipe" if not match.differs else "not the full recipe: " + "; ".join(match.differs)
+
+
+def _preset_sentences(matches: Sequence[PresetMatch]) -> list[str]:
+    return [
+        f"{m.method}: this run's params match preset {m.preset} ({_recipe_text(m)}); its published numbers "
+        "stand beside this run's in the published table."
+        for m in matches
     ]
 
 
@@ -651,7 +659,8 @@ def _what_this_shows(
     if acol_maps is not None and gt:
         erase = _number(metrics["acol"].get("erase_threshold"))
         shows += _coverage_sentences(acol_maps, gt, erase, inputs.max_stat_images, inputs.seed)
-    return shows or ["Only one method or too few numbers to compare; see the tables below."]
+    shows = shows or ["Only one method or too few numbers to compare; see the tables below."]
+    return shows + _preset_sentences(inputs.presets)
 
 
 _CAPTIONS = {
@@ -677,7 +686,7 @@ def _html_context(
         "methods": list(inputs.methods),
         "shows": list(shows),
         "metric_rows": _metric_rows(metrics),
-        "published": _published_rows(),
+        "published": _published_rows(inputs.presets, metrics),
         "curves": [
             {**_png(pngs[name], name), "caption": caption}
             for name, caption in _CAPTIONS.items()

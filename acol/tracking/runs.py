@@ -400,11 +400,15 @@ def check_tracking_server(timeout: float = 5.0) -> str:
     """Fail fast (within about `timeout` seconds) when the tracking server cannot be reached; returns the URI.
 
     HTTP(S) URIs are probed once (any HTTP answer, even 401 or 404, means the server is there); a sqlite URI
-    needs its folder to exist. Other schemes (databricks, ...) are left to MLflow.
+    needs its folder to exist. Other schemes (databricks, ...) are left to MLflow. Messages show the URI with
+    its password replaced by ``***`` (`acol.tracking.redact`).
     """
+    from acol.tracking.redact import redact_text, redact_uri, strip_credentials
+
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
-        probe = uri.rstrip("/") + "/health"
+        # urllib reads ``user:pass@`` as part of the host name; a 401 without them still means "reachable"
+        probe = strip_credentials(uri).rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(probe, timeout=timeout):
                 pass
@@ -413,11 +417,18 @@ def check_tracking_server(timeout: float = 5.0) -> str:
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise TrackingServerError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix "
-                "MLFLOW_TRACKING_URI (unset, it means sqlite:///mlflow.db in the working directory)"
+                redact_text(
+                    f"MLflow tracking server {redact_uri(uri)} is unreachable ({reason}); start it or fix "
+                    "MLFLOW_TRACKING_URI (unset, it means sqlite:///mlflow.db in the working directory)",
+                    uri,
+                )
             ) from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir():
-            raise TrackingServerError(f"MLflow tracking database folder {folder} does not exist (URI {uri})")
+            raise TrackingServerError(
+                redact_text(
+                    f"MLflow tracking database folder {folder} does not exist (URI {redact_uri(uri)})", uri
+                )
+            )
     return uri
