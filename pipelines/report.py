@@ -1,10 +1,15 @@
-"""Stage report: one self-contained HTML page comparing the methods, logged to MLflow as artifacts."""
+"""Stage report: one self-contained HTML page comparing the methods, logged to MLflow as artifacts.
+
+When the run's params match a preset (`acol.presets.match_presets`), the page shows its published numbers
+beside the run's.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from acol.presets import match_presets
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.stages.report import ReportInputs, build_report
 from acol.tracking import runs as tracking
@@ -32,6 +37,7 @@ def main() -> None:
         summary=args.summary,
         dataset_root=params.data.root,
         methods=params.methods,
+        presets=match_presets(params),
     )
     log.info("building the report for %s", ", ".join(inputs.methods))
     index = build_report(inputs, args.out)

@@ -210,7 +210,7 @@ def test_each_presets_params_match_that_preset_alone() -> None:
 
 
 def test_identity_defaults_are_params_yaml_values() -> None:
-    """A preset that leaves an identity key alone runs with params.yaml's value: it must be the Params default."""
+    """A preset that leaves an identity key alone runs with params.yaml's value: the Params default."""
     default = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
     for key in IDENTITY_KEYS:
         if any(key not in p.overrides for p in PRESETS.values()):

@@ -11,9 +11,9 @@ are escaped by the engine; StrictUndefined) from plain data prepared here, every
 the same PNGs next to it; the folder is built under a temp name and renamed into place
 (`acol.io.replace_dir`), so a reader never sees half a report.
 
-Published numbers come from the one table `acol.published.NUMBERS`, labelled as published, each with its source
-and status. When the run's params match a preset (``ReportInputs.presets``, from `acol.presets.match_presets`),
-the table shows that preset's numbers beside the run's, per method, and says when the run is not the full
+Published numbers come from the one table `acol.published.NUMBERS`, labelled as published, each with its
+source and status. When the run's params match a preset (``ReportInputs.presets``, from
+`acol.presets.match_presets`), the table shows that preset's numbers beside the run's, per method, and says when the run is not the full
 recipe; otherwise it lists the presets' confirmed numbers (`PUBLISHED`) for orientation only.
 """
 
