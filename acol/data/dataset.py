@@ -47,18 +47,29 @@ def decode_rows(
 
 
 class ManifestDataset(Dataset):
-    """Items are (image (3, S, S) float, class index, row index); paths are resolved inside `root`."""
+    """Items are (image (3, S, S) float, class index, row index); paths are resolved inside `root`.
+
+    The rows live in an Arrow array (ids) and a NumPy array (labels), not Python lists: a forked DataLoader
+    worker that reads a list's objects writes their reference counts, which copies the pages holding them
+    into every worker, slowly, until each holds its own copy of the manifest (1.28 M ids for ILSVRC train).
+    """
 
     def __init__(
         self, manifest: pa.Table, root: str | Path, transform: Callable[[torch.Tensor], torch.Tensor]
     ) -> None:
         self.root = Path(root)
-        self.image_ids: list[str] = manifest.column("image_id").to_pylist()
-        self.labels: list[int] = manifest.column("class_index").to_pylist()
+        self._ids: pa.Array = manifest.column("image_id").combine_chunks()
+        self._labels: np.ndarray = manifest.column("class_index").to_numpy()
         self.transform = transform
 
+    @property
+    def image_ids(self) -> list[str]:
+        """Every row's image id, as a new list (for callers that want them all; items read one at a time)."""
+        return self._ids.to_pylist()
+
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self._ids)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        return self.transform(load_image(self.root, self.image_ids[index])), self.labels[index], index
+        image = load_image(self.root, self._ids[index].as_py())
+        return self.transform(image), int(self._labels[index]), index

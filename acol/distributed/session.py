@@ -31,6 +31,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from acol.data.cpus import usable_cpus
+
 __all__ = [
     "Demand",
     "RaySessionError",
@@ -130,7 +132,8 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
     """Initialise Ray by the module's rule; logs and returns what it did (one line, for logs and tests).
 
     `cpus_needed` / `gpus_needed`: what the stage reserves at once; a private local Ray gets at least that many
-    CPUs (all of the machine's when more). `join_local` is ``params.ray.join_local``.
+    CPUs (all this process may use when more: its affinity and cgroup quota, `usable_cpus`, not the host's
+    cores, which a CPU-limited pod would oversubscribe). `join_local` is ``params.ray.join_local``.
     """
     import ray
 
@@ -158,7 +161,7 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
         what = f"joined the local Ray cluster at {address} (ray.join_local, recorded in {record})"
     else:
         temp_dir = local_temp_dir()
-        num_cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed))
+        num_cpus = max(usable_cpus(), math.ceil(cpus_needed))
         ray.init(address="local", num_cpus=num_cpus, _temp_dir=str(temp_dir) if temp_dir else None)
         if gpus_needed:
             _check_gpus(gpus_needed)

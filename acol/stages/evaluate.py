@@ -8,7 +8,6 @@ images it is reported on except the MaxBoxAcc family, whose definition maximizes
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -23,6 +22,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from acol.config import EvaluateParams
+from acol.data.cpus import usable_cpus
 from acol.data.manifest import manifest_classes
 from acol.inference.mapstore import maps_array
 from acol.wsol.boxes import scale_boxes
@@ -174,11 +174,11 @@ def _evaluate_method(
     test_idx, hold_idx = np.flatnonzero(~held), np.flatnonzero(held)
     if not use_fullsup:
         _check_holdout(params, hold_idx, len(ids))
-    has_masks = rows.column("mask_path").null_count == 0
+    mask_paths = _mask_paths(rows)
     v2 = BoxEvaluator(params.iou_thresholds, params.interval, multi_contour=True)
-    pxap = MaskEvaluator(params.interval) if has_masks else None
-    sweep = _Sweep(ok, rows, _gt_boxes_224(rows), held, v2, pxap, root)
-    workers = os.cpu_count() or 1
+    pxap = MaskEvaluator(params.interval) if mask_paths is not None else None
+    sweep = _Sweep(ok, mask_paths, _gt_boxes_224(rows), held, v2, pxap, root)
+    workers = usable_cpus()  # a CPU-limited pod's share, not the host's cores: more threads only contend
     closing.enter_context(_opencv_threads(0))  # the chunks run in parallel; OpenCV's own threads only contend
     pool = closing.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="evaluate"))
     chunks = list(_chunks(len(ids)))
@@ -206,6 +206,13 @@ def _evaluate_method(
     return EvaluationResult(metrics=metrics, box_curves=curves, pr_curve=pr)
 
 
+def _mask_paths(rows: pa.Table) -> list[str] | None:
+    """Every row's mask path, read once for all chunks (each chunk reading the column was quadratic), or
+    None when some image has no mask (no PxAP)."""
+    column = rows.column("mask_path")
+    return column.to_pylist() if column.null_count == 0 else None
+
+
 @contextmanager
 def _opencv_threads(n: int) -> Iterator[None]:
     before = cv2.getNumThreads()
@@ -224,7 +231,7 @@ class _Sweep:
     GT-known, and with masks the test images feed PxAP and the branch coverage."""
 
     ok: pa.Table
-    rows: pa.Table
+    mask_paths: list[str] | None  # per row, None without masks
     gt: list[np.ndarray]
     held: np.ndarray
     v2: BoxEvaluator
@@ -247,9 +254,9 @@ class _Sweep:
 
     def _masks(self, maps_table: pa.Table, maps: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
         """PxAP histograms and the mean map inside / outside the masks per branch, for test images."""
-        mask_paths = self.rows.column("mask_path").to_pylist()
-        masks = np.stack([load_wsol_mask(self.root, [mask_paths[i]], "", RESIZE_LENGTH) for i in index])
-        assert self.pxap is not None
+        assert self.pxap is not None and self.mask_paths is not None
+        paths = self.mask_paths
+        masks = np.stack([load_wsol_mask(self.root, [paths[i]], "", RESIZE_LENGTH) for i in index])
         self.pxap.accumulate(maps, masks)
         branch_maps = {"fused": maps, "a": prepare_scoremap(maps_array(maps_table, "map_a_gt"))}
         if maps_table.column("map_b_gt").null_count == 0:

@@ -6,6 +6,7 @@ what was left out and why.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,24 @@ MAX_LISTED_PROBLEMS = 200
 
 def attach_masks(table: pa.Table, root: Path, mask_dir: str) -> pa.Table:
     """Set `mask_path` to `<mask_dir>/<image file stem>.png` for the images whose mask file exists."""
+    folder = mask_dir.rstrip("/")
+    present = _file_names(root / folder)
     paths = []
     for image_id in table.column("image_id").to_pylist():
-        candidate = f"{mask_dir.rstrip('/')}/{Path(image_id).stem}.png"
-        paths.append(candidate if (root / candidate).is_file() else None)
+        name = f"{Path(image_id).stem}.png"
+        paths.append(f"{folder}/{name}" if name in present else None)
     index = table.schema.get_field_index("mask_path")
     return table.set_column(index, table.schema.field(index), pa.array(paths, type=pa.string()))
+
+
+def _file_names(folder: Path) -> set[str]:
+    """Names of the files in `folder` (none when it is missing): one ``scandir``, where a ``stat`` per image
+    cost a file-system round trip each (50,000 for ILSVRC val)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
 
 
 def _prefixed(
