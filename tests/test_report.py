@@ -478,3 +478,44 @@ class _NoMlflow:
     @staticmethod
     def log_artifacts(*args, **kwargs) -> None:
         return None
+
+
+def test_boxes_at_the_best_threshold_keep_the_maps_as_arrays(tmp_path: Path) -> None:
+    """3,000 maps of 28x28 as Python floats were ~75 MB (~1.25 GB per method at ILSVRC's 50,000 at 224);
+    boxed chunk by chunk from the float32 column, the peak stays a few MB, and each box is the one the map
+    alone gives (`boxes_from_maps`, one image at a time: the oracle)."""
+    import tracemalloc
+
+    from acol.stages.report import _read_map_info
+    from acol.wsol.boxes import boxes_from_maps
+
+    n, side = 3000, 28
+    rng = np.random.default_rng(0)
+    maps = rng.random((n, side, side), dtype=np.float32)
+    ids = [f"val/{i:05d}.JPEG" for i in range(n)]
+    errors: list[str | None] = [None] * n
+    errors[7] = "truncated: image file is truncated"
+    columns = {"image_id": ids, "label": np.zeros(n, np.int64), "error": errors,
+               "top5_classes": np.zeros((n, 1), np.int32), "top5_scores": np.ones((n, 1), np.float32),
+               "map_height": np.full(n, side), "map_width": np.full(n, side), "map_gt": maps.reshape(n, -1),
+               "map_top1": maps.reshape(n, -1), "map_a_gt": maps.reshape(n, -1), "map_b_gt": None,
+               "pred_box": np.zeros((n, 4), np.float32)}  # fmt: skip
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    pq.write_table(columns_to_table(columns), folder / part_name(0))
+    gt = {
+        i: (np.array([[1.0, 2.0, 30.0, 40.0]]), 60 + k % 7, 50 + k % 5) for k, i in enumerate(ids) if k != 9
+    }
+    tracemalloc.start()
+    try:
+        info = _read_map_info(folder, gt, 0.4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * 2**20, f"peak {peak / 2**20:.1f} MB"
+    boxes = info.table.column("pred_box").to_pylist()
+    assert boxes[7] is None and boxes[9] is None  # no map; no ground truth
+    for k in (0, 1, 1500, 2999):
+        _, width, height = gt[ids[k]]
+        want = boxes_from_maps(maps[k : k + 1], np.array([width]), np.array([height]), 0.4)[0]
+        np.testing.assert_array_equal(np.asarray(boxes[k], np.float32), want)
