@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,18 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (a worker is killed at the start of epoch 2)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    work = Path(args.work) if args.work else Path(tempfile_dir(args.preset))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix=f"rehearse-{args.preset}-"))
     shrink = Shrink(args.classes, args.train_per_class, args.val_per_class, args.fullsup_per_class,
                     args.epochs, use_gpu=args.gpu)  # fmt: skip
     rehearsal = rehearse(args.preset, work, shrink)
     print(rehearsal.summary())
     return 0
-
-
-def tempfile_dir(preset: str) -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix=f"rehearse-{preset}-")
 
 
 if __name__ == "__main__":
