@@ -171,7 +171,8 @@ def _allreduce_epoch(metrics: dict[str, float], device: torch.device) -> dict[st
 def _mlflow_client(config: dict[str, Any]) -> Any:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=config["tracking_uri"])
+    # None when the URI holds a credential (`_loop_config`): the worker's own environment names the server
+    return MlflowClient(tracking_uri=config["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 def _log_epochs(config: dict[str, Any], rows: list[dict[str, float]], restarts: int | None = None) -> None:
