@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ def _dry_run(out: Path, *extra: str) -> dict:
     done = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out", str(out), *extra],
         cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},  # this interpreter: CI does not activate the venv
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== gpu_check summary" in done.stdout
