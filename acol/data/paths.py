@@ -15,7 +15,7 @@ from pathlib import Path
 
 from acol.data.errors import DataError
 
-__all__ = ["UnsafePathError", "resolve_inside"]
+__all__ = ["UnsafePathError", "entry_names", "resolve_inside"]
 
 
 class UnsafePathError(DataError):
@@ -41,3 +41,13 @@ def resolve_inside(root: str | os.PathLike[str], relative: str) -> Path:
     if normal == ".":
         raise UnsafePathError(relative, "unsafe path: names the root itself, not a file")
     return Path(root) / normal
+
+
+def entry_names(folder: str | os.PathLike[str], *, folders: bool = False) -> list[str]:
+    """The sorted names of the files (or, with `folders`, the subfolders) of `folder`, symbolic links followed.
+
+    One ``os.scandir``: each entry's type comes with the listing, where ``Path.is_file`` costs a ``stat`` per
+    entry (1.28 M for ILSVRC train, a round trip each on network storage).
+    """
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if (e.is_dir() if folders else e.is_file()))

@@ -211,9 +211,8 @@ def unplaceable(demand: Demand, nodes: Sequence[Mapping[str, float]]) -> str | N
         return f"{holding} node(s) hold one, STRICT_SPREAD needs {demand.count}"
     if not any(_fits(node, demand.bundle) for node in nodes):
         return "no node holds even one"
-    if sum(_copies(node, demand.bundle) for node in nodes) < demand.count:
-        return f"the nodes hold {sum(_copies(node, demand.bundle) for node in nodes)} in all"
-    return None
+    held = sum(_copies(node, demand.bundle) for node in nodes)
+    return None if held >= demand.count else f"the nodes hold {held} in all"
 
 
 def _node_sizes(nodes: Sequence[Mapping[str, float]]) -> str:

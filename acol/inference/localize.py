@@ -18,7 +18,7 @@ import torch
 
 from acol.data.images import decode_image
 from acol.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, to_float_tensor
-from acol.inference.predict import TOP_K
+from acol.inference.predict import TOP_K, stored_precision
 from acol.models import WSOLModel
 from acol.wsol.boxes import boxes_from_maps
 
@@ -39,7 +39,7 @@ def _batch(pixels: Sequence[np.ndarray], size: int) -> torch.Tensor:
 def _rank_maps(model: WSOLModel, out: Any, classes: torch.Tensor) -> np.ndarray:
     """(k, B, h, w) float32 maps of each rank's class, rounded to float16 as the map store keeps them."""
     maps = [model.localization_maps(out, classes[:, j]) for j in range(classes.shape[1])]
-    return torch.stack(maps).float().to(torch.float16).float().numpy()
+    return stored_precision(torch.stack(maps)).float().numpy()
 
 
 def localize(

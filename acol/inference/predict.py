@@ -21,14 +21,19 @@ from acol.inference.model_card import model_from_card
 from acol.models import WSOLModel, normalize_maps, select_class_maps
 from acol.wsol.boxes import boxes_from_maps
 
-__all__ = ["TOP_K", "BatchDecoder", "MapPredictor", "decode_batch", "predict_batch"]
+__all__ = ["TOP_K", "BatchDecoder", "MapPredictor", "decode_batch", "predict_batch", "stored_precision"]
 
 TOP_K = 5
 
 
+def stored_precision(maps: torch.Tensor) -> torch.Tensor:
+    """`maps` rounded as the map store keeps them (float16): what the boxes and the evaluation see."""
+    return maps.float().to(torch.float16)
+
+
 def _flat_f16(maps: torch.Tensor) -> np.ndarray:
     """(B, h, w) float maps -> (B, h*w) float16 NumPy, the stored precision."""
-    return maps.float().flatten(1).to(torch.float16).cpu().numpy()
+    return stored_precision(maps).flatten(1).cpu().numpy()
 
 
 def predict_batch(

@@ -6,7 +6,6 @@ what was left out and why.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pyarrow.compute as pc
 from acol.config import DataParams
 from acol.data.errors import DataProblem, count_problems
 from acol.data.manifest import manifest_classes, manifest_from_records, validate_manifest
+from acol.data.paths import entry_names
 from acol.data.readers.wsol_metadata import read_wsol_metadata
 
 __all__ = ["attach_masks", "index_dataset", "index_fullsup", "manifest_stats", "prepare_summary"]
@@ -38,11 +38,10 @@ def attach_masks(table: pa.Table, root: Path, mask_dir: str) -> pa.Table:
 
 
 def _file_names(folder: Path) -> set[str]:
-    """Names of the files in `folder` (none when it is missing): one ``scandir``, where a ``stat`` per image
-    cost a file-system round trip each (50,000 for ILSVRC val)."""
+    """Names of the files in `folder` (none when it is missing), listed once (`entry_names`), where a
+    ``stat`` per image cost a file-system round trip each (50,000 for ILSVRC val)."""
     try:
-        with os.scandir(folder) as entries:
-            return {e.name for e in entries if e.is_file()}
+        return set(entry_names(folder))
     except (FileNotFoundError, NotADirectoryError):
         return set()
 
