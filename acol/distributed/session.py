@@ -30,7 +30,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from acol.cpu_isa import cpu_isa_env
 from acol.data.cpus import usable_cpus
 
 __all__ = [
@@ -128,6 +130,13 @@ def _check_gpus(gpus_needed: float) -> None:
         )
 
 
+def _runtime_env() -> dict[str, Any] | None:
+    """The job's workers get this process's CPU kernel level (`acol.cpu_isa`): a cluster's nodes do not
+    share the driver's environment."""
+    env = cpu_isa_env()
+    return {"env_vars": env} if env else None
+
+
 def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = False) -> str:
     """Initialise Ray by the module's rule; logs and returns what it did (one line, for logs and tests).
 
@@ -142,7 +151,7 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
     elif os.environ.get("RAY_ADDRESS", "") not in ("", "local"):
         address = os.environ["RAY_ADDRESS"]
         try:
-            ray.init()  # reads RAY_ADDRESS; resources are the cluster's, not ours to set
+            ray.init(runtime_env=_runtime_env())  # reads RAY_ADDRESS; resources are the cluster's
         except ConnectionError as e:
             raise RaySessionError(
                 f"cannot connect to the Ray cluster at RAY_ADDRESS={address} ({e}): start it, or unset "
@@ -157,12 +166,17 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
                 f"ray.join_local is true but {record} {state}: start a cluster with `ray start --head`, "
                 "or set ray.join_local: false to run on a private local Ray"
             )
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=_runtime_env())
         what = f"joined the local Ray cluster at {address} (ray.join_local, recorded in {record})"
     else:
         temp_dir = local_temp_dir()
         num_cpus = max(usable_cpus(), math.ceil(cpus_needed))
-        ray.init(address="local", num_cpus=num_cpus, _temp_dir=str(temp_dir) if temp_dir else None)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            _temp_dir=str(temp_dir) if temp_dir else None,
+            runtime_env=_runtime_env(),
+        )
         if gpus_needed:
             _check_gpus(gpus_needed)
         what = f"started a private local Ray ({num_cpus} CPUs)"

@@ -50,6 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from acol.config import Params
+from acol.cpu_isa import pin_cpu_isa
 from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, train_transform
@@ -388,6 +389,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    pin_cpu_isa()  # before this worker's first kernel (a cluster's workers may lack the driver's environment)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     params = Params.model_validate(config["params"])

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from acol.cpu_isa import pin_cpu_isa
 from acol.data.errors import DataError
 from acol.data.images import read_image
 from acol.data.paths import resolve_inside
@@ -157,6 +158,7 @@ class MapPredictor:
         channels_last: bool = False,
         num_threads: int | None = None,
     ) -> None:
+        pin_cpu_isa()  # before this actor's first kernel
         if num_threads is not None:  # Ray sets OMP_NUM_THREADS to the actor's whole CPUs (1 for 1.5)
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)

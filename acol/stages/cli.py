@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from acol.config import Params, load_params, resolve_paths
+from acol.cpu_isa import pin_cpu_isa
 
 __all__ = [
     "DEBUG_ENV",
@@ -30,6 +31,7 @@ DEBUG_ENV = "ACOL_DEBUG"  # =1: user errors keep their traceback, as with --debu
 # importing them all here would load torch for every stage.
 _USER_ERRORS = (
     ("acol.config", "ParamsError"),
+    ("acol.cpu_isa", "CpuIsaError"),
     ("acol.data.errors", "DataError"),  # UnsafePathError and ImageDecodeError too
     ("acol.models.factory", "WeightsError"),
     ("acol.inference.mapstore", "MapStoreError"),
@@ -94,8 +96,10 @@ def run_stage(main: Callable[[], int | None]) -> None:
 
     Why: the message already names the file or key and the allowed values; a traceback in front of it hides
     it. ``--debug`` (or ACOL_DEBUG=1) re-raises it with the traceback; any other exception keeps its traceback.
+    The CPU kernels' instruction set is pinned first (`acol.cpu_isa`), before any of the stage's kernels run.
     """
     try:
+        pin_cpu_isa()
         code = main()
     except Exception as error:
         if _debug_requested(sys.argv[1:]) or not isinstance(error, _user_error_types()):

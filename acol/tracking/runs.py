@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acol.config import Params
+from acol.cpu_isa import CPU_ISA_ENV
 
 if TYPE_CHECKING:
     import mlflow
@@ -262,6 +263,7 @@ def stage_run(
         "acol.role": "stage",
         PIPELINE_TAG: pipeline_id,
         "acol.git_commit": git_commit(),
+        CPU_ISA_ENV: os.environ.get(CPU_ISA_ENV, "native"),  # the kernels' level (acol.cpu_isa)
     }
     if method is not None:
         all_tags["acol.method"] = method
