@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from acol.cpu_isa import CPU_ISA_ENV
 from acol.distributed.session import RaySessionError, ensure_ray, local_temp_dir, ray_temp_dir
 from tests.services import free_port
 
@@ -94,8 +95,17 @@ def test_ray_address_wins_and_sets_no_resources(ray_tmp: Path, monkeypatch: pyte
     _record(ray_tmp, "127.0.0.1:1")
     calls = _no_ray(monkeypatch)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    monkeypatch.delenv(CPU_ISA_ENV, raising=False)
     assert ensure_ray(2, join_local=True) == "connected to the Ray cluster at RAY_ADDRESS=10.0.0.7:6379"
-    assert calls == [{}]  # ray.init() reads RAY_ADDRESS; num_cpus would make Ray refuse to connect
+    # ray.init() reads RAY_ADDRESS (num_cpus would make Ray refuse to connect); the cluster's workers get the
+    # CPU kernel level, which they do not inherit from this process
+    kernels = {
+        CPU_ISA_ENV: "avx2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_CBWR": "AVX2",
+    }
+    assert calls == [{"runtime_env": {"env_vars": kernels}}]
 
 
 def test_an_unreachable_ray_address_names_it(ray_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:

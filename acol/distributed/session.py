@@ -131,8 +131,8 @@ def _check_gpus(gpus_needed: float) -> None:
 
 
 def _runtime_env() -> dict[str, Any] | None:
-    """The job's workers get this process's CPU kernel level (`acol.cpu_isa`): a cluster's nodes do not
-    share the driver's environment."""
+    """A cluster's workers get this process's CPU kernel level (`acol.cpu_isa`): its nodes do not share the
+    driver's environment (a private local Ray's workers inherit it, without a runtime-env setup per worker)."""
     env = cpu_isa_env()
     return {"env_vars": env} if env else None
 
@@ -175,8 +175,7 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
             address="local",
             num_cpus=num_cpus,
             _temp_dir=str(temp_dir) if temp_dir else None,
-            runtime_env=_runtime_env(),
-        )
+        )  # its workers inherit this process's environment, the CPU kernel level included
         if gpus_needed:
             _check_gpus(gpus_needed)
         what = f"started a private local Ray ({num_cpus} CPUs)"
