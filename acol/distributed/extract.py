@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 _INPUT_COLUMNS = ["image_id", "class_index", "width", "height"]
 _SUMMARY_NAME = "summary.json"
 _MAPS_DIR = "maps"
-# bump when the part layout or bytes change: older partial work is then discarded (2: float32 maps, BYTE_STREAM_SPLIT)
+# bump when the part layout or bytes change: older partial work is then discarded (2: float32 maps)
 _RESUME_VERSION = 2
 
 

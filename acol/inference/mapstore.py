@@ -7,7 +7,7 @@ Columns (`MAPSTORE_SCHEMA`):
 - ``top5_classes`` (list<int32>), ``top5_scores`` (list<float32>): the softmax top-k of branch A's logits,
   best first, k = min(5, number of classes).
 - ``map_height``, ``map_width`` (int32): the feature-map grid (h, w) of the maps below.
-- ``map_gt``, ``map_top1`` (list<float32>, `MAP_DTYPE`): the fused localization map (`WSOLModel.localization_maps`,
+- ``map_gt``, ``map_top1`` (list<float32>): the fused localization map (`WSOLModel.localization_maps`,
   min-max normalized to [0, 1]) of the ground-truth and of the top-1 class, row-major h*w. For ACoL each
   comes from a pass whose erasing used that class (the official code and Choe et al.'s `wsol/method/acol.py`):
   ``map_gt`` feeds GT-known loc, MaxBoxAcc(V2) and PxAP; ``map_top1`` the predicted box (top-1 loc).
@@ -188,7 +188,7 @@ def _check_types(part: Path, schema: pa.Schema) -> None:
 
 
 def _upgrade(table: pa.Table) -> pa.Table:
-    """Legacy float16 map columns as `MAP_TYPE`: exact (every float16 is a float32), and parts of both kinds concat."""
+    """Legacy float16 map columns as `MAP_TYPE`: exact (float16 is a subset), and parts of both kinds concat."""
     for name in legacy_map_columns(table.schema):
         i = table.schema.get_field_index(name)
         table = table.set_column(i, MAPSTORE_SCHEMA.field(name), table.column(i).cast(MAP_TYPE))
