@@ -289,6 +289,16 @@ def _read_fingerprint(work: Path) -> Any:
         return None
 
 
+def _why_discarded(found: Any, expected: dict[str, Any]) -> str:
+    """Why a partial output is not resumed, naming the fingerprint's keys that differ (e.g. a format change)."""
+    if found is None:
+        return "no fingerprint"
+    if not isinstance(found, dict):
+        return "its inputs differ"
+    keys = sorted(k for k in found.keys() | expected.keys() if found.get(k) != expected.get(k))
+    return f"its inputs differ: {', '.join(keys)}"
+
+
 @contextmanager
 def resumable_dir(
     final_dir: str | os.PathLike[str], fingerprint: dict[str, Any], *, keep: Sequence[str] = ()
@@ -315,8 +325,7 @@ def resumable_dir(
             for stale in work.rglob(".*.tmp"):
                 stale.unlink(missing_ok=True)
         else:
-            why = "no fingerprint" if found is None else "its inputs differ"
-            log.warning("discarding the partial output %s (%s)", work, why)
+            log.warning("discarding the partial output %s (%s)", work, _why_discarded(found, expected))
             (work / _FINGERPRINT_NAME).unlink(missing_ok=True)  # first: a kill inside rmtree cannot resume it
             shutil.rmtree(work)
     elif work.exists():

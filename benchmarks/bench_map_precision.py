@@ -1,15 +1,16 @@
 """Benchmark: does float16 map storage change anything the WSOL protocol sees, and which Parquet encoding of the
-maps reads back fastest?
+maps reads back fastest? (It decided the map store's format: float32, BYTE_STREAM_SPLIT, no dictionary.)
 
 Part 1, precision. Real-size inputs: the first ``--images`` shadow ILSVRC val images (the real sizes, boxes
 and labels of ILSVRC 2012 val from the shipped ``tests/assets/wsol-metadata.tar.xz``, ``ILSVRC/test``), decoded
 and resized to the model input (224) as extraction does (`decode_batch`), through a trained model
 (``--model`` with its ``model_card.json``; a 2-class card gets label = ILSVRC class index % 2, since the
 shadow images of any class serve as inputs) or a randomly initialized one (``--random-backbone resnet50``,
-1,000 classes, the real labels). Every map is computed ONCE in float32 (`MapPredictor` with the map store's
-float16 rounding ``acol.inference.predict._flat_f16`` replaced, in this process only, by a float32 copy); the
-float16 version is that same array rounded as the map store rounds it (``torch .to(float16)``) and read back as
-`maps_array` reads it (``.astype(float32)``). Both go through the protocol's own code: `prepare_quantized`
+1,000 classes, the real labels). Every map is computed ONCE in float32 (`MapPredictor`: the map store's
+precision; when this was measured the store rounded to float16 and this script replaced that rounding, in its
+process only, by a float32 copy); the float16 version is that same array rounded as the float16 store rounded
+it (``torch .to(float16)``) and read back as `maps_array` reads it (``.astype(float32)``). Both go through the
+protocol's own code: `prepare_quantized`
 (bicubic to 224, min-max, uint8), box IoU tables (`quantized_iou_tables`), boxes at each threshold of the 0.01
 and 0.001 grids (`boxes_from_mask`, OpenCV), the predicted box at ``extract.box_threshold`` from ``map_top1``
 (`boxes_from_maps`), and `evaluate_method` (MaxBoxAcc, MaxBoxAccV2, GT-known, top-1/5 loc, the chosen CAM
@@ -18,10 +19,10 @@ between an image's float16 and float32 box, the largest change of an image's bes
 each metric's difference.
 
 Part 2, encoding. The same float32 maps (``map_gt``, (N, h, w)) written as Parquet (zstd 3, the map store's
-options) in three encodings, each in float16 and float32: ``list`` (today: ``list<float16>`` built from offsets,
+compression) in three encodings, each in float16 and float32: ``list`` (the store's: built from offsets,
 `acol.inference.mapstore._list_column`), ``fixed_size_list<h*w>`` and Arrow's canonical fixed-shape tensor
 extension type (``arrow.fixed_shape_tensor``, shape (h, w)); each with three Parquet value encodings:
-the map store's options as they are (pyarrow's default dictionary encoding first), the dictionary off (PLAIN),
+pyarrow's default (dictionary encoding first: the float16 store's), the dictionary off (PLAIN),
 and BYTE_STREAM_SPLIT (``use_byte_stream_split``, dictionary off: it groups the floats' bytes by significance,
 which zstd compresses better). Read back = ``pq.read_table`` of the map column +
 conversion to an (N, h, w) float32 NumPy array (`maps_array`'s path for ``list``); median of ``--repeats``
@@ -55,12 +56,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-import acol.inference.predict as predict_module
 from acol.config import load_params
 from acol.data.manifest import manifest_from_records
 from acol.data.shadow_ilsvrc import metadata_geometry
 from acol.data.synthetic import SyntheticConfig, generate_synthetic
-from acol.inference.mapstore import PARQUET_OPTIONS, _list_column, columns_to_table, maps_array
+from acol.inference.mapstore import MAP_DTYPE, PARQUET_OPTIONS, _list_column, columns_to_table, maps_array
 from acol.inference.model_card import model_kwargs_from_card
 from acol.inference.predict import MapPredictor, decode_batch
 from acol.io import write_json_atomic
@@ -138,8 +138,8 @@ def float32_maps(args: argparse.Namespace, work: Path, root: Path, geometry: lis
         }
         for g in geometry
     ]
-    # the map store's float16 rounding, replaced in this process by a float32 copy: maps stay float32
-    predict_module._flat_f16 = lambda maps: maps.float().flatten(1).cpu().numpy()
+    if np.dtype(np.float32) != MAP_DTYPE:
+        raise SystemExit(f"the map store keeps {MAP_DTYPE}: part 1 needs the float32 maps")
     torch.set_num_threads(args.threads)
     predictor = MapPredictor(kwargs, str(model_path), 224, params.extract.box_threshold)
     parts: list[dict[str, np.ndarray]] = []
@@ -180,7 +180,7 @@ def float32_maps(args: argparse.Namespace, work: Path, root: Path, geometry: lis
 
 
 def as_float16(maps: np.ndarray) -> np.ndarray:
-    """What the map store keeps (torch's round-to-nearest float16) read back as `maps_array` does (float32)."""
+    """What the float16 map store kept (torch's round-to-nearest float16) read back as `maps_array` does."""
     return torch.from_numpy(np.ascontiguousarray(maps)).to(torch.float16).numpy().astype(np.float32)
 
 
@@ -290,7 +290,8 @@ def precision_part(data: dict[str, Any], root: Path, work: Path, intervals: list
     classes = data["classes"]
     manifest = manifest_from_records(records, classes, "ilsvrc")
     base = {k: cols[k] for k in cols if k not in ("width", "height")}
-    table32 = _float32_table(base, n)
+    table32 = columns_to_table(base)  # the map store's float32
+    # the float16 values, as reading a float16 store gives them (as float32)
     table16 = columns_to_table({**base, **{k: cols[k].astype(np.float16) for k in MAPS if k in cols}})
     metrics: dict[str, Any] = {}
     for interval in intervals:
@@ -310,19 +311,11 @@ def precision_part(data: dict[str, Any], root: Path, work: Path, intervals: list
     return result
 
 
-def _float32_table(cols: dict[str, Any], n: int) -> pa.Table:
-    """The map-store table with the map columns as list<float32> (what float32 storage would hold)."""
-    t16 = columns_to_table({**cols, **{k: cols[k].astype(np.float16) for k in MAPS if k in cols}})
-    ok = np.ones(n, dtype=bool)
-    for name in MAPS:
-        if name in cols:
-            t16 = t16.set_column(
-                t16.schema.get_field_index(name), name, _list_column(cols[name], ok, pa.float32())
-            )
-    return t16
-
-
 # ----------------------------------------------------------------------------------------------- part 2
+# the map store's compression alone: each variant below sets its own value encoding
+COMPRESSION = {k: PARQUET_OPTIONS[k] for k in ("compression", "compression_level", "write_statistics")}
+
+
 def encode(maps: np.ndarray, encoding: str, dtype: str) -> pa.Array:
     n, h, w = maps.shape
     values = maps.astype(np.float16 if dtype == "float16" else np.float32)
@@ -365,7 +358,7 @@ def encoding_part(maps: np.ndarray, work: Path, read_rows: int, repeats: int) ->
             for enc in encodings:
                 for split in VALUE_ENCODINGS:
                     path = folder / f"{label}_{enc}_{dtype}_{split}.parquet"
-                    options = dict(PARQUET_OPTIONS)  # the map store's (pyarrow's default: dictionary first)
+                    options = dict(COMPRESSION)  # pyarrow's default value encoding: dictionary first
                     if split != "dictionary":  # (dictionary encoding would take precedence over BSS)
                         options["use_dictionary"] = False
                     if split == "byte_stream_split":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ from acol.data.manifest import manifest_classes, manifest_from_records, read_man
 from acol.data.transforms import eval_transform, to_float_tensor
 from acol.distributed.extract import extract, extract_plain
 from acol.inference.mapstore import (
+    MAP_COLUMNS,
     MAPSTORE_SCHEMA,
     maps_array,
     ok_rows,
@@ -125,6 +127,12 @@ def test_ray_output_layout_and_schema(setup, ray_out):
     ]  # 19 rows, 7 per file
     assert table.schema.equals(MAPSTORE_SCHEMA)
     assert table.num_rows == setup["n"] == summary.rows == 19
+    for part in (ray_out["out"] / "maps").iterdir():  # float32 maps, BYTE_STREAM_SPLIT, no dictionary page
+        row_group = pq.ParquetFile(part).metadata.row_group(0)
+        for chunk in (row_group.column(i) for i in range(row_group.num_columns)):
+            if chunk.path_in_schema.split(".")[0] in MAP_COLUMNS:
+                assert chunk.physical_type == "FLOAT" and not chunk.has_dictionary_page, chunk.path_in_schema
+                assert "BYTE_STREAM_SPLIT" in chunk.encodings, (chunk.path_in_schema, chunk.encodings)
     ids = table.column("image_id").to_pylist()
     manifest_ids = read_manifest(setup["manifest"]).column("image_id").to_pylist()
     assert ids == sorted(set(manifest_ids))  # every image once, sorted

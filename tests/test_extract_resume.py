@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -22,7 +24,7 @@ import acol.distributed.extract as extract_module
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
 from acol.distributed.extract import extract, extract_plain
-from acol.inference.mapstore import read_maps
+from acol.inference.mapstore import MAP_COLUMNS, read_maps
 from acol.io import resume_dir_path
 from acol.models import build_model
 
@@ -200,6 +202,50 @@ def test_changed_inputs_discard_the_partial_work(setup, tmp_path, monkeypatch, c
     fresh = tmp_path / "fresh"
     _run(extract_plain, setup, fresh, manifest=manifest, model=model)
     assert _hashes(out) == _hashes(fresh)
+
+
+def _as_float16_store(work: Path, fingerprint: bool) -> None:
+    """Turn a killed run's work folder into what the float16 code left: its parts' maps as list<float16> (written
+    with that code's options) and, with ``fingerprint``, that code's fingerprint (version 1, no map_dtype)."""
+    for part in sorted((work / "maps").glob("part-*.parquet")):
+        table = pq.read_table(part)
+        for name in MAP_COLUMNS:
+            i = table.schema.get_field_index(name)
+            rows = [None if m is None else np.asarray(m, np.float16) for m in table.column(name).to_pylist()]
+            half = pa.array(rows, pa.list_(pa.float16()))
+            table = table.set_column(i, pa.field(name, half.type), half)
+        pq.write_table(table, part, compression="zstd", compression_level=3, write_statistics=False)
+    if fingerprint:
+        path = work / ".fingerprint.json"
+        old = json.loads(path.read_text())
+        old.pop("map_dtype")
+        path.write_text(json.dumps({**old, "version": 1}))
+
+
+@pytest.mark.parametrize("left_by", ["float16 code", "float16 parts only"])
+def test_a_float16_partial_store_is_recomputed_not_mixed(
+    setup, reference, tmp_path, monkeypatch, caplog, left_by
+):
+    """Partial work in the float16 format is never adopted into a float32 store: the old code's folder is
+    discarded by its fingerprint; float16 parts under a current fingerprint are recomputed by the writer."""
+    out = tmp_path / "acol"
+    work = _kill_half_way(extract_plain, setup, out, monkeypatch)
+    _as_float16_store(work, fingerprint=left_by == "float16 code")
+    calls = _count_predicted_rows(monkeypatch)
+    with caplog.at_level(logging.INFO):
+        summary = _run(extract_plain, setup, out)
+    if left_by == "float16 code":
+        assert (
+            "discarding the partial output" in caplog.text
+            and "its inputs differ: map_dtype, version" in caplog.text
+        )
+    else:
+        assert "part-00000.parquet: maps stored as float16" in caplog.text
+    assert sum(calls) == setup["n"] and summary.resumed_rows == 0
+    assert _hashes(out) == reference  # all parts float32, byte-identical to an uninterrupted run
+    for part in (out / "maps").iterdir():
+        schema = pq.read_schema(part)
+        assert all(schema.field(name).type == pa.list_(pa.float32()) for name in MAP_COLUMNS), part.name
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from acol.inference.mapstore import (
+    MAP_COLUMNS,
     MAPSTORE_SCHEMA,
+    PARQUET_OPTIONS,
     MapStoreError,
     columns_to_table,
     maps_array,
@@ -105,26 +107,26 @@ def test_predict_batch_matches_plain_pytorch(acol_model):
         scores, classes = probs.topk(4, dim=1)
         assert (classes[:, 0] != lab).any()  # a misclassified image, where the two passes differ
         by_top1 = acol_model(images, classes[:, 0])
-        ref_a = normalize_maps(select_class_maps(out.maps_a, lab)).flatten(1).half().numpy()
-        ref_b = normalize_maps(select_class_maps(out.maps_b, lab)).flatten(1).half().numpy()
+        ref_a = normalize_maps(select_class_maps(out.maps_a, lab)).flatten(1).numpy()
+        ref_b = normalize_maps(select_class_maps(out.maps_b, lab)).flatten(1).numpy()
         ref_top1 = torch.maximum(
             normalize_maps(select_class_maps(by_top1.maps_a, classes[:, 0])),
             normalize_maps(select_class_maps(by_top1.maps_b, classes[:, 0])),
         )
-        ref_top1 = ref_top1.flatten(1).half().numpy()
+        ref_top1 = ref_top1.flatten(1).numpy()
     assert cols["top5_classes"].dtype == np.int32 and cols["top5_classes"].shape == (3, 4)  # k = min(5, K)
     np.testing.assert_array_equal(cols["top5_classes"], classes.numpy())
     np.testing.assert_allclose(cols["top5_scores"], scores.numpy(), rtol=1e-6)
     assert (np.diff(cols["top5_scores"], axis=1) <= 0).all()
-    assert cols["map_gt"].dtype == np.float16 and cols["map_gt"].shape == (3, 64)  # 32 / stride 4 = 8x8
+    assert cols["map_gt"].dtype == np.float32 and cols["map_gt"].shape == (3, 64)  # 32 / stride 4 = 8x8
     np.testing.assert_array_equal(cols["map_height"], [8, 8, 8])
     np.testing.assert_array_equal(cols["map_a_gt"], ref_a)
     np.testing.assert_array_equal(cols["map_b_gt"], ref_b)
     np.testing.assert_array_equal(cols["map_top1"], ref_top1)
-    # The fused map is max(A, B); rounding to float16 is monotonic, so this holds exactly after storage.
+    # The fused map is max(A, B), exactly: the maps are stored as computed (float32).
     np.testing.assert_array_equal(cols["map_gt"], np.maximum(ref_a, ref_b))
     assert cols["map_gt"].min() >= 0 and cols["map_gt"].max() <= 1
-    # The box comes from the stored (float16) top-1 map, so readers can recompute it.
+    # The box comes from the stored top-1 map, so readers can recompute it.
     want = np.stack(
         [reference_box(m.reshape(8, 8), w, h, 0.2) for m, w, h in zip(ref_top1, widths, heights, strict=True)]
     )
@@ -153,7 +155,7 @@ def test_predict_batch_cam_has_no_branch_b():
 def _columns(ids: list[str], errors: list[str | None], h: int = 2, w: int = 3) -> dict:
     n = len(ids)
     rng = np.random.default_rng(len(ids))
-    maps = rng.random((n, h * w)).astype(np.float16)
+    maps = rng.random((n, h * w)).astype(np.float32)
     return {
         "image_id": np.array(ids, dtype=object),
         "label": np.arange(n),
@@ -208,3 +210,87 @@ def test_read_maps_errors_name_the_problem(tmp_path):
     )
     with pytest.raises(MapStoreError, match="different map grids"):
         maps_array(mixed, "map_gt")
+
+
+# --- the stored precision (float32) and the Parquet encoding of the map values ---
+
+LEGACY_OPTIONS = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "write_statistics": False,
+}  # the float16 writer's
+NOT_FLOAT16 = np.float32(0.1234567)  # float16 keeps 11 significant bits: it rounds this to 0.12347
+
+
+def _write_store(folder, columns: dict, options: dict, half: bool = False) -> None:
+    """One part; ``half`` writes it as the float16 store did: list<float16> maps, pyarrow's default encodings."""
+    table = columns_to_table(columns, {"method": "cam"})
+    if half:
+        for name in MAP_COLUMNS:
+            i = table.schema.get_field_index(name)
+            rows = [None if m is None else np.asarray(m, np.float16) for m in table.column(name).to_pylist()]
+            table = table.set_column(
+                i, pa.field(name, pa.list_(pa.float16())), pa.array(rows, pa.list_(pa.float16()))
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / part_name(0), **options)
+
+
+def test_float32_maps_survive_the_store_bit_for_bit(tmp_path):
+    """A value float16 cannot hold (and random float32 maps) read back with the same bits."""
+    assert np.float16(NOT_FLOAT16).astype(np.float32) != NOT_FLOAT16  # the test would catch float16 storage
+    cols = _columns(["a", "b", "c"], [None, None, None])
+    maps = cols["map_gt"].copy()
+    maps[0, 0] = NOT_FLOAT16
+    cols.update(map_gt=maps, map_top1=maps[::-1].copy(), map_a_gt=maps / 3)
+    _write_store(tmp_path, cols, PARQUET_OPTIONS)
+    back = read_maps(tmp_path)
+    for name in ("map_gt", "map_top1", "map_a_gt"):
+        assert back.schema.field(name).type == pa.list_(pa.float32())
+        got = maps_array(back, name).reshape(3, -1)
+        np.testing.assert_array_equal(got.view(np.uint32), cols[name].astype(np.float32).view(np.uint32))
+    assert maps_array(back, "map_gt")[0, 0, 0] == NOT_FLOAT16
+
+
+def test_map_values_are_byte_stream_split_without_a_dictionary(tmp_path):
+    """The writer's options, read from the file: the map values BYTE_STREAM_SPLIT and no dictionary page."""
+    _write_store(tmp_path, _columns(["a", "b"], [None, None]), PARQUET_OPTIONS)
+    row_group = pq.ParquetFile(tmp_path / part_name(0)).metadata.row_group(0)
+    chunks = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
+    for name in MAP_COLUMNS:
+        chunk = chunks[f"{name}.list.element"]
+        assert "BYTE_STREAM_SPLIT" in chunk.encodings, (name, chunk.encodings)
+        assert not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(chunk.encodings), (name, chunk.encodings)
+        assert not chunk.has_dictionary_page, name
+    assert "RLE_DICTIONARY" in chunks["error"].encodings  # the other columns keep pyarrow's default
+
+
+def test_a_legacy_float16_store_reads_as_float32(tmp_path):
+    """A store as the float16 code wrote it reads back as float32 holding the float16 values; a store of a
+    legacy part and a float32 part reads as one table."""
+    cols = _columns(["a", "b", "c"], [None, "empty file: 0 bytes", None])
+    cols["map_gt"][0, 0] = NOT_FLOAT16
+    _write_store(tmp_path / "old", cols, LEGACY_OPTIONS, half=True)
+    schema = pq.read_schema(tmp_path / "old" / part_name(0))
+    assert all(schema.field(name).type == pa.list_(pa.float16()) for name in MAP_COLUMNS)
+    back = read_maps(tmp_path / "old")
+    assert all(back.schema.field(name).type == pa.list_(pa.float32()) for name in MAP_COLUMNS)
+    assert back.column("map_gt").null_count == 1 and back.column("map_b_gt").null_count == 3
+    got = maps_array(ok_rows(back), "map_gt").reshape(2, -1)
+    want = cols["map_gt"][[0, 2]].astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 0] == np.float32(np.float16(NOT_FLOAT16)) != NOT_FLOAT16
+    new = columns_to_table(_columns(["d"], [None]), {"method": "cam"})
+    pq.write_table(new, tmp_path / "old" / part_name(1), **PARQUET_OPTIONS)
+    both = read_maps(tmp_path / "old", columns=["map_gt", "map_height", "map_width", "error"])
+    assert both.column("image_id").to_pylist() == ["a", "b", "c", "d"]
+    np.testing.assert_array_equal(maps_array(ok_rows(both), "map_gt")[:2].reshape(2, -1), want)
+
+
+def test_a_map_column_of_another_type_is_rejected_naming_the_file(tmp_path):
+    table = columns_to_table(_columns(["a"], [None]))
+    i = table.schema.get_field_index("map_top1")
+    wide = table.column(i).cast(pa.list_(pa.float64()))
+    pq.write_table(table.set_column(i, pa.field("map_top1", wide.type), wide), tmp_path / part_name(0))
+    with pytest.raises(MapStoreError, match=r"part-00000.parquet: column 'map_top1' has type list<.*double>"):
+        read_maps(tmp_path)

@@ -114,7 +114,7 @@ def extraction_oracle(model: torch.nn.Module, jpeg: Path, tmp: Path, top_k: int)
 
 
 def check_row(row: dict[str, Any], oracle: dict[str, Any], with_maps: bool) -> None:
-    """A served row against the oracle: same classes and boxes, scores to float precision, maps to float16."""
+    """A served row against the oracle: same classes, boxes and maps (bit for bit), scores to float precision."""
     assert (row["width"], row["height"]) == (oracle["width"], oracle["height"])
     assert list(row["class_indices"]) == oracle["class_indices"]
     assert list(row["classes"]) == [CLASSES[c] for c in oracle["class_indices"]]
@@ -122,7 +122,8 @@ def check_row(row: dict[str, Any], oracle: dict[str, Any], with_maps: bool) -> N
     np.testing.assert_array_equal(np.asarray(row["boxes"], dtype=np.float32), oracle["boxes"])
     np.testing.assert_array_equal(np.asarray(row["boxes"][0], dtype=np.float32), oracle["pred_box"])
     if with_maps:
-        np.testing.assert_allclose(np.asarray(row["maps"]), oracle["maps"], atol=1e-3)
+        served = np.asarray(row["maps"], dtype=np.float32)
+        np.testing.assert_array_equal(served.view(np.uint32), oracle["maps"].view(np.uint32))
     else:
         assert "maps" not in row or row["maps"] is None
 

@@ -51,10 +51,12 @@ from acol.config import Params
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.distributed.session import Demand, check_placement, start_ray_in_background
 from acol.inference.mapstore import (
+    MAP_DTYPE,
     MAPSTORE_SCHEMA,
     METADATA_KEY,
     PARQUET_OPTIONS,
     columns_to_table,
+    legacy_map_columns,
     part_name,
 )
 from acol.inference.model_card import check_weights, load_model_card, model_kwargs_from_card
@@ -68,7 +70,8 @@ log = logging.getLogger(__name__)
 _INPUT_COLUMNS = ["image_id", "class_index", "width", "height"]
 _SUMMARY_NAME = "summary.json"
 _MAPS_DIR = "maps"
-_RESUME_VERSION = 1  # bump when the part layout or bytes change: older partial work is then discarded
+# bump when the part layout or bytes change: older partial work is then discarded (2: float32 maps)
+_RESUME_VERSION = 2
 
 
 @dataclass
@@ -140,8 +143,14 @@ class _PartWriter:
             path = self.folder / part_name(k)
             try:
                 table = pq.read_table(path, columns=["image_id", "error"])
+                legacy = legacy_map_columns(pq.read_schema(path))
             except (OSError, pa.ArrowInvalid, KeyError):
                 break  # missing (or unreadable): this one and the rest are computed
+            if legacy:
+                log.warning(
+                    "%s: maps stored as float16 (%s); recomputing it and the rest", path, ", ".join(legacy)
+                )
+                break
             want = ids.slice(k * self.rows_per_file, self.rows_per_file)
             if table.column("image_id").to_pylist() != want.to_pylist():
                 break
@@ -252,6 +261,7 @@ def _prepare(
     }
     fingerprint = {
         "version": _RESUME_VERSION,
+        "map_dtype": MAP_DTYPE.name,  # parts of two precisions never share a store
         "engine": engine,
         "manifest_sha256": _sha256(manifest_path),
         "weights_sha256": _sha256(model_path),

@@ -3,7 +3,7 @@
 Why here, and built from extraction's parts: a user's image goes through the same decode
 (`acol.data.images.decode_image`), eval transform (`eval_transform`: the whole image resized to S x S), class
 maps (`WSOLModel.localization_maps`: for ACoL, B erased by the class whose map is wanted) and boxes
-(`acol.wsol.boxes.boxes_from_maps` on float16 maps, the map store's precision) as `predict_batch`, so the
+(`acol.wsol.boxes.boxes_from_maps` on maps in the map store's precision, `MAP_DTYPE`) as `predict_batch`, so the
 top-1 box of an image equals the ``pred_box`` that extraction writes at the same threshold.
 """
 
@@ -37,9 +37,9 @@ def _batch(pixels: Sequence[np.ndarray], size: int) -> torch.Tensor:
 
 
 def _rank_maps(model: WSOLModel, out: Any, classes: torch.Tensor) -> np.ndarray:
-    """(k, B, h, w) float32 maps of each rank's class, rounded to float16 as the map store keeps them."""
+    """(k, B, h, w) float32 maps of each rank's class, in the precision the map store keeps them."""
     maps = [model.localization_maps(out, classes[:, j]) for j in range(classes.shape[1])]
-    return stored_precision(torch.stack(maps)).float().numpy()
+    return stored_precision(torch.stack(maps)).astype(np.float32, copy=False)
 
 
 def localize(

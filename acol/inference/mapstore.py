@@ -7,20 +7,25 @@ Columns (`MAPSTORE_SCHEMA`):
 - ``top5_classes`` (list<int32>), ``top5_scores`` (list<float32>): the softmax top-k of branch A's logits,
   best first, k = min(5, number of classes).
 - ``map_height``, ``map_width`` (int32): the feature-map grid (h, w) of the maps below.
-- ``map_gt``, ``map_top1`` (list<float16>): the fused localization map (`WSOLModel.localization_maps`,
+- ``map_gt``, ``map_top1`` (list<float32>): the fused localization map (`WSOLModel.localization_maps`,
   min-max normalized to [0, 1]) of the ground-truth and of the top-1 class, row-major h*w. For ACoL each
   comes from a pass whose erasing used that class (the official code and Choe et al.'s `wsol/method/acol.py`):
   ``map_gt`` feeds GT-known loc, MaxBoxAcc(V2) and PxAP; ``map_top1`` the predicted box (top-1 loc).
-- ``map_a_gt``, ``map_b_gt`` (list<float16>): branch A's and B's normalized map of the ground-truth class
+- ``map_a_gt``, ``map_b_gt`` (list<float32>): branch A's and B's normalized map of the ground-truth class
   (B erased by the ground-truth class); ``map_b_gt`` is null for one-branch methods.
 - ``pred_box`` (list<float32>): ``[x0, y0, x1, y1]`` in original image pixels, from ``map_top1`` as the WSOL
   protocol does it (Choe et al. 2020): bicubic resize to 224x224, min-max normalize, threshold at
   ``box_threshold``, the largest contour's inclusive box in that 224 frame, then scaled by ``width / 224``
-  and ``height / 224``. It is computed from the float16 map as stored, so a reader can reproduce it.
+  and ``height / 224``. It is computed from the map as stored, so a reader can reproduce it.
 - ``error`` (string): null when fine; an image that could not be read or decoded has its reason here, and null
   maps, scores and box.
 
 The schema metadata key ``acol.mapstore`` holds a JSON object (method, classes, box threshold, image size).
+
+Why float32 maps: the protocol resizes bicubically and quantizes to 256 levels, so float16's rounding moved
+boxes and MaxBoxAccV2 (``benchmarks/README.md``, "Map precision"). The map values are written
+BYTE_STREAM_SPLIT with no dictionary (smaller and faster to read than pyarrow's default dictionary). Stores
+written before (list<float16> maps, `LEGACY_MAP_TYPE`) still read: `read_maps` returns them as float32.
 """
 
 from __future__ import annotations
@@ -39,11 +44,15 @@ import pyarrow.parquet as pq
 from acol.io import readable_path
 
 __all__ = [
+    "LEGACY_MAP_TYPE",
     "MAPSTORE_SCHEMA",
     "MAP_COLUMNS",
+    "MAP_DTYPE",
+    "MAP_TYPE",
     "METADATA_KEY",
     "MapStoreError",
     "columns_to_table",
+    "legacy_map_columns",
     "part_name",
     "read_maps",
     "read_metadata",
@@ -53,7 +62,9 @@ __all__ = [
 
 METADATA_KEY = b"acol.mapstore"  # the format's name in Parquet schema metadata (not the module path)
 MAP_COLUMNS = ("map_gt", "map_top1", "map_a_gt", "map_b_gt")
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "write_statistics": False}
+MAP_DTYPE = np.dtype(np.float32)  # the stored precision of the maps: the one place that sets it
+MAP_TYPE = pa.list_(pa.from_numpy_dtype(MAP_DTYPE))
+LEGACY_MAP_TYPE = pa.list_(pa.float16())  # stores written before float32: read, converted, never written
 
 MAPSTORE_SCHEMA = pa.schema(
     [
@@ -63,14 +74,32 @@ MAPSTORE_SCHEMA = pa.schema(
         pa.field("top5_scores", pa.list_(pa.float32())),
         pa.field("map_height", pa.int32()),
         pa.field("map_width", pa.int32()),
-        pa.field("map_gt", pa.list_(pa.float16())),
-        pa.field("map_top1", pa.list_(pa.float16())),
-        pa.field("map_a_gt", pa.list_(pa.float16())),
-        pa.field("map_b_gt", pa.list_(pa.float16())),
+        *(pa.field(name, MAP_TYPE) for name in MAP_COLUMNS),
         pa.field("pred_box", pa.list_(pa.float32())),
         pa.field("error", pa.string()),
     ]
 )
+
+
+def _leaf_path(field: pa.Field) -> str:
+    """The Parquet column path of a field's values: pyarrow's per-column options need it for list columns."""
+    return f"{field.name}.list.element" if pa.types.is_list(field.type) else field.name
+
+
+def _parquet_options() -> dict[str, Any]:
+    """Writer options: the map values BYTE_STREAM_SPLIT without a dictionary, the other columns as before."""
+    maps = [_leaf_path(MAPSTORE_SCHEMA.field(name)) for name in MAP_COLUMNS]
+    others = [_leaf_path(f) for f in MAPSTORE_SCHEMA if f.name not in MAP_COLUMNS]
+    return {
+        "compression": "zstd",
+        "compression_level": 3,
+        "write_statistics": False,
+        "use_dictionary": others,  # a list: the dictionary for these columns only
+        "column_encoding": dict.fromkeys(maps, "BYTE_STREAM_SPLIT"),
+    }
+
+
+PARQUET_OPTIONS: dict[str, Any] = _parquet_options()
 
 
 class MapStoreError(ValueError):
@@ -88,6 +117,11 @@ def _list_column(values: np.ndarray | None, ok: np.ndarray, value_type: pa.DataT
     np.cumsum(lengths, out=offsets[1:])
     flat = pa.array(np.ascontiguousarray(values[ok]).reshape(-1), type=value_type)
     return pa.ListArray.from_arrays(pa.array(offsets), flat, mask=pa.array(~ok))
+
+
+def _stored(maps: Any) -> np.ndarray | None:
+    """Map values in `MAP_DTYPE` (NumPy's rounding if given wider), so Arrow gets exactly the stored values."""
+    return None if maps is None else np.asarray(maps, dtype=MAP_DTYPE)
 
 
 def columns_to_table(columns: dict[str, Any], metadata: dict[str, Any] | None = None) -> pa.Table:
@@ -111,7 +145,7 @@ def columns_to_table(columns: dict[str, Any], metadata: dict[str, Any] | None = 
         _list_column(columns["top5_scores"], ok, pa.float32()),
         scalar("map_height"),
         scalar("map_width"),
-        *(_list_column(columns.get(name), ok, pa.float16()) for name in MAP_COLUMNS),
+        *(_list_column(_stored(columns.get(name)), ok, MAP_TYPE.value_type) for name in MAP_COLUMNS),
         _list_column(columns["pred_box"], ok, pa.float32()),
         pa.array(errors, type=pa.string()),
     ]
@@ -136,30 +170,54 @@ def _parts(folder: str | os.PathLike[str]) -> list[Path]:
     return parts
 
 
+def legacy_map_columns(schema: pa.Schema) -> list[str]:
+    """The map columns of ``schema`` stored as `LEGACY_MAP_TYPE` (float16), which the writer no longer makes."""
+    return [f.name for f in schema if f.name in MAP_COLUMNS and f.type == LEGACY_MAP_TYPE]
+
+
+def _check_types(part: Path, schema: pa.Schema) -> None:
+    """Each column has its `MAPSTORE_SCHEMA` type; a map column may also be legacy float16."""
+    for field in schema:
+        expected = MAPSTORE_SCHEMA.field(field.name).type if field.name in MAPSTORE_SCHEMA.names else None
+        allowed = (expected, LEGACY_MAP_TYPE) if field.name in MAP_COLUMNS else (expected,)
+        if expected is None or field.type not in allowed:
+            also = f" (or the legacy {LEGACY_MAP_TYPE})" if field.name in MAP_COLUMNS else ""
+            raise MapStoreError(
+                f"{part}: column {field.name!r} has type {field.type}, expected {expected}{also}"
+            )
+
+
+def _upgrade(table: pa.Table) -> pa.Table:
+    """Legacy float16 map columns as `MAP_TYPE`: exact (float16 is a subset), and parts of both kinds concat."""
+    for name in legacy_map_columns(table.schema):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, MAPSTORE_SCHEMA.field(name), table.column(i).cast(MAP_TYPE))
+    return table
+
+
+def _read_part(part: Path, wanted: list[str] | None) -> pa.Table:
+    """One part, its column types checked and its maps in `MAP_DTYPE`; errors name the file."""
+    try:
+        table = pq.read_table(part, columns=wanted)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise MapStoreError(f"{part}: cannot read map store part: {e}") from None
+    except KeyError as e:
+        raise MapStoreError(f"{part}: missing column {e}") from None
+    _check_types(part, table.schema)
+    missing = set(wanted or MAPSTORE_SCHEMA.names) - set(table.column_names)
+    if missing:
+        raise MapStoreError(f"{part}: missing columns {sorted(missing)}")
+    return _upgrade(table)
+
+
 def read_maps(folder: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
     """Read every part of a map store folder into one table sorted by ``image_id``; errors name the file.
 
-    ``columns`` selects a subset (``image_id`` is always read, for the sort).
+    ``columns`` selects a subset (``image_id`` is always read, for the sort). Map columns come back as
+    `MAP_TYPE` (float32) whether the part stores them so or as legacy float16.
     """
     wanted = None if columns is None else list(dict.fromkeys(["image_id", *columns]))
-    tables = []
-    for part in _parts(folder):
-        try:
-            table = pq.read_table(part, columns=wanted)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise MapStoreError(f"{part}: cannot read map store part: {e}") from None
-        except KeyError as e:
-            raise MapStoreError(f"{part}: missing column {e}") from None
-        for name in table.column_names:
-            expected = MAPSTORE_SCHEMA.field(name).type if name in MAPSTORE_SCHEMA.names else None
-            if expected is None or table.schema.field(name).type != expected:
-                raise MapStoreError(
-                    f"{part}: column {name!r} has type {table.schema.field(name).type}, expected {expected}"
-                )
-        missing = set(wanted or MAPSTORE_SCHEMA.names) - set(table.column_names)
-        if missing:
-            raise MapStoreError(f"{part}: missing columns {sorted(missing)}")
-        tables.append(table)
+    tables = [_read_part(part, wanted) for part in _parts(folder)]
     table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
     indices = pc.sort_indices(table, sort_keys=[("image_id", "ascending")])
     return table.take(indices)
@@ -205,4 +263,4 @@ def maps_array(table: pa.Table, column: str) -> np.ndarray:
     flat = pc.list_flatten(col.combine_chunks()).to_numpy(zero_copy_only=False)
     if flat.size != n * int(hs[0]) * int(ws[0]):
         raise MapStoreError(f"column {column!r}: a map's length differs from map_height * map_width")
-    return flat.reshape(n, int(hs[0]), int(ws[0])).astype(np.float32)
+    return flat.reshape(n, int(hs[0]), int(ws[0])).astype(np.float32)  # a copy: Arrow's buffer is read-only

@@ -18,6 +18,7 @@ from acol.data.errors import DataError
 from acol.data.images import read_image
 from acol.data.paths import resolve_inside
 from acol.data.transforms import eval_transform, to_float_tensor
+from acol.inference.mapstore import MAP_DTYPE
 from acol.inference.model_card import model_from_card
 from acol.models import WSOLModel, normalize_maps, select_class_maps
 from acol.wsol.boxes import boxes_from_maps
@@ -27,14 +28,14 @@ __all__ = ["TOP_K", "BatchDecoder", "MapPredictor", "decode_batch", "predict_bat
 TOP_K = 5
 
 
-def stored_precision(maps: torch.Tensor) -> torch.Tensor:
-    """`maps` rounded as the map store keeps them (float16): what the boxes and the evaluation see."""
-    return maps.float().to(torch.float16)
+def stored_precision(maps: torch.Tensor) -> np.ndarray:
+    """`maps` as NumPy in the map store's precision (`MAP_DTYPE`): what the boxes and the evaluation see."""
+    return maps.float().cpu().numpy().astype(MAP_DTYPE, copy=False)
 
 
-def _flat_f16(maps: torch.Tensor) -> np.ndarray:
-    """(B, h, w) float maps -> (B, h*w) float16 NumPy, the stored precision."""
-    return stored_precision(maps).flatten(1).cpu().numpy()
+def _flat_stored(maps: torch.Tensor) -> np.ndarray:
+    """(B, h, w) float maps -> (B, h*w) NumPy in the stored precision."""
+    return stored_precision(maps.flatten(1))
 
 
 def predict_batch(
@@ -52,7 +53,7 @@ def predict_batch(
     images: (B, 3, S, S) float, normalized, on the model's device (or moved there); labels (B,) ground-truth
     class indices; widths/heights (B,) original image sizes. ``amp`` runs the forward under bf16 autocast.
     Returns NumPy arrays: ``top5_classes`` (B, k) int32, ``top5_scores`` (B, k) float32, ``map_height``,
-    ``map_width`` (B,) int32, ``map_gt``, ``map_top1``, ``map_a_gt`` (B, h*w) float16, ``map_b_gt`` the same
+    ``map_width`` (B,) int32, ``map_gt``, ``map_top1``, ``map_a_gt`` (B, h*w) `MAP_DTYPE`, ``map_b_gt`` the same
     or None (CAM), ``pred_box`` (B, 4) float32 (see `boxes_from_maps`).
     """
     model.eval()
@@ -76,18 +77,18 @@ def predict_batch(
         if out.maps_b is not None:
             map_b = normalize_maps(select_class_maps(out.maps_b, labels_t).float())
     b, h, w = map_gt.shape
-    top1_f16 = _flat_f16(map_top1)
+    top1 = _flat_stored(map_top1)
     return {
         "top5_classes": classes.to(torch.int32).cpu().numpy(),
         "top5_scores": scores.cpu().numpy().astype(np.float32),
         "map_height": np.full(b, h, dtype=np.int32),
         "map_width": np.full(b, w, dtype=np.int32),
-        "map_gt": _flat_f16(map_gt),
-        "map_top1": top1_f16,
-        "map_a_gt": _flat_f16(map_a),
-        "map_b_gt": None if map_b is None else _flat_f16(map_b),
+        "map_gt": _flat_stored(map_gt),
+        "map_top1": top1,
+        "map_a_gt": _flat_stored(map_a),
+        "map_b_gt": None if map_b is None else _flat_stored(map_b),
         "pred_box": boxes_from_maps(
-            top1_f16.reshape(b, h, w), np.asarray(widths), np.asarray(heights), box_threshold
+            top1.reshape(b, h, w), np.asarray(widths), np.asarray(heights), box_threshold
         ),
     }
 
