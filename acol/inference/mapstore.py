@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from acol.errors import UserError
 from acol.io import readable_path
 
 __all__ = [
@@ -73,7 +74,7 @@ MAPSTORE_SCHEMA = pa.schema(
 )
 
 
-class MapStoreError(ValueError):
+class MapStoreError(UserError, ValueError):
     """A map store folder or table that cannot be used; the message names the file or column."""
 
 
