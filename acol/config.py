@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from acol.data.synthetic import SyntheticConfig
+from acol.errors import UserError
 
 __all__ = [
+    "BACKBONES",
+    "METHODS",
+    "SHADOW_ONLY_FIELDS",
+    "TEXTURE_PATTERNS",
     "ParamsError",
+    "SyntheticConfig",
     "DataParams",
     "ModelParams",
     "TrainParams",
@@ -31,12 +36,133 @@ __all__ = [
 ]
 
 
-class ParamsError(ValueError):
+# The synthetic generator's body textures (acol.data.synthetic), here because the config's validation counts
+# them: 5 stripe patterns, each the same distribution under a horizontal flip (training flips images, so a
+# pattern and its mirror image must be one class): horizontal stripes, vertical stripes, diagonal stripes
+# (+-45 degrees, sign drawn per image), a checkerboard and a 45-degree checkerboard.
+TEXTURE_PATTERNS: tuple[str, ...] = ("stripes-0", "stripes-90", "stripes-45", "checker", "checker-45")
+_TEXTURE_PATTERNS = len(TEXTURE_PATTERNS)
+# SyntheticConfig fields of the shadow_ilsvrc layout only (the toy layout takes none of them)
+SHADOW_ONLY_FIELDS: tuple[str, ...] = (
+    "shadow_metadata",
+    "num_val_images",
+    "shadow_classes",
+    "shadow_fullsup_metadata",
+)
+# What `model.backbone` and `methods` accept: literals, so that validating params imports no model code (and
+# every stage's DVC deps stay free of acol/models); tests/test_config.py checks they equal acol.models' table.
+BACKBONES: tuple[str, ...] = ("googlenet", "inception_v3", "resnet50", "small", "vgg16")
+METHODS: tuple[str, ...] = ("acol", "cam", "acol_a")
+
+
+class ParamsError(UserError, ValueError):
     """params.yaml (or an override) is invalid; the message names the key and the allowed values."""
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(BaseModel):
+    """Everything that determines the dataset; the same config gives byte-identical files."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # "toy" (default): the small square dataset below. "shadow_ilsvrc": the real ILSVRC val set's shape, the
+    # image sizes, boxes and labels of `shadow_metadata` (a WSOL metadata folder such as ILSVRC/test), 1,000
+    # classes; see acol/data/shadow_ilsvrc.py and docs/synthetic.md.
+    layout: Literal["toy", "shadow_ilsvrc"] = "toy"
+    shadow_metadata: str | None = None  # shadow_ilsvrc: the WSOL metadata folder (image_ids.txt, ...)
+    num_val_images: int | None = Field(None, ge=1)  # shadow_ilsvrc: only the first N val images; None = all
+    # shadow_ilsvrc: keep only classes 0..N-1 (wnids, train and val of those; val capped at val_per_class per
+    # class); None = all 1,000 (val_per_class not applied: the real val set has 50 per class).
+    shadow_classes: int | None = Field(None, ge=2, le=1000)
+    # shadow_ilsvrc: a WSOL metadata folder of ImageNetV2 "train-fullsup" (ILSVRC/val); when set, the first
+    # holdout_per_class of its images per kept class are drawn at their ids (val2/<class>/<n>.jpeg) and a
+    # metadata folder of them is written (acol.data.shadow_ilsvrc.FULLSUP_METADATA).
+    shadow_fullsup_metadata: str | None = None
+    num_classes: int = Field(10, ge=2, le=1000)  # toy: <= 36, even pairs every class; shadow_ilsvrc: 1000
+    train_per_class: int = Field(125, ge=0)  # trains both methods in a few minutes on 2 CPU cores
+    val_per_class: int = Field(50, ge=1)  # evaluation split (boxes + masks)
+    holdout_per_class: int = Field(10, ge=0)  # Choe's "train-fullsup": threshold/HP selection; 0 = skip
+    image_size: int = Field(64, ge=32, le=512)  # square images; 64 px = 16x16 maps for the stride-4 backbone
+    seed: int = Field(0, ge=0)
+    # Objects per image: probabilities of 1, 2, 3 same-class objects (real ILSVRC val: 77% / 12% / 4% ...,
+    # mean 1.6). Capped at 3: a 64 px image holds few objects whose part survives erasing, and placements that
+    # do not fit are dropped, so realized counts are lower (about 87% / 13% / 0.3%, see docs/synthetic.md).
+    object_count_probs: tuple[float, ...] = (0.8, 0.14, 0.06)
+    # Body ellipse semi-axes as fractions of the image side for a single object (several objects are scaled by
+    # `multi_object_scale`): long axis 0.26-0.40 gives boxes of ~15-45% of the image (real val median 21%).
+    body_long_range: tuple[float, float] = (0.26, 0.40)
+    body_short_range: tuple[float, float] = (0.16, 0.26)
+    multi_object_scale: float = Field(0.6, gt=0.0, le=1.0)
+    # Part side as a fraction of the image side (0.22 = 14 px at 64 px, 3.5 feature cells at stride 4): large
+    # enough that erasing the top cells of A's map removes it rather than leaking it into neighbouring cells,
+    # small enough (about 10-20% of the box) that a box around the part alone has IoU < 0.5.
+    part_size: float = Field(0.22, gt=0.0, lt=0.5)
+    # "texture" (default): every body has ONE neutral colour (hue/saturation/value below, the same for all
+    # classes) and a class-specific texture: one of 5 flip-invariant stripe patterns x one of
+    # `texture_periods_px` (10 classes = 5 x 2). The part is the easy cue; the body's cue is hard but fully
+    # class-specific (what branch B must learn once the part is erased; see docs/synthetic.md).
+    # "pair": body hue shared by classes 2p, 2p+1 with random-orientation stripes (the body narrows 10 classes
+    # to 2); "class": one body hue per class (the body alone suffices: a control where CAM has every reason
+    # to use it).
+    body_mode: Literal["texture", "pair", "class"] = "texture"
+    body_saturation: int = Field(110, ge=0, le=255)  # pair/class: muted next to the parts (255)
+    stripe_period_px: int = Field(6, ge=2)  # pair/class body texture (value stripes, random orientation)
+    stripe_contrast: int = Field(40, ge=0, le=120)  # pair/class: peak-to-peak value; 0 disables the stripes
+    # texture mode: the shared body colour (OpenCV HSV, hue in [0, 180)): a muted brown, no class hue.
+    texture_body_hsv: tuple[int, int, int] = (15, 70, 140)
+    texture_periods_px: tuple[float, ...] = (4.0, 8.0)  # > 8/7 apart: training upscales images by 8/7
+    texture_contrast: int = Field(60, ge=0, le=120)  # texture mode: peak-to-peak value of the pattern
+    clutter_count: tuple[int, int] = (2, 6)  # grey (saturation 0) rectangles/ellipses: no class signal
+    noise_std: float = Field(6.0, ge=0.0)  # per-pixel Gaussian noise, so no region is a flat colour
+    object_gap_px: int = Field(2, ge=0)  # minimum gap between the boxes of two objects of one image
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> SyntheticConfig:
+        if self.layout == "shadow_ilsvrc":
+            if self.num_classes != 1000 or self.shadow_metadata is None:
+                raise ValueError(
+                    "layout='shadow_ilsvrc' needs num_classes=1000 and shadow_metadata (a folder)"
+                )
+            if self.shadow_fullsup_metadata is not None and self.holdout_per_class < 1:
+                raise ValueError(
+                    "shadow_fullsup_metadata needs holdout_per_class >= 1 (fullsup images per class)"
+                )
+            return self
+        if self.num_classes > 36 or any(getattr(self, name) is not None for name in SHADOW_ONLY_FIELDS):
+            raise ValueError(
+                f"layout='toy' takes num_classes <= 36 and none of {', '.join(SHADOW_ONLY_FIELDS)}"
+            )
+        if self.train_per_class < 1:
+            raise ValueError("layout='toy' needs train_per_class >= 1 (0 is for shadow_ilsvrc val-only runs)")
+        probs = self.object_count_probs
+        if not probs or any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+            raise ValueError(f"object_count_probs must be non-negative and sum to 1, got {probs}")
+        for name in ("body_long_range", "body_short_range"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high < 0.5:
+                raise ValueError(f"{name} must satisfy 0 < low <= high < 0.5, got {(low, high)}")
+        if self.body_mode == "texture":
+            periods = self.texture_periods_px
+            if not periods or any(p < 2 for p in periods):
+                raise ValueError(f"texture_periods_px must be non-empty, each >= 2 px, got {periods}")
+            if self.num_classes > _TEXTURE_PATTERNS * len(periods):
+                raise ValueError(
+                    f"body_mode='texture' gives {_TEXTURE_PATTERNS} patterns x {len(periods)} periods = "
+                    f"{_TEXTURE_PATTERNS * len(periods)} distinct textures < num_classes={self.num_classes}; "
+                    "add texture_periods_px"
+                )
+            hue, sat, val = self.texture_body_hsv
+            if not (0 <= hue < 180 and 0 <= sat <= 255 and 0 <= val <= 255):
+                raise ValueError(
+                    f"texture_body_hsv must be (hue < 180, sat, val <= 255), got {(hue, sat, val)}"
+                )
+        if self.clutter_count[0] < 0 or self.clutter_count[0] > self.clutter_count[1]:
+            raise ValueError(f"clutter_count must be 0 <= low <= high, got {self.clutter_count}")
+        return self
 
 
 class DataParams(_Section):
@@ -66,10 +192,8 @@ class ModelParams(_Section):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from acol.models import list_backbones
-
-        if value not in list_backbones():
-            raise ValueError(f"unknown backbone; allowed: {list_backbones()}")
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone; allowed: {sorted(BACKBONES)}")
         return value
 
 
@@ -187,8 +311,6 @@ class Params(_Section):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from acol.models import METHODS
-
         if not value or len(set(value)) != len(value) or not set(value) <= set(METHODS):
             raise ValueError(f"a non-empty list of distinct methods; allowed: {list(METHODS)}")
         return value

@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from acol.errors import UserError
+
 __all__ = ["CPU_ISA_ENV", "LEVELS", "CpuIsaError", "cpu_isa_env", "pin_cpu_isa"]
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ LEVELS: dict[str, dict[str, str]] = {
 NATIVE = "native"
 
 
-class CpuIsaError(ValueError):
+class CpuIsaError(UserError, ValueError):
     """``ACOL_CPU_ISA`` names no level."""
 
 

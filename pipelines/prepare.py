@@ -9,7 +9,7 @@ from acol.data.manifest import manifest_classes, write_manifest
 from acol.io import write_json_atomic
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.stages.prepare import index_dataset, index_fullsup, prepare_summary
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 
 log = logging.getLogger("prepare")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from acol.presets import match_presets
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
 from acol.stages.report import ReportInputs, build_report
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 
 log = logging.getLogger("report")
 

@@ -119,3 +119,51 @@ def test_a_stage_status_passes_through(
     with pytest.raises(SystemExit):
         run_stage(missing)
     assert capsys.readouterr().err == "error: No such file or directory: /nonexistent/input.csv\n"
+
+
+def test_an_unreachable_tracking_server_is_one_line_and_exit_2(
+    stage_cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`TrackingServerError` is a user error (a URI to fix) but was missing from the CLI's old table of names:
+    the stage ended with a traceback and status 1. Now every `UserError` is recognised by its class."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////nonexistent/folder/mlflow.db")
+    monkeypatch.setattr(sys, "argv", ["pipelines/prepare.py", "--out", str(stage_cwd / "out")])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(PIPELINES / "prepare.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert err.splitlines()[-1] == (
+        "error: MLflow tracking database folder /nonexistent/folder does not exist "
+        "(URI sqlite:////nonexistent/folder/mlflow.db)"
+    )
+    assert "Traceback" not in err
+    assert not (stage_cwd / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "builtin"),
+    [
+        ("acol.config", "ParamsError", ValueError),
+        ("acol.cpu_isa", "CpuIsaError", ValueError),
+        ("acol.data.errors", "DataError", ValueError),
+        ("acol.data.images", "ImageDecodeError", ValueError),
+        ("acol.data.paths", "UnsafePathError", ValueError),
+        ("acol.models.factory", "WeightsError", ValueError),
+        ("acol.inference.mapstore", "MapStoreError", ValueError),
+        ("acol.stages.report", "ReportError", ValueError),
+        ("acol.stages.metrics", "MetricsInputError", ValueError),
+        ("acol.tracking.registry", "RegistryError", ValueError),
+        ("acol.distributed.session", "RaySessionError", RuntimeError),
+        ("acol.tracking.runs", "TrackingServerError", RuntimeError),
+    ],
+)
+def test_every_user_error_is_a_user_error_and_keeps_its_builtin_base(
+    module: str, name: str, builtin: type[Exception]
+) -> None:
+    """The CLI's one-line exit 2 follows the class; callers that catch ValueError or RuntimeError still do."""
+    import importlib
+
+    from acol.errors import UserError
+
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, UserError) and issubclass(cls, builtin)

@@ -98,3 +98,13 @@ def test_methods_is_a_list_of_distinct_known_methods(methods: str) -> None:
     with pytest.raises(ParamsError, match=r"methods: .*allowed: \['acol', 'cam'"):
         load_params("absent.yaml", [f"methods={methods}"])
     assert load_params("absent.yaml", ["methods=[cam]"]).methods == ("cam",)
+
+
+def test_the_backbone_and_method_literals_are_the_model_table() -> None:
+    """acol.config names them as literals (validating params imports no model code): they must not drift."""
+    from acol.config import BACKBONES, METHODS
+    from acol.models import METHODS as MODEL_METHODS
+    from acol.models import list_backbones
+
+    assert list(BACKBONES) == list_backbones()
+    assert METHODS == MODEL_METHODS

@@ -98,6 +98,7 @@ def test_every_stage_checks_the_tracking_server_before_any_work(
 ) -> None:
     port = _closed_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("ACOL_DEBUG", "1")  # the error itself, not run_stage's one line and exit 2
     args, targets = STAGES[name]
     _patch_expensive(monkeypatch, targets)
     out = tmp_path / "out"
@@ -129,7 +130,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_train_and_extract_processes_exit_fast_with_the_server_down(
     name: str, tiny_dataset: dict, tmp_path: Path
 ) -> None:
-    """The real scripts in fresh processes: exit status 1, the URI named, no Ray started, no output."""
+    """The real scripts in fresh processes: exit status 2, the URI named, no Ray started, no output."""
     model, card = _model_files(tmp_path / "model", manifest_classes(read_manifest(tiny_dataset["val"])))
     out = tmp_path / "out"
     args = {
@@ -146,10 +147,9 @@ def test_train_and_extract_processes_exit_fast_with_the_server_down(
     )  # fmt: skip
     seconds = time.perf_counter() - start
     print(f"{name}: failed after {seconds:.1f} s (interpreter start and imports included)")
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert (
-        f"TrackingServerError: MLflow tracking server http://127.0.0.1:{port} is unreachable" in done.stderr
-    )
+    assert done.returncode == 2, done.stderr[-2000:]  # a user error (acol.errors.UserError): one line
+    assert f"error: MLflow tracking server http://127.0.0.1:{port} is unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
     assert "Started a local Ray instance" not in done.stderr  # it failed before Ray started
     assert not out.exists() and not (tmp_path / "mlflow.db").exists()
 

@@ -20,7 +20,7 @@ from acol.config import EvaluateParams
 from acol.data import cpus
 from acol.data.dataset import ManifestDataset, load_image
 from acol.data.manifest import read_manifest
-from acol.data.readers import ilsvrc
+from acol.data.readers import common, ilsvrc
 from acol.data.transforms import eval_transform
 from acol.inference.mapstore import columns_to_table
 from acol.stages import evaluate as stage
@@ -179,8 +179,8 @@ class _LiveFutures(ThreadPoolExecutor):
 def test_probing_keeps_few_futures_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     n = 3000
     _train_tree(tmp_path, n)
-    monkeypatch.setattr(ilsvrc, "ThreadPoolExecutor", _LiveFutures)
-    monkeypatch.setattr(ilsvrc, "image_size", lambda path: (40 + int(Path(path).stem[-1]), 30))
+    monkeypatch.setattr(common, "ThreadPoolExecutor", _LiveFutures)  # the readers' shared prober
+    monkeypatch.setattr(common, "image_size", lambda path: (40 + int(Path(path).stem[-1]), 30))
     table, problems = ilsvrc.read_ilsvrc_train(tmp_path, tmp_path / "LOC_synset_mapping.txt", num_threads=4)
     assert problems == []
     ids = [f"train/{WNID}/{WNID}_{i:05d}.JPEG" for i in range(n)]

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from acol.errors import UserError
+
 __all__ = ["DataError", "DataProblem", "ProblemLog", "count_problems"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; ``path`` names the file or entry, ``reason`` says what is wrong."""
 
     def __init__(self, path: str, reason: str) -> None:

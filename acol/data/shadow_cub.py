@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from acol.config import SyntheticConfig
 from acol.data.shadow_ilsvrc import (
     ShadowImage,
     first_per_class,
@@ -36,7 +37,7 @@ from acol.data.shadow_ilsvrc import (
     write_geometry_metadata,
     write_shadow_images,
 )
-from acol.data.synthetic import Split, SyntheticConfig
+from acol.data.synthetic_base import Split
 from acol.io import write_text_atomic
 
 __all__ = ["CUB_CLASSES", "ShadowCub", "generate_shadow_cub", "main"]

@@ -41,19 +41,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from acol.config import TEXTURE_PATTERNS, SyntheticConfig
 from acol.data.manifest import manifest_from_records
 from acol.data.readers.wsol_metadata import read_wsol_metadata, write_wsol_metadata
-from acol.data.synthetic import (
-    _SPLIT_CODE,
-    TEXTURE_PATTERNS,
+from acol.data.synthetic_base import (
+    SPLIT_CODE,
     Split,
-    SyntheticConfig,
     SyntheticSummary,
-    _background,
-    _encode,
-    _hsv_to_bgr,
-    _texture_wave,
+    background,
     class_wnids,
+    encode,
+    hsv_to_bgr,
+    texture_wave,
     write_marker,
 )
 from acol.io import write_bytes_atomic
@@ -181,14 +180,14 @@ def render_shadow_image(
 ) -> np.ndarray:
     """(H, W, 3) uint8 BGR image ``index`` of ``split`` (deterministic in (seed, split, index, stream));
     ``config`` gives the style (seed, colours, contrast, part size, noise), ``image`` the geometry."""
-    rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], index, stream])
+    rng = np.random.default_rng([config.seed, SPLIT_CODE[split], index, stream])
     w, h = image.width, image.height
-    canvas = _background(rng, config, w, h)
-    wave = _texture_wave(rng, *shadow_texture(image.label), h, w)
+    canvas = background(rng, config, w, h)
+    wave = texture_wave(rng, *shadow_texture(image.label), h, w)
     hue, saturation, value = config.texture_body_hsv
-    dark, bright = (_hsv_to_bgr(hue, saturation, value + s * config.texture_contrast / 2) for s in (-1, 1))
+    dark, bright = (hsv_to_bgr(hue, saturation, value + s * config.texture_contrast / 2) for s in (-1, 1))
     texture = dark + (bright - dark) * ((wave + 1) / 2)[..., None]
-    part_colour = _hsv_to_bgr(180.0 * (image.label % _PART_HUES) / _PART_HUES, 255, 255)
+    part_colour = hsv_to_bgr(180.0 * (image.label % _PART_HUES) / _PART_HUES, 255, 255)
     parts = []
     for box in image.boxes:  # real boxes overlap: bodies first, then every part on top, so none is hidden
         body, part = _object_masks(rng, config, box, w, h)
@@ -211,7 +210,7 @@ def _write_chunk(
     """Worker: render, encode and atomically write a chunk of images (at ``root/name``); returns how many."""
     for index, image in jobs:
         array = render_shadow_image(config, split, index, image, stream)
-        jpeg = _encode(array, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality], image.name)
+        jpeg = encode(array, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality], image.name)
         write_bytes_atomic(Path(root) / image.name, jpeg, durable=False)
     return len(jobs)
 
@@ -300,7 +299,7 @@ def _fullsup_jobs(config: SyntheticConfig) -> list[tuple[int, ShadowImage]]:
 def generate_shadow_ilsvrc(
     root: str | os.PathLike[str], config: SyntheticConfig, *, workers: int = 1, progress: bool = True
 ) -> SyntheticSummary:
-    """Write the shadow ILSVRC dataset under ``root`` (called by ``generate_synthetic``, which first keeps
+    """Write the shadow ILSVRC dataset under ``root`` (called by `acol.data.synthetic.generate_synthetic`, which first keeps
     a complete dataset of the same config); a process pool of ``workers`` renders chunks of 32 images."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

@@ -34,6 +34,7 @@ from typing import Any
 
 from acol.cpu_isa import cpu_isa_env
 from acol.data.cpus import usable_cpus
+from acol.errors import UserError
 
 __all__ = [
     "Demand",
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 RECORD_FILE = "ray_current_cluster"  # written by `ray start` in its temp dir, read by a bare `ray.init()`
 
 
-class RaySessionError(RuntimeError):
+class RaySessionError(UserError, RuntimeError):
     """Ray cannot be started or reached as asked; the message names the address, folder or param to change."""
 
 

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from acol.errors import UserError
 from acol.io import readable_path
 
 __all__ = [
@@ -102,7 +103,7 @@ def _parquet_options() -> dict[str, Any]:
 PARQUET_OPTIONS: dict[str, Any] = _parquet_options()
 
 
-class MapStoreError(ValueError):
+class MapStoreError(UserError, ValueError):
     """A map store folder or table that cannot be used; the message names the file or column."""
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from acol.errors import UserError
 from acol.models.backbones import (
     Backbone,
     GoogLeNetBackbone,
@@ -41,7 +42,7 @@ METHODS: tuple[str, ...] = ("acol", "cam", "acol_a")
 """ACoL, the CAM baseline as published, and ACoL's branch A alone (an ablation)."""
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights or checkpoint file that cannot be used, with the file named in the message."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from acol.config import Params, load_params, resolve_paths
 from acol.cpu_isa import pin_cpu_isa
+from acol.errors import UserError
 
 __all__ = [
     "DEBUG_ENV",
@@ -26,20 +27,10 @@ __all__ = [
 USER_ERROR_EXIT_CODE = 2  # as argparse's for a bad command line: the input is wrong, not the program
 DEBUG_ENV = "ACOL_DEBUG"  # =1: user errors keep their traceback, as with --debug
 
-# The errors a user can fix (bad params, data, weights, maps, report inputs, Ray placement, a missing input
-# file), as (module, class). Looked up in sys.modules: one whose module was never imported was not raised, and
-# importing them all here would load torch for every stage.
-_USER_ERRORS = (
-    ("acol.config", "ParamsError"),
-    ("acol.cpu_isa", "CpuIsaError"),
-    ("acol.data.errors", "DataError"),  # UnsafePathError and ImageDecodeError too
-    ("acol.models.factory", "WeightsError"),
-    ("acol.inference.mapstore", "MapStoreError"),
-    ("acol.stages.report", "ReportError"),
-    ("acol.stages.metrics", "MetricsInputError"),
-    ("acol.distributed.session", "RaySessionError"),
-    ("builtins", "FileNotFoundError"),
-)
+# The errors a user can fix: every `acol.errors.UserError` (bad params, data, weights, maps, report inputs, Ray
+# placement, an unreachable tracking server), and a missing input file. A base class, not a table of names to
+# keep up to date: a new user error is recognised by being one.
+_USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -71,11 +62,6 @@ def params_from_args(args: argparse.Namespace) -> Params:
     return resolve_paths(load_params(args.params, args.overrides), Path.cwd())
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    found = (getattr(sys.modules.get(module), name, None) for module, name in _USER_ERRORS)
-    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
-
-
 def _one_line(error: BaseException) -> str:
     """The message on one line: a multi-line ParamsError becomes "header: key: ...; key: ..."."""
     if isinstance(error, FileNotFoundError) and error.filename is not None:
@@ -102,7 +88,7 @@ def run_stage(main: Callable[[], int | None]) -> None:
         pin_cpu_isa()
         code = main()
     except Exception as error:
-        if _debug_requested(sys.argv[1:]) or not isinstance(error, _user_error_types()):
+        if _debug_requested(sys.argv[1:]) or not isinstance(error, _USER_ERRORS):
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from acol.errors import UserError
 from acol.io import read_json_object, replacing_dir, write_json_atomic
 from acol.tracking.dvc_metrics import metric_table
 
@@ -22,7 +23,7 @@ __all__ = ["MetricsInputError", "collect_metrics", "write_metrics"]
 log = logging.getLogger(__name__)
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(UserError, ValueError):
     """A record the metrics need is missing or empty; the message names the file."""
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from acol.errors import UserError
 from acol.io import read_json_object, readable_path, replacing_dir, write_bytes_atomic
 from acol.published import NUMBERS, PresetMatch, Published, for_preset, in_metric
 from acol.stages import plots
@@ -79,7 +80,7 @@ _METRIC_ORDER = (
 _PREFERRED_ORDER = ("acol", "cam")  # ranking and column order: ACoL first, then CAM, then the rest
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A report input that is missing or unusable; the message names the file (and key or column)."""
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from acol.data.errors import DataError, DataProblem, ProblemLog
 from acol.data.manifest import manifest_from_records
-from acol.data.readers.ilsvrc import _box_problem, _probe_images
+from acol.data.readers.common import box_problem, probe_images
 
 __all__ = ["cub_image_root", "read_cub"]
 
@@ -119,7 +119,7 @@ def _probe_candidates(
     root: Path, candidates: list[dict[str, Any]], verify_images: bool, num_threads: int, log: ProblemLog
 ) -> list[dict[str, Any]]:
     """The candidates whose image reads and holds its box, with the size from the image."""
-    results = _probe_images(
+    results = probe_images(
         cub_image_root(root), [c["image_id"] for c in candidates], verify_images, num_threads
     )
     records = []
@@ -128,7 +128,7 @@ def _probe_candidates(
         if isinstance(res, DataError):
             log.add(res.path, res.reason)
             continue
-        problem = _box_problem(rec["boxes"][0], *res)
+        problem = box_problem(rec["boxes"][0], *res)
         if problem is not None:
             log.add(where, problem)
             continue

@@ -19,34 +19,23 @@ from __future__ import annotations
 import csv
 import os
 import xml.etree.ElementTree as ET
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as defused_et
 
 from acol.data.errors import DataError, DataProblem, ProblemLog
-from acol.data.images import ImageDecodeError, image_size, read_image
+from acol.data.images import ImageDecodeError
 from acol.data.manifest import manifest_from_records
-from acol.data.paths import entry_names, resolve_inside
+from acol.data.paths import entry_names
+from acol.data.readers.common import Box, box_problem, probe_images
 
 __all__ = ["IMAGE_EXTENSIONS", "read_ilsvrc_train", "read_ilsvrc_val", "read_solution_csv", "read_synsets"]
 
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png"})
-
-Box = list[float]
-
-# images probed ahead per thread: enough to keep the threads busy; what is queued is bounded, where submitting
-# every image at once held a future per image (~1.9 KB each, ~2.4 GB for the 1.28 M train images)
-IN_FLIGHT_PER_THREAD = 16
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
 def read_synsets(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -140,48 +129,6 @@ def _parse_xml(path: Path) -> tuple[tuple[int, int] | None, list[tuple[str, Box]
     return size, objs
 
 
-def _box_problem(box: Box, width: int, height: int) -> str | None:
-    x0, y0, x1, y1 = box
-    if not np.isfinite(box).all():
-        return f"bad box: {box} has a missing or non-numeric coordinate"
-    if x1 < x0 or y1 < y0:
-        return f"bad box: {box} has x1 < x0 or y1 < y0"
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        return f"bad box: {box} outside the {width}x{height} image"
-    return None
-
-
-def _probe_images(
-    root: Path, image_ids: list[str], verify: bool, num_threads: int
-) -> list[tuple[int, int] | DataError]:
-    """Header size of each image, or the error; with ``verify`` every image is fully decoded too."""
-
-    def probe(rel: str) -> tuple[int, int] | DataError:
-        try:
-            path = resolve_inside(root, rel)
-            if verify:
-                h, w = read_image(path).shape[:2]
-                return (w, h)
-            return image_size(path)
-        except DataError as e:
-            return e
-
-    threads = max(1, num_threads)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(_bounded_map(pool, probe, image_ids, threads * IN_FLIGHT_PER_THREAD))
-
-
-def _bounded_map(pool: Executor, fn: Callable[[_T], _R], items: Iterable[_T], limit: int) -> Iterator[_R]:
-    """``pool.map(fn, items)`` (results in order) with at most `limit` items submitted and not yet yielded."""
-    pending: deque[Future[_R]] = deque()
-    for item in items:
-        if len(pending) >= limit:
-            yield pending.popleft().result()
-        pending.append(pool.submit(fn, item))
-    while pending:
-        yield pending.popleft().result()
-
-
 def _finish(
     candidates: list[dict[str, Any]],
     root: Path,
@@ -192,7 +139,7 @@ def _finish(
     check: Callable[[dict[str, Any], tuple[int, int]], str | None],
 ) -> pa.Table:
     """Probe each candidate image, run ``check`` (a reason or None), build the manifest of the good ones."""
-    results = _probe_images(root, [c["image_id"] for c in candidates], verify_images, num_threads)
+    results = probe_images(root, [c["image_id"] for c in candidates], verify_images, num_threads)
     records = []
     for rec, res in zip(candidates, results, strict=True):
         if isinstance(res, DataError):
@@ -221,7 +168,7 @@ def _check_boxes(rec: dict[str, Any], size: tuple[int, int]) -> str | None:
     if (width, height) != size:
         return f"size mismatch: annotation says {width}x{height}, the image file is {size[0]}x{size[1]}"
     for box in rec["boxes"]:
-        problem = _box_problem(box, width, height)
+        problem = box_problem(box, width, height)
         if problem is not None:
             return problem
     return None
