@@ -31,8 +31,8 @@ outer border of the F of largest area, ties going to the latest raster-first pix
 Cost (what makes it fast): pixels are counting-sorted by value; each added pixel reads its 8 neighbours into
 a ring mask and joins one neighbour per run of consecutive "in" neighbours around the ring (a lookup table),
 usually one ``find``; only roots carry a size and a box. A map wanted in both modes is filled once
-(`box_iou_tables`). About 3 ms of CPU per 224x224 map for either mode at every cut, 5 ms for both
-(``benchmarks/profile_evaluate.py``), against 40-100 ms for the per-threshold ``findContours`` loop.
+(`box_iou_tables`). Its cost per map against the per-threshold ``findContours`` loop is measured by
+``benchmarks/profile_evaluate.py`` (figures in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 
 _NJIT = {"cache": True, "nogil": True}
 # The named parts of the sweeps are inlined into them in Numba IR: one function each to LLVM, as when they
-# were written inline (calls per level with a dozen array arguments measured ~5% slower).
+# were written inline (calls per level with a dozen array arguments cost time).
 _INLINE = {**_NJIT, "inline": "always"}
 _RING_DY = np.array([0, -1, -1, -1, 0, 1, 1, 1], np.int64)  # ring index -> dy (E, NE, N, NW, W, SW, S, SE)
 _RING_DX = np.array([1, 1, 0, -1, -1, -1, 0, 1], np.int64)  # ring index -> dx
@@ -498,8 +498,8 @@ def _sort_by_value(q: np.ndarray, order: np.ndarray, starts: np.ndarray) -> int:
 @numba.njit(**_NJIT)
 def _sort_holes(q: np.ndarray, filled: np.ndarray, order: np.ndarray, starts: np.ndarray) -> None:
     """`_sort_by_value` of the hole pixels only: ``q < filled``, the pixels that some cut encloses in a hole
-    (pixel p is in a hole exactly at the cuts q[p] <= c < filled[p]); ~20% of the pixels of the benchmark's
-    CAM-like maps, so the hole sweep is a fraction of a full one."""
+    (pixel p is in a hole exactly at the cuts q[p] <= c < filled[p]); in CAM-like maps a minority of the
+    pixels, so the hole sweep is a fraction of a full one."""
     counts = np.zeros(256, np.int64)
     h, w = q.shape
     for y in range(h):

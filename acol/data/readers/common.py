@@ -22,7 +22,7 @@ __all__ = ["IN_FLIGHT_PER_THREAD", "Box", "bounded_map", "box_problem", "probe_i
 Box = list[float]
 
 # images probed ahead per thread: enough to keep the threads busy; what is queued is bounded, where submitting
-# every image at once held a future per image (~1.9 KB each, ~2.4 GB for the 1.28 M train images)
+# every image at once held a future per image (memory that grew with the dataset: benchmarks/README.md)
 IN_FLIGHT_PER_THREAD = 16
 
 _T = TypeVar("_T")
