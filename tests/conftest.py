@@ -1,15 +1,24 @@
-"""Shared fixtures: one local Ray session for the whole run, and a tiny on-disk dataset with manifests."""
+"""Shared fixtures: one local Ray session for the whole run, and a tiny on-disk dataset with manifests.
+
+The CPU kernels are pinned here, before anything imports torch, as every stage pins them (`acol.cpu_isa`):
+the test process, its Ray workers and its subprocesses then compute with the same kernels, whatever the order
+in which tests call the stages' code.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pytest
+from acol.cpu_isa import pin_cpu_isa
 
-from acol.data.manifest import manifest_from_records, write_manifest
+pin_cpu_isa()
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from acol.data.manifest import manifest_from_records, write_manifest  # noqa: E402
 
 TINY_CLASSES = ["n90000000", "n90000001", "n90000002", "n90000003"]
 TINY_COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 200, 40)]
