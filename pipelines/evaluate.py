@@ -24,7 +24,7 @@ from acol.inference.model_card import load_model_card, model_kwargs_from_card
 from acol.io import replacing_dir, write_json_atomic, write_text_atomic
 from acol.models import METHODS
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
-from acol.stages.evaluate import EVALUATED_COLUMNS, EvaluationResult, evaluate_method
+from acol.stages.evaluation import EVALUATED_COLUMNS, EvaluationResult, evaluate_method
 from acol.tracking import runs as tracking
 from acol.tracking.registry import check_champion, comparison_key, record_and_promote
 

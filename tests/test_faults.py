@@ -69,7 +69,7 @@ STAGES = {
     "prepare": ([], ["acol.stages.prepare.index_dataset"]),
     "train": (["--method", "acol"], ["acol.distributed.train.fit"]),
     "extract": (["--method", "acol"], ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
-    "evaluate": (["--method", "acol"], ["acol.stages.evaluate.evaluate_method", "acol.inference.mapstore.read_maps"]),
+    "evaluate": (["--method", "acol"], ["acol.stages.evaluation.evaluate_method", "acol.inference.mapstore.read_maps"]),
     "report": ([], ["acol.stages.report.build_report"]),
     "reevaluate": (["--method", "acol"], ["acol.stages.reevaluate.reevaluate"]),
 }  # fmt: skip

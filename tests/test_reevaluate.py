@@ -95,7 +95,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
     from acol.distributed.extract import extract_plain
     from acol.inference.mapstore import read_maps
     from acol.models import build_model
-    from acol.stages.evaluate import evaluate_method
+    from acol.stages.evaluation import evaluate_method
     from acol.tracking import runs as tracking
     from acol.tracking.registry import record_and_promote
 
@@ -218,7 +218,7 @@ def _baseline(params, root, val, card, tmp_path, fullsup_manifest=None):
     from acol.data.manifest import read_manifest
     from acol.distributed.extract import extract_plain
     from acol.inference.mapstore import read_maps
-    from acol.stages.evaluate import evaluate_method
+    from acol.stages.evaluation import evaluate_method
 
     extract_plain(params, "cam", val, root, tmp_path / "model.pt", card, tmp_path / "base")
     fullsup = None

@@ -2,7 +2,7 @@
 
 A cron job (Kubernetes CronJob, or a crontab line on one machine) runs `reevaluate` on the *current* validation
 manifest: it resolves ``models:/<registered_model_name>@<alias>`` to a version, fetches that version's
-weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.stages.evaluate.evaluate_method`) and
+weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.stages.evaluation.evaluate_method`) and
 compares with the metrics recorded on the version's tags when the evaluate stage promoted it
 (`acol.tracking.registry.version_metrics`). It extracts and evaluates with the settings those numbers were made
 with, from the version's model card (``evaluation``: image size, threshold protocol, grid step, held-out
@@ -358,7 +358,7 @@ def _extract_and_evaluate(
     from acol.data.manifest import read_manifest
     from acol.distributed.extract import extract, extract_plain
     from acol.inference.mapstore import read_maps
-    from acol.stages.evaluate import EVALUATED_COLUMNS, evaluate_method
+    from acol.stages.evaluation import EVALUATED_COLUMNS, evaluate_method
 
     run = extract if engine == "ray" else extract_plain
 
