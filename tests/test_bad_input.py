@@ -158,15 +158,17 @@ def test_strict_prepare_fails_on_the_first_problem_naming_the_file(
 
 # --- params and weight files --------------------------------------------------------------------------------
 
-STAGE_ARGS = {
+STAGE_ARGS = {  # the paths are never read: the params fail first
     "synthesize": [],
     "prepare": [],
     "train": ["--method", "acol"],
     "extract": ["--method", "acol"],
     "evaluate": ["--method", "acol"],
-    "report": [],
+    "report": ["--evaluate-dir", "/nonexistent/evaluate", "--train-dir", "/nonexistent/train", "--extract-dir",
+               "/nonexistent/extract", "--manifest", "/nonexistent/val.parquet", "--summary",
+               "/nonexistent/summary.json"],
     "reevaluate": ["--method", "acol"],
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(STAGE_ARGS))

@@ -29,7 +29,9 @@ MISSING = {
                  "--model-card", "/nonexistent/card.json"], "error: model weights not found: /nonexistent/model.pt"),
     "evaluate": (["--method", "cam", "--maps", "/nonexistent/maps", "--model-card", "/nonexistent/card.json"],
                  "error: No such file or directory: /nonexistent/card.json"),
-    "report": (["--evaluate-dir", "/nonexistent/evaluate"], "error: /nonexistent/evaluate: evaluate folder not found"),
+    "report": (["--evaluate-dir", "/nonexistent/evaluate", "--train-dir", "/nonexistent/train", "--extract-dir",
+                "/nonexistent/extract", "--manifest", "/nonexistent/val.parquet", "--summary",
+                "/nonexistent/summary.json"], "error: /nonexistent/evaluate: evaluate folder not found"),
 }  # fmt: skip
 
 

@@ -70,7 +70,9 @@ STAGES = {
     "train": (["--method", "acol"], ["acol.distributed.train.fit"]),
     "extract": (["--method", "acol"], ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
     "evaluate": (["--method", "acol"], ["acol.stages.evaluation.evaluate_method", "acol.inference.mapstore.read_maps"]),
-    "report": ([], ["acol.stages.report.build_report"]),
+    "report": (["--evaluate-dir", "{tmp}/evaluate", "--train-dir", "{tmp}/train", "--extract-dir", "{tmp}/extract",
+                "--manifest", "{tmp}/val.parquet", "--summary", "{tmp}/summary.json"],
+               ["acol.stages.report.build_report"]),
     "reevaluate": (["--method", "acol"], ["acol.stages.reevaluate.reevaluate"]),
 }  # fmt: skip
 
@@ -101,7 +103,8 @@ def test_every_stage_checks_the_tracking_server_before_any_work(
     args, targets = STAGES[name]
     _patch_expensive(monkeypatch, targets)
     out = tmp_path / "out"
-    argv = [*args, "--params", str(tmp_path / "absent.yaml"), "--out", str(out)]
+    paths = [a.format(tmp=tmp_path) for a in args]
+    argv = [*paths, "--params", str(tmp_path / "absent.yaml"), "--out", str(out)]
     with pytest.raises(TrackingServerError, match=rf"127\.0\.0\.1:{port} is unreachable"):
         _run_script(name, argv, monkeypatch)
     assert not out.exists()  # nothing written
