@@ -158,11 +158,13 @@ def test_strict_prepare_fails_on_the_first_problem_naming_the_file(
 
 # --- params and weight files --------------------------------------------------------------------------------
 
+_MODEL = ["--model", "/nonexistent/model.pt", "--model-card", "/nonexistent/model_card.json"]
 STAGE_ARGS = {  # the paths are never read: the params fail first
     "synthesize": [],
     "prepare": [],
-    "train": ["--method", "acol"],
-    "extract": ["--method", "acol"],
+    "train": ["--method", "acol", "--train-manifest", "/nonexistent/train.parquet", "--val-manifest",
+              "/nonexistent/val.parquet"],
+    "extract": ["--method", "acol", "--manifest", "/nonexistent/val.parquet", *_MODEL],
     "evaluate": ["--method", "acol"],
     "report": ["--evaluate-dir", "/nonexistent/evaluate", "--train-dir", "/nonexistent/train", "--extract-dir",
                "/nonexistent/extract", "--manifest", "/nonexistent/val.parquet", "--summary",

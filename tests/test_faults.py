@@ -67,8 +67,11 @@ def _model_files(folder: Path, classes: list[str], method: str = "acol", seed: i
 # script -> (arguments besides --params/--out, library entry points that do the stage's real work)
 STAGES = {
     "prepare": ([], ["acol.stages.prepare.index_dataset"]),
-    "train": (["--method", "acol"], ["acol.distributed.train.fit"]),
-    "extract": (["--method", "acol"], ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
+    "train": (["--method", "acol", "--train-manifest", "{tmp}/train.parquet", "--val-manifest", "{tmp}/val.parquet"],
+              ["acol.distributed.train.fit"]),
+    "extract": (["--method", "acol", "--manifest", "{tmp}/val.parquet", "--model", "{tmp}/model/model.pt",
+                 "--model-card", "{tmp}/model/model_card.json"],
+                ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
     "evaluate": (["--method", "acol"], ["acol.stages.evaluation.evaluate_method", "acol.inference.mapstore.read_maps"]),
     "report": (["--evaluate-dir", "{tmp}/evaluate", "--train-dir", "{tmp}/train", "--extract-dir", "{tmp}/extract",
                 "--manifest", "{tmp}/val.parquet", "--summary", "{tmp}/summary.json"],
