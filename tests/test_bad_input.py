@@ -165,11 +165,13 @@ STAGE_ARGS = {  # the paths are never read: the params fail first
     "train": ["--method", "acol", "--train-manifest", "/nonexistent/train.parquet", "--val-manifest",
               "/nonexistent/val.parquet"],
     "extract": ["--method", "acol", "--manifest", "/nonexistent/val.parquet", *_MODEL],
-    "evaluate": ["--method", "acol"],
+    "evaluate": ["--method", "acol", "--maps", "/nonexistent/maps", "--manifest", "/nonexistent/val.parquet",
+                 *_MODEL],
     "report": ["--evaluate-dir", "/nonexistent/evaluate", "--train-dir", "/nonexistent/train", "--extract-dir",
                "/nonexistent/extract", "--manifest", "/nonexistent/val.parquet", "--summary",
                "/nonexistent/summary.json"],
-    "reevaluate": ["--method", "acol"],
+    "reevaluate": ["--method", "acol", "--manifest", "/nonexistent/val.parquet", "--fullsup-manifest",
+                   "/nonexistent/fullsup.parquet"],
 }  # fmt: skip
 
 

@@ -72,11 +72,14 @@ STAGES = {
     "extract": (["--method", "acol", "--manifest", "{tmp}/val.parquet", "--model", "{tmp}/model/model.pt",
                  "--model-card", "{tmp}/model/model_card.json"],
                 ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
-    "evaluate": (["--method", "acol"], ["acol.stages.evaluation.evaluate_method", "acol.inference.mapstore.read_maps"]),
+    "evaluate": (["--method", "acol", "--maps", "{tmp}/maps", "--manifest", "{tmp}/val.parquet", "--model",
+                  "{tmp}/model/model.pt", "--model-card", "{tmp}/model/model_card.json"],
+                 ["acol.stages.evaluation.evaluate_method", "acol.inference.mapstore.read_maps"]),
     "report": (["--evaluate-dir", "{tmp}/evaluate", "--train-dir", "{tmp}/train", "--extract-dir", "{tmp}/extract",
                 "--manifest", "{tmp}/val.parquet", "--summary", "{tmp}/summary.json"],
                ["acol.stages.report.build_report"]),
-    "reevaluate": (["--method", "acol"], ["acol.stages.reevaluate.reevaluate"]),
+    "reevaluate": (["--method", "acol", "--manifest", "{tmp}/val.parquet", "--fullsup-manifest",
+                    "{tmp}/fullsup.parquet"], ["acol.stages.reevaluate.reevaluate"]),
 }  # fmt: skip
 
 
@@ -105,6 +108,7 @@ def test_every_stage_checks_the_tracking_server_before_any_work(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     args, targets = STAGES[name]
     _patch_expensive(monkeypatch, targets)
+    _model_files(tmp_path / "model", ["n01"])  # a card the evaluate stage reads before its tracking check
     out = tmp_path / "out"
     paths = [a.format(tmp=tmp_path) for a in args]
     argv = [*paths, "--params", str(tmp_path / "absent.yaml"), "--out", str(out)]

@@ -147,6 +147,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
         client.set_model_version_tag(name, version, "metric.maxboxacc_v2", str(baseline["maxboxacc_v2"] + 5))
         cmd = [sys.executable, "pipelines/reevaluate.py", "--method", "cam", "--manifest", str(val),
                "--root", str(root), "--out", str(tmp_path / "r2"), "--engine", "plain",
+               "--fullsup-manifest", "outputs/prepare/fullsup.parquet",
                "--params", str(tmp_path / "none.yaml"), *(a for o in OVERRIDES for a in ("--set", o))]  # fmt: skip
         done = subprocess.run(
             cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=dict(os.environ)

@@ -1,4 +1,5 @@
-"""The evaluate stage's library: every WSOL metric of one method from its extracted maps and the manifest.
+"""The evaluate stage's library: every WSOL metric of one method from its extracted maps and the manifest
+(the stage itself, records, MLflow and the registry, is `acol.stages.evaluate`).
 
 The validation images are split once, by a hash of their id, into a held-out part (where the CAM threshold of
 the classic metrics is chosen) and a test part (where every number is reported), so no metric is tuned on the
