@@ -11,7 +11,6 @@ import ast
 import json
 import re
 import runpy
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +25,7 @@ from acol.data.errors import DataError
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.paths import UnsafePathError
 from acol.models import WeightsError, build_model
+from acol.stages.cli import run_stage
 from acol.stages.report import MethodInputs, ReportInputs, build_report
 from tests.conftest_data import WNIDS, write_ilsvrc
 
@@ -51,8 +51,8 @@ EXPECTED = {
 def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, debug: bool = True) -> None:
     """``pipelines/<name>.py`` in this process; `debug`: input errors raise (typed) instead of exit 2."""
     monkeypatch.setenv("ACOL_DEBUG", "1" if debug else "0")
-    monkeypatch.setattr(sys, "argv", [f"pipelines/{name}.py", *argv])
-    runpy.run_path(str(PIPELINES / f"{name}.py"), run_name="__main__")
+    main = runpy.run_path(str(PIPELINES / f"{name}.py"), run_name=f"pipelines_{name}")["main"]
+    run_stage(lambda: main(argv))
 
 
 @pytest.fixture

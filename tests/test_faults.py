@@ -29,6 +29,7 @@ from acol.data.manifest import manifest_classes, manifest_from_records, read_man
 from acol.distributed.extract import extract_plain
 from acol.inference.mapstore import read_maps
 from acol.models import build_model
+from acol.stages.cli import run_stage
 from acol.tracking.runs import TrackingServerError, check_tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,9 +96,9 @@ def _patch_expensive(monkeypatch: pytest.MonkeyPatch, targets: list[str]) -> Non
 
 
 def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``pipelines/<name>.py`` as ``__main__`` in this process (its imports see the patches)."""
-    monkeypatch.setattr(sys, "argv", [f"pipelines/{name}.py", *argv])
-    runpy.run_path(str(PIPELINES / f"{name}.py"), run_name="__main__")
+    """Run ``pipelines/<name>.py``'s `main` as its ``__main__`` does, in this process (the patches apply)."""
+    main = runpy.run_path(str(PIPELINES / f"{name}.py"), run_name=f"pipelines_{name}")["main"]
+    run_stage(lambda: main(argv))
 
 
 @pytest.mark.parametrize("name", list(STAGES))
