@@ -1,4 +1,4 @@
-"""Benchmark: the evaluate stage (``acol.stages.evaluate.evaluate_method``) on ILSVRC-size input, code trees side by side.
+"""Benchmark: the evaluate stage (``acol.stages.evaluation.evaluate_method``) on ILSVRC-size input, code trees side by side.
 
 The input is the real ILSVRC val annotation (50,000 images, their sizes and 80,477 boxes, from the shipped
 ``tests/assets/wsol-metadata.tar.xz``) as a manifest, and a map store of CAM-like maps on a 14 x 14 grid
@@ -83,7 +83,7 @@ def measure(work: Path, interval: float) -> dict:
     from acol.config import EvaluateParams
     from acol.data.manifest import read_manifest
     from acol.inference.mapstore import read_maps
-    from acol.stages.evaluate import EVALUATED_COLUMNS, evaluate_method
+    from acol.stages.evaluation import EVALUATED_COLUMNS, evaluate_method
 
     params = EvaluateParams(interval=interval)
     manifest = read_manifest(work / "val.parquet")

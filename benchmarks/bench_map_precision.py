@@ -65,7 +65,7 @@ from acol.inference.model_card import model_kwargs_from_card
 from acol.inference.predict import MapPredictor, decode_batch
 from acol.io import write_json_atomic
 from acol.models import build_model
-from acol.stages.evaluate import evaluate_method, holdout_mask
+from acol.stages.evaluation import evaluate_method, holdout_mask
 from acol.wsol.boxes import boxes_from_maps, boxes_from_mask, iou, scale_boxes
 from acol.wsol.metrics import quantized_iou_tables, threshold_grid
 from acol.wsol.scoremaps import prepare_quantized

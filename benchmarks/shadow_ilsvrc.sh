@@ -39,7 +39,8 @@ python benchmarks/bench_extract.py --manifest "$work/prepare/val.parquet" --data
   --num-classes 1000 --image-size 224 --batch-size 64 --keep "$work/extract" --out benchmarks/results/shadow_extract.json
 echo "== 4. evaluate (full protocol)"
 /usr/bin/time -v -o "$work/evaluate.time" python pipelines/evaluate.py --method cam --maps "$work/extract/maps" \
-  --manifest "$work/extract/manifest.parquet" --model-card "$work/extract/model_card.json" --out "$work/evaluate" \
+  --manifest "$work/extract/manifest.parquet" --model-card "$work/extract/model_card.json" \
+  --model outputs/train/cam/model.pt --out "$work/evaluate" \
   "${data[@]}" --set evaluate.interval=0.001
 python benchmarks/profile_evaluate.py --maps "$work/extract/maps" --manifest "$work/extract/manifest.parquet" \
   --images 5000 --interval 0.001 --out benchmarks/results/profile_evaluate.json

@@ -1,160 +1,41 @@
 """Stage evaluate: every WSOL metric of one method from its extracted maps; registers the evaluated model.
 
-Writes ``evaluation.json`` (the full record: counts, threshold, map statistics, the model that made the maps;
-the metrics stage turns it into what ``dvc metrics show`` compares) and the curves ``box_acc.csv`` /
-``pr_curve.csv``, replaced as one set. Then registers the trained model (``--model``, ``--model-card``) with
-its card plus an ``evaluation`` section (protocol, CAM threshold, metrics) and promotes it
-(`acol.tracking.registry`).
+Writes ``evaluation.json`` and the curves ``box_acc.csv`` / ``pr_curve.csv`` (one set) into ``--out``, then
+registers the model (``--model``, ``--model-card``) with its evaluation and promotes it (`acol.stages.evaluate`).
 """
 
 from __future__ import annotations
 
-import logging
+import sys
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
-from acol.config import Params
-from acol.data.dataset import ManifestDataset
-from acol.data.manifest import read_manifest
-from acol.data.transforms import eval_transform
-from acol.inference.mapstore import read_maps
-from acol.inference.model_card import load_model_card, model_kwargs_from_card
-from acol.io import replacing_dir, write_json_atomic, write_text_atomic
-from acol.models import METHODS
+from acol.stages import evaluate
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
-from acol.stages.evaluate import EVALUATED_COLUMNS, EvaluationResult, evaluate_method
-from acol.tracking import runs as tracking
-from acol.tracking.registry import check_champion, comparison_key, record_and_promote
-
-log = logging.getLogger("evaluate")
-KEEP = (".gitignore",)  # DVC's file in the output folder: the new set inherits it
-
-
-def _parser() -> Any:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument(
-        "--maps", default=None, help="extracted maps folder (default outputs/extract/<method>/maps)"
-    )
-    parser.add_argument("--manifest", default="outputs/prepare/val.parquet")
-    parser.add_argument("--fullsup-maps", default=None, help="train-fullsup maps (evaluate.threshold_split)")
-    parser.add_argument("--fullsup-manifest", default=None, help="train-fullsup manifest")
-    parser.add_argument("--model", default=None, help="default outputs/train/<method>/model.pt")
-    parser.add_argument("--model-card", default=None, help="default outputs/train/<method>/model_card.json")
-    parser.add_argument("--out", default=None, help="default outputs/evaluate/<method>")
-    return parser
-
-
-def _record(card: dict[str, Any], params: Params, method: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """evaluation.json: the model that made the maps is the card's (params only fill what the card lacks)."""
-    arch = model_kwargs_from_card(card, params, method, list(card["classes"]))
-    record = {"method": method, "backbone": arch["name"], **metrics}
-    if method == "acol":
-        record["erase_threshold"] = arch["erase_threshold"]
-    return record
-
-
-def _write_set(out: Path, record: dict[str, Any], result: EvaluationResult) -> None:
-    """box_acc.csv, pr_curve.csv (with masks only) and evaluation.json, swapped in as one folder: a kill
-    anywhere leaves the previous set or this one, and no earlier curve beside these numbers."""
-    with replacing_dir(out, keep=KEEP) as tmp:
-        curves = pd.DataFrame(result.box_curves).to_csv(index=False, float_format="%.6g")
-        write_text_atomic(tmp / "box_acc.csv", curves)
-        if result.pr_curve is not None:
-            pr = pd.DataFrame(result.pr_curve).to_csv(index=False, float_format="%.6g")
-            write_text_atomic(tmp / "pr_curve.csv", pr)
-        write_json_atomic(tmp / "evaluation.json", record)
-
-
-def _evaluation(params: Params, card: dict[str, Any], numbers: dict[str, float]) -> dict[str, Any]:
-    """The card's ``evaluation`` section: how the numbers were made (re-evaluation and serving read it)."""
-    ev = params.evaluate
-    return {
-        "dataset": params.data.source,
-        "protocol": ev.threshold_split,
-        "holdout_fraction": ev.holdout_fraction,
-        "interval": ev.interval,
-        "iou_thresholds": list(ev.iou_thresholds),
-        "image_size": params.train.image_size,  # what extract fed the model: the maps' input size
-        "cam_threshold": numbers["best_threshold"],
-        "champion_metric": ev.champion_metric,
-        "metrics": numbers,
-        "train_run_id": card.get("mlflow_run_id"),
-    }
-
-
-def _register(params: Params, method: str, card: dict[str, Any], model_path: Path, val: str) -> str:
-    """Log and register the model of `card` in the active run; returns the new version."""
-    from acol.tracking.mlflow_model import build_from_card
-
-    model = build_from_card(card, model_path)
-    example = ManifestDataset(read_manifest(val), params.data.root, eval_transform(params.train.image_size))
-    return tracking.log_model(model, method, params, example[0][0][None], card)
-
-
-def _params_of(params: Params, card: dict[str, Any]) -> Params:
-    """`params` with the card's backbone: the registered name is the evaluated model's, whatever params say."""
-    return params.model_copy(update={"model": params.model.model_copy(update={"backbone": card["backbone"]})})
-
-
-def _register_and_promote(params: Params, method: str, card: dict[str, Any], model: Path, val: str) -> None:
-    """Refuse an incomparable champion first (nothing registered then), register, tag and promote."""
-    import mlflow
-
-    params = _params_of(params, card)
-    name, key = tracking.registered_model_name(params, method), comparison_key(card)
-    metric = params.evaluate.champion_metric
-    check_champion(name, key, metric)
-    version = _register(params, method, card, model, val)
-    mlflow.set_tags({"model_name": name, "model_version": version})
-    promotion = record_and_promote(name, version, card["evaluation"]["metrics"], metric, key=key)
-    mlflow.set_tag("champion", str(promotion["champion"]))
-    log.info("registered %s v%s (%s)", name, version, "champion" if promotion["champion"] else "candidate")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = stage_parser(__doc__)
+    parser.add_argument("--method", required=True, choices=evaluate.METHODS)
+    parser.add_argument("--maps", required=True, type=Path, help="the extract stage's maps folder")
+    parser.add_argument("--manifest", required=True, type=Path, help="the val manifest")
+    parser.add_argument("--model", required=True, type=Path, help="the train stage's model.pt")
+    parser.add_argument("--model-card", required=True, type=Path, help="the train stage's model_card.json")
+    parser.add_argument("--out", required=True, type=Path, help="evaluation.json, box_acc.csv, pr_curve.csv")
+    parser.add_argument("--fullsup-maps", type=Path, help="train-fullsup maps (evaluate.threshold_split)")
+    parser.add_argument("--fullsup-manifest", type=Path, help="train-fullsup manifest")
+    args = parser.parse_args(argv)
     setup_logging()
-    params = params_from_args(args)
-    maps_dir = Path(args.maps or f"outputs/extract/{args.method}/maps")
-    train_dir = Path("outputs/train") / args.method
-    card_path = Path(args.model_card or train_dir / "model_card.json")
-    card_path.stat()  # missing: FileNotFoundError naming it, one line and exit 2
-    card = load_model_card(card_path)
-    model_path = Path(args.model or train_dir / "model.pt")
-    out = Path(args.out or f"outputs/evaluate/{args.method}")
-    tracking.check_tracking_server()
-    if not model_path.is_file():
-        raise FileNotFoundError(f"model weights not found: {model_path} (--model; the train stage writes it)")
-
-    log.info("evaluating %s maps from %s", args.method, maps_dir)
-    fullsup = None
-    if args.fullsup_maps and args.fullsup_manifest:
-        fullsup = (read_maps(args.fullsup_maps, EVALUATED_COLUMNS), read_manifest(args.fullsup_manifest))
-    result = evaluate_method(
-        read_maps(maps_dir, EVALUATED_COLUMNS),
-        read_manifest(args.manifest),
-        params.data.root,
-        params.evaluate,
-        fullsup,
+    paths = evaluate.EvaluatePaths(
+        args.maps,
+        args.manifest,
+        args.model,
+        args.model_card,
+        args.out,
+        args.fullsup_maps,
+        args.fullsup_manifest,
     )
-    record = _record(card, params, args.method, result.metrics)
-    _write_set(out, record, result)
-    log.info("MaxBoxAccV2 %.2f, GT-known loc %.2f, top-1 loc error %.2f", record["maxboxacc_v2"],
-             record["gt_known_loc"], record["top1_loc_error"])  # fmt: skip
-
-    numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    card = {**card, "backbone": record["backbone"], "evaluation": _evaluation(params, card, numbers)}
-    with tracking.stage_run("evaluate", params, method=args.method, data_paths=[args.manifest]) as run:
-        import mlflow
-
-        mlflow.log_metrics(numbers)
-        mlflow.log_artifacts(str(out))
-        _register_and_promote(params, args.method, card, model_path, args.manifest)
-        log.info("MLflow run %s", run.info.run_id)
+    evaluate.run(params_from_args(args), args.method, paths)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(lambda: main(sys.argv[1:]))

@@ -13,53 +13,31 @@ Run from cron, a Kubernetes CronJob, or ``ray job submit``.
 
 from __future__ import annotations
 
-import logging
+import sys
 from pathlib import Path
 
-from acol.models import METHODS
+from acol.stages import reevaluate
 from acol.stages.cli import params_from_args, run_stage, setup_logging, stage_parser
-from acol.stages.reevaluate import REGRESSION_EXIT_CODE, ReevaluationError, reevaluate
-from acol.tracking import runs as tracking
-
-log = logging.getLogger("reevaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument(
-        "--manifest", default="outputs/prepare/val.parquet", help="the val manifest to use now"
-    )
+    parser.add_argument("--method", required=True, choices=reevaluate.METHODS)
+    parser.add_argument("--manifest", required=True, type=Path, help="the val manifest to use now")
     parser.add_argument("--root", default=None, help="dataset root (default: params data.root)")
-    parser.add_argument("--out", default=None, help="default outputs/reevaluate/<method>")
+    parser.add_argument("--out", required=True, type=Path, help="model/, extract/, report.json, report.md")
     parser.add_argument(
         "--fullsup-manifest",
-        default="outputs/prepare/fullsup.parquet",
+        required=True,
+        type=Path,
         help="train-fullsup manifest, read for a version evaluated with threshold_split fullsup",
     )
-    parser.add_argument("--engine", default="ray", choices=["ray", "plain"], help="extraction engine")
+    parser.add_argument("--engine", default="ray", choices=reevaluate.ENGINES, help="extraction engine")
     args = parser.parse_args(argv)
     setup_logging()
-    params = params_from_args(args)
-    out = Path(args.out or Path("outputs/reevaluate") / args.method)
-    tracking.check_tracking_server()
-    try:
-        report = reevaluate(
-            params,
-            args.method,
-            args.manifest,
-            args.root or params.data.root,
-            out,
-            engine=args.engine,
-            fullsup_manifest=args.fullsup_manifest,
-        )
-    except ReevaluationError as e:
-        log.error("%s", e)
-        return 1
-    print(report.summary())
-    print(f"report: {out / 'report.md'}")
-    return 0 if report.passed else REGRESSION_EXIT_CODE
+    paths = reevaluate.ReevaluatePaths(args.manifest, args.fullsup_manifest, args.out, args.root)
+    return reevaluate.run(params_from_args(args), args.method, paths, args.engine)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(lambda: main(sys.argv[1:]))

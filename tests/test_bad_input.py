@@ -11,7 +11,6 @@ import ast
 import json
 import re
 import runpy
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +25,7 @@ from acol.data.errors import DataError
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.paths import UnsafePathError
 from acol.models import WeightsError, build_model
+from acol.stages.cli import run_stage
 from acol.stages.report import MethodInputs, ReportInputs, build_report
 from tests.conftest_data import WNIDS, write_ilsvrc
 
@@ -51,8 +51,8 @@ EXPECTED = {
 def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, debug: bool = True) -> None:
     """``pipelines/<name>.py`` in this process; `debug`: input errors raise (typed) instead of exit 2."""
     monkeypatch.setenv("ACOL_DEBUG", "1" if debug else "0")
-    monkeypatch.setattr(sys, "argv", [f"pipelines/{name}.py", *argv])
-    runpy.run_path(str(PIPELINES / f"{name}.py"), run_name="__main__")
+    main = runpy.run_path(str(PIPELINES / f"{name}.py"), run_name=f"pipelines_{name}")["main"]
+    run_stage(lambda: main(argv))
 
 
 @pytest.fixture
@@ -158,15 +158,21 @@ def test_strict_prepare_fails_on_the_first_problem_naming_the_file(
 
 # --- params and weight files --------------------------------------------------------------------------------
 
-STAGE_ARGS = {
+_MODEL = ["--model", "/nonexistent/model.pt", "--model-card", "/nonexistent/model_card.json"]
+STAGE_ARGS = {  # the paths are never read: the params fail first
     "synthesize": [],
     "prepare": [],
-    "train": ["--method", "acol"],
-    "extract": ["--method", "acol"],
-    "evaluate": ["--method", "acol"],
-    "report": [],
-    "reevaluate": ["--method", "acol"],
-}
+    "train": ["--method", "acol", "--train-manifest", "/nonexistent/train.parquet", "--val-manifest",
+              "/nonexistent/val.parquet"],
+    "extract": ["--method", "acol", "--manifest", "/nonexistent/val.parquet", *_MODEL],
+    "evaluate": ["--method", "acol", "--maps", "/nonexistent/maps", "--manifest", "/nonexistent/val.parquet",
+                 *_MODEL],
+    "report": ["--evaluate-dir", "/nonexistent/evaluate", "--train-dir", "/nonexistent/train", "--extract-dir",
+               "/nonexistent/extract", "--manifest", "/nonexistent/val.parquet", "--summary",
+               "/nonexistent/summary.json"],
+    "reevaluate": ["--method", "acol", "--manifest", "/nonexistent/val.parquet", "--fullsup-manifest",
+                   "/nonexistent/fullsup.parquet"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(STAGE_ARGS))

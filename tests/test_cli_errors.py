@@ -27,9 +27,12 @@ MISSING = {
                "/nonexistent/val.parquet"], "error: data_version: manifest not found: /nonexistent/train.parquet"),
     "extract": (["--method", "cam", "--manifest", "/nonexistent/val.parquet", "--model", "/nonexistent/model.pt",
                  "--model-card", "/nonexistent/card.json"], "error: model weights not found: /nonexistent/model.pt"),
-    "evaluate": (["--method", "cam", "--maps", "/nonexistent/maps", "--model-card", "/nonexistent/card.json"],
+    "evaluate": (["--method", "cam", "--maps", "/nonexistent/maps", "--model-card", "/nonexistent/card.json",
+                  "--manifest", "/nonexistent/val.parquet", "--model", "/nonexistent/model.pt"],
                  "error: No such file or directory: /nonexistent/card.json"),
-    "report": (["--evaluate-dir", "/nonexistent/evaluate"], "error: /nonexistent/evaluate: evaluate folder not found"),
+    "report": (["--evaluate-dir", "/nonexistent/evaluate", "--train-dir", "/nonexistent/train", "--extract-dir",
+                "/nonexistent/extract", "--manifest", "/nonexistent/val.parquet", "--summary",
+                "/nonexistent/summary.json"], "error: /nonexistent/evaluate: evaluate folder not found"),
 }  # fmt: skip
 
 
@@ -47,9 +50,9 @@ def test_a_missing_input_is_one_line_and_exit_2(
     name: str, stage_cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv, line = MISSING[name]
-    monkeypatch.setattr(sys, "argv", [f"pipelines/{name}.py", *argv, "--out", str(stage_cwd / "out")])
+    main = runpy.run_path(str(PIPELINES / f"{name}.py"), run_name=f"pipelines_{name}")["main"]
     with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(PIPELINES / f"{name}.py"), run_name="__main__")
+        run_stage(lambda: main([*argv, "--out", str(stage_cwd / "out")]))
     err = capsys.readouterr().err
     assert exit_.value.code == 2, err
     assert err.splitlines()[-1] == line and "Traceback" not in err

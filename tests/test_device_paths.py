@@ -245,11 +245,14 @@ def test_the_extract_stage_passes_the_params(
 
     monkeypatch.setattr(extract_module, "extract_plain", fake)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    work = extract_setup["work"]
     argv = ["--method", "acol", "--engine", "plain", "--params", str(tmp_path / "none.yaml"),
+            "--manifest", str(extract_setup["data"]["val"]), "--model", str(work / "model.pt"),
+            "--model-card", str(work / "model_card.json"), "--out", str(tmp_path / "extract"),
             "--set", "extract.amp=true", "--set", "extract.channels_last=true"]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", ["pipelines/extract.py", *argv])
+    main = runpy.run_path(str(REPO / "pipelines" / "extract.py"), run_name="pipelines_extract")["main"]
     with pytest.raises(Stop):
-        runpy.run_path(str(REPO / "pipelines" / "extract.py"), run_name="__main__")
+        main(argv)
     assert got == [{"amp": True, "channels_last": True}]
 
 

@@ -112,7 +112,8 @@ def test_metrics_stage_names_the_missing_record(tmp_path: Path) -> None:
 
 def test_metrics_stage_cli_says_what_is_missing_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "metrics.py"), "--evaluate-dir", str(tmp_path / "none")],
+        [sys.executable, str(REPO / "pipelines" / "metrics.py"), "--evaluate-dir", str(tmp_path / "none"),
+         "--train-dir", str(tmp_path / "train"), "--out", str(tmp_path / "metrics")],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert (

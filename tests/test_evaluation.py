@@ -11,7 +11,7 @@ import pytest
 from acol.config import EvaluateParams
 from acol.data.manifest import manifest_from_records
 from acol.inference.mapstore import columns_to_table
-from acol.stages.evaluate import evaluate_method, holdout_mask
+from acol.stages.evaluation import evaluate_method, holdout_mask
 from acol.wsol.boxes import scale_boxes
 from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, load_wsol_mask, select_cam_threshold
 from acol.wsol.scoremaps import prepare_scoremap
@@ -78,7 +78,7 @@ def _dataset(tmp_path: Path, n: int = 60, seed: int = 0):
 def test_numbers_match_the_evaluators_on_the_test_part(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr("acol.stages.evaluate.CHUNK", chunk)
+    monkeypatch.setattr("acol.stages.evaluation.CHUNK", chunk)
     manifest, columns, maps, labels, top5 = _dataset(tmp_path)
     params = EvaluateParams(interval=0.05, holdout_fraction=0.3)
     result = evaluate_method(columns_to_table(columns), manifest, tmp_path, params)
@@ -158,7 +158,7 @@ def test_fullsup_split_picks_the_threshold_on_train_fullsup_and_reports_all_of_v
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
     """Choe et al.: the CAM threshold comes from train-fullsup; every val image is a test image."""
-    monkeypatch.setattr("acol.stages.evaluate.CHUNK", chunk)
+    monkeypatch.setattr("acol.stages.evaluation.CHUNK", chunk)
     manifest, columns, *_ = _dataset(tmp_path)
     full_dir = tmp_path / "fullsup"
     full_dir.mkdir()
@@ -191,7 +191,7 @@ def test_stage_threads_end_with_the_call(tmp_path: Path, monkeypatch: pytest.Mon
 
     import cv2
 
-    from acol.stages import evaluate as stage
+    from acol.stages import evaluation as stage
 
     ran_in = []
     chunk = stage._Sweep.chunk

@@ -29,6 +29,7 @@ from acol.data.manifest import manifest_classes, manifest_from_records, read_man
 from acol.distributed.extract import extract_plain
 from acol.inference.mapstore import read_maps
 from acol.models import build_model
+from acol.stages.cli import run_stage
 from acol.tracking.runs import TrackingServerError, check_tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,11 +68,19 @@ def _model_files(folder: Path, classes: list[str], method: str = "acol", seed: i
 # script -> (arguments besides --params/--out, library entry points that do the stage's real work)
 STAGES = {
     "prepare": ([], ["acol.stages.prepare.index_dataset"]),
-    "train": (["--method", "acol"], ["acol.distributed.train.fit"]),
-    "extract": (["--method", "acol"], ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
-    "evaluate": (["--method", "acol"], ["acol.stages.evaluate.evaluate_method", "acol.inference.mapstore.read_maps"]),
-    "report": ([], ["acol.stages.report.build_report"]),
-    "reevaluate": (["--method", "acol"], ["acol.stages.reevaluate.reevaluate"]),
+    "train": (["--method", "acol", "--train-manifest", "{tmp}/train.parquet", "--val-manifest", "{tmp}/val.parquet"],
+              ["acol.distributed.train.fit"]),
+    "extract": (["--method", "acol", "--manifest", "{tmp}/val.parquet", "--model", "{tmp}/model/model.pt",
+                 "--model-card", "{tmp}/model/model_card.json"],
+                ["acol.distributed.extract.extract", "acol.distributed.extract.extract_plain"]),
+    "evaluate": (["--method", "acol", "--maps", "{tmp}/maps", "--manifest", "{tmp}/val.parquet", "--model",
+                  "{tmp}/model/model.pt", "--model-card", "{tmp}/model/model_card.json"],
+                 ["acol.stages.evaluation.evaluate_method", "acol.inference.mapstore.read_maps"]),
+    "report": (["--evaluate-dir", "{tmp}/evaluate", "--train-dir", "{tmp}/train", "--extract-dir", "{tmp}/extract",
+                "--manifest", "{tmp}/val.parquet", "--summary", "{tmp}/summary.json"],
+               ["acol.stages.report.build_report"]),
+    "reevaluate": (["--method", "acol", "--manifest", "{tmp}/val.parquet", "--fullsup-manifest",
+                    "{tmp}/fullsup.parquet"], ["acol.stages.reevaluate.reevaluate"]),
 }  # fmt: skip
 
 
@@ -87,9 +96,9 @@ def _patch_expensive(monkeypatch: pytest.MonkeyPatch, targets: list[str]) -> Non
 
 
 def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``pipelines/<name>.py`` as ``__main__`` in this process (its imports see the patches)."""
-    monkeypatch.setattr(sys, "argv", [f"pipelines/{name}.py", *argv])
-    runpy.run_path(str(PIPELINES / f"{name}.py"), run_name="__main__")
+    """Run ``pipelines/<name>.py``'s `main` as its ``__main__`` does, in this process (the patches apply)."""
+    main = runpy.run_path(str(PIPELINES / f"{name}.py"), run_name=f"pipelines_{name}")["main"]
+    run_stage(lambda: main(argv))
 
 
 @pytest.mark.parametrize("name", list(STAGES))
@@ -101,8 +110,10 @@ def test_every_stage_checks_the_tracking_server_before_any_work(
     monkeypatch.setenv("ACOL_DEBUG", "1")  # the error itself, not run_stage's one line and exit 2
     args, targets = STAGES[name]
     _patch_expensive(monkeypatch, targets)
+    _model_files(tmp_path / "model", ["n01"])  # a card the evaluate stage reads before its tracking check
     out = tmp_path / "out"
-    argv = [*args, "--params", str(tmp_path / "absent.yaml"), "--out", str(out)]
+    paths = [a.format(tmp=tmp_path) for a in args]
+    argv = [*paths, "--params", str(tmp_path / "absent.yaml"), "--out", str(out)]
     with pytest.raises(TrackingServerError, match=rf"127\.0\.0\.1:{port} is unreachable"):
         _run_script(name, argv, monkeypatch)
     assert not out.exists()  # nothing written

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from graphlib import CycleError, TopologicalSorter
 from itertools import pairwise
 from pathlib import Path
@@ -204,6 +205,47 @@ def test_cycle_check_catches_a_circle() -> None:
     assert cycle[0] == cycle[-1] and set(cycle) == {"acol.data.synthetic", "acol.data.shadow_ilsvrc"}
     assert all(b in graph[a] for a, b in pairwise(cycle))  # each step an import
     assert import_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+# --- pipelines/: a parser and one call ---
+
+SCRIPT_MAY_IMPORT = ("acol.stages.cli",)  # besides its own stage module and the standard library
+
+
+def script_violations(stage: str, imports: set[str]) -> list[str]:
+    """Why each import of ``pipelines/<stage>.py`` breaks the rule: the stage's work lives in
+    ``acol.stages.<stage>``, so the script may import only that module, `acol.stages.cli` and the stdlib."""
+    own = f"acol.stages.{stage}"
+    allowed = (own, *SCRIPT_MAY_IMPORT)
+    problems = []
+    for name in sorted(imports):
+        top = name.split(".")[0]
+        if name == "acol.stages" or any(name == a or name.startswith(a + ".") for a in allowed):
+            continue
+        if top == "__future__" or (top != "acol" and top in sys.stdlib_module_names):
+            continue
+        problems.append(
+            f"pipelines/{stage}.py imports {name}: a script imports only {own} and acol.stages.cli"
+        )
+    return problems
+
+
+def test_scripts_import_only_their_stage() -> None:
+    scripts = sorted((ROOT / "pipelines").glob("*.py"))
+    assert scripts, "no pipelines/*.py found: the check is broken"
+    problems = [p for f in scripts for p in script_violations(f.stem, imported_modules(f))]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [{"mlflow"}, {"acol.io"}, {"acol.stages.evaluate", "acol.stages.evaluate.run"}, {"acol.models"}],
+)
+def test_script_rule_catches_a_foreign_import(imports: set[str]) -> None:
+    assert script_violations("train", imports)
+    ok = {"__future__", "__future__.annotations", "sys", "pathlib", "pathlib.Path", "acol.stages"}
+    ok |= {"acol.stages.train", "acol.stages.cli", "acol.stages.cli.run_stage"}
+    assert script_violations("train", ok) == []
 
 
 # --- DVC deps ---

@@ -95,7 +95,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
     from acol.distributed.extract import extract_plain
     from acol.inference.mapstore import read_maps
     from acol.models import build_model
-    from acol.stages.evaluate import evaluate_method
+    from acol.stages.evaluation import evaluate_method
     from acol.tracking import runs as tracking
     from acol.tracking.registry import record_and_promote
 
@@ -147,6 +147,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
         client.set_model_version_tag(name, version, "metric.maxboxacc_v2", str(baseline["maxboxacc_v2"] + 5))
         cmd = [sys.executable, "pipelines/reevaluate.py", "--method", "cam", "--manifest", str(val),
                "--root", str(root), "--out", str(tmp_path / "r2"), "--engine", "plain",
+               "--fullsup-manifest", "outputs/prepare/fullsup.parquet",
                "--params", str(tmp_path / "none.yaml"), *(a for o in OVERRIDES for a in ("--set", o))]  # fmt: skip
         done = subprocess.run(
             cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=dict(os.environ)
@@ -218,7 +219,7 @@ def _baseline(params, root, val, card, tmp_path, fullsup_manifest=None):
     from acol.data.manifest import read_manifest
     from acol.distributed.extract import extract_plain
     from acol.inference.mapstore import read_maps
-    from acol.stages.evaluate import evaluate_method
+    from acol.stages.evaluation import evaluate_method
 
     extract_plain(params, "cam", val, root, tmp_path / "model.pt", card, tmp_path / "base")
     fullsup = None

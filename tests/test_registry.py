@@ -7,7 +7,6 @@ import json
 import os
 import runpy
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,21 +181,14 @@ def stage(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_d
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("ACOL_PIPELINE_RUN", f"evaluate-{tmp_path.name}")
     # params say another backbone and erase threshold than the card: the maps are the card's model's
-    argv = [
-        "evaluate.py",
-        "--method",
-        "acol",
-        "--manifest",
-        str(tiny_dataset["val"]),
-        "--params",
-        "none.yaml",
-    ]
+    argv = ["--method", "acol", "--manifest", str(tiny_dataset["val"]), "--params", "none.yaml",
+            "--maps", "outputs/extract/acol/maps", "--model", "outputs/train/acol/model.pt",
+            "--model-card", "outputs/train/acol/model_card.json", "--out", "outputs/evaluate/acol"]  # fmt: skip
     for override in [*STAGE_OVERRIDES, f"data.root={tiny_dataset['root']}", "model.backbone=vgg16",
                      "model.erase_threshold=0.7"]:  # fmt: skip
         argv += ["--set", override]
-    monkeypatch.setattr(sys, "argv", argv)
     main = runpy.run_path(str(REPO / "pipelines" / "evaluate.py"), run_name="pipelines_evaluate")["main"]
-    return main, out
+    return (lambda: main(argv)), out
 
 
 @pytest.mark.slow
@@ -258,13 +250,14 @@ def test_evaluate_killed_between_its_writes_keeps_the_old_set(
 
 
 @pytest.mark.slow
-def test_evaluate_writer_failing_midway_keeps_the_old_set(stage) -> None:
+def test_evaluate_writer_failing_midway_keeps_the_old_set(stage, monkeypatch: pytest.MonkeyPatch) -> None:
     main, out = stage
 
     def fail(*_args: Any, **_kwargs: Any) -> None:
         raise Killed
 
-    main.__globals__["write_json_atomic"] = fail  # evaluation.json is the last file written
+    # evaluation.json is the last file written
+    monkeypatch.setattr("acol.stages.evaluate.write_json_atomic", fail)
     with pytest.raises(Killed):
         main()
     assert {p.name: p.read_text() for p in out.iterdir() if p.name != ".gitignore"} == OLD_SET

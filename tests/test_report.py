@@ -201,17 +201,16 @@ def test_pipeline_main_logs_artifacts(tmp_path: Path, tiny_dataset: dict, monkey
     params.write_text(f"data:\n  root: {tiny_dataset['root']}\ntracking:\n  log_system_metrics: false\n")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("ACOL_PIPELINE_RUN", "test-report")
-    argv = ["report", "--params", str(params), "--evaluate-dir", str(out["evaluate"]), "--train-dir",
+    argv = ["--params", str(params), "--evaluate-dir", str(out["evaluate"]), "--train-dir",
             str(out["train"]), "--extract-dir", str(out["extract"]), "--manifest", str(tiny_dataset["val"]),
             "--summary", str(out["summary"]), "--out", str(tmp_path / "report")]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
     spec = importlib.util.spec_from_file_location(
         "pipelines_report", Path(__file__).parents[1] / "pipelines" / "report.py"
     )
     assert spec and spec.loader
     report_cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report_cli)
-    report_cli.main()
+    report_cli.main(argv)
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`acol.stage` = 'report'")
     assert len(runs) == 1
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs.run_id[0], "report")}
@@ -446,16 +445,17 @@ def test_pipeline_passes_the_matching_preset(tmp_path: Path, tiny_dataset: dict,
     assert spec and spec.loader
     report_cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report_cli)
-    monkeypatch.setattr(report_cli, "build_report", lambda inputs, out: seen.append(inputs) or Path(out))
-    monkeypatch.setattr(report_cli.tracking, "check_tracking_server", lambda: None)
-    monkeypatch.setattr(report_cli.tracking, "stage_run", _NoRun)
+    from acol.stages import report as report_stage
+
+    monkeypatch.setattr(report_stage, "build_report", lambda inputs, out: seen.append(inputs) or Path(out))
+    monkeypatch.setattr(report_stage.tracking, "check_tracking_server", lambda: None)
+    monkeypatch.setattr(report_stage.tracking, "stage_run", _NoRun)
     out = _write_outputs(tmp_path, tiny_dataset["val"])
-    argv = ["report", "--params", str(params), "--evaluate-dir", str(out["evaluate"]), "--train-dir",
+    argv = ["--params", str(params), "--evaluate-dir", str(out["evaluate"]), "--train-dir",
             str(out["train"]), "--extract-dir", str(out["extract"]), "--manifest", str(tiny_dataset["val"]),
             "--summary", str(out["summary"]), "--out", str(tmp_path / "report")]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setitem(sys.modules, "mlflow", _NoMlflow())
-    report_cli.main()
+    report_cli.main(argv)
     assert [(m.method, m.preset, m.differs) for m in seen[0].presets] == [
         ("cam", "choe-resnet50-cam-cub", ())
     ]

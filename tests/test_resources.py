@@ -23,7 +23,7 @@ from acol.data.manifest import read_manifest
 from acol.data.readers import common, ilsvrc
 from acol.data.transforms import eval_transform
 from acol.inference.mapstore import columns_to_table
-from acol.stages import evaluate as stage
+from acol.stages import evaluation as stage
 from acol.stages.prepare import attach_masks
 from tests.test_evaluation import _dataset
 

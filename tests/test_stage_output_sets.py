@@ -49,13 +49,14 @@ def _stage(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("ACOL_PIPELINE_RUN", f"test-{tmp_path.name}")
     monkeypatch.chdir(tmp_path)
-    # main's own globals (run_path hands back a copy)
-    stage = runpy.run_path(str(REPO / "pipelines" / "train.py"), run_name="pipelines_train")[
-        "main"
-    ].__globals__
-    stage["fit"] = _fake_fit
+    import acol.distributed.train
+    import acol.stages.train
+
+    main = runpy.run_path(str(REPO / "pipelines" / "train.py"), run_name="pipelines_train")["main"]
+    monkeypatch.setattr(acol.distributed.train, "fit", _fake_fit)
     if kill_at == "card":
-        stage["write_json_atomic"] = _kill  # after model.pt and history.csv were written
+        # after model.pt and history.csv were written
+        monkeypatch.setattr(acol.stages.train, "write_json_atomic", _kill)
     elif kill_at == "mlflow":
         import mlflow
 
@@ -65,10 +66,10 @@ def _stage(
     argv = ["--method", "acol", "--out", str(out), "--set", "tracking.log_system_metrics=false",
             "--train-manifest", str(manifests["train"]), "--val-manifest", str(manifests["val"])]  # fmt: skip
     if kill_at is None:
-        stage["main"](argv)
+        main(argv)
     else:
         with pytest.raises(Killed):
-            stage["main"](argv)
+            main(argv)
     return out
 
 

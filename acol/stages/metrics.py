@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from acol.config import Params
 from acol.errors import UserError
 from acol.io import read_json_object, replacing_dir, write_json_atomic
 from acol.tracking.dvc_metrics import metric_table
 
-__all__ = ["MetricsInputError", "collect_metrics", "write_metrics"]
+__all__ = ["MetricsInputError", "collect_metrics", "run", "write_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,8 @@ def write_metrics(table: dict[str, dict[str, float]], out: str | os.PathLike[str
         out,
     )
     return Path(out)
+
+
+def run(params: Params, evaluate_dir: Path, train_dir: Path, out: Path) -> Path:
+    """The stage: params.yaml's methods only (an earlier run's other methods stay out); returns `out`."""
+    return write_metrics(collect_metrics(evaluate_dir, train_dir, params.methods), out)

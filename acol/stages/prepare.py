@@ -6,6 +6,7 @@ what was left out and why.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from acol.config import DataParams
+from acol.config import DataParams, Params
 from acol.data.errors import DataProblem, count_problems
-from acol.data.manifest import manifest_classes, manifest_from_records, validate_manifest
+from acol.data.manifest import manifest_classes, manifest_from_records, validate_manifest, write_manifest
 from acol.data.paths import entry_names
 from acol.data.readers.wsol_metadata import read_wsol_metadata
+from acol.io import write_json_atomic
+from acol.tracking import stage_runs as tracking
 
-__all__ = ["attach_masks", "index_dataset", "index_fullsup", "manifest_stats", "prepare_summary"]
+__all__ = ["attach_masks", "index_dataset", "index_fullsup", "manifest_stats", "prepare_summary", "run"]
+
+log = logging.getLogger("prepare")
 
 # Problems listed by path in the summary; beyond this only their counts are kept.
 MAX_LISTED_PROBLEMS = 200
@@ -161,3 +166,36 @@ def prepare_summary(
         "problems_by_kind": count_problems(problems),
         "problem_list": [{"path": p.path, "reason": p.reason} for p in problems[:MAX_LISTED_PROBLEMS]],
     }
+
+
+def run(params: Params, out: Path) -> dict[str, Any]:
+    """The stage: train/val/fullsup manifests and ``summary.json`` in `out`, logged to MLflow; returns the
+    summary. The tracking server is checked first, before the dataset is read."""
+    tracking.check_tracking_server()
+    log.info("indexing %s dataset at %s", params.data.source, params.data.root)
+    train, val, problems = index_dataset(params.data)
+    fullsup, fullsup_problems = index_fullsup(params.data, manifest_classes(val))
+    problems += fullsup_problems
+    summary = prepare_summary(train, val, problems, params.data)
+    summary["fullsup_images"] = fullsup.num_rows
+    write_manifest(train, out / "train.parquet")
+    write_manifest(val, out / "val.parquet")
+    write_manifest(fullsup, out / "fullsup.parquet")
+    write_json_atomic(out / "summary.json", summary)
+    log.info("%d train, %d val images, %d problems %s", train.num_rows, val.num_rows, len(problems),
+             summary["problems_by_kind"])  # fmt: skip
+    _log_run(
+        params, out, {"train_images": train.num_rows, "val_images": val.num_rows, "problems": len(problems)}
+    )
+    return summary
+
+
+def _log_run(params: Params, out: Path, counts: dict[str, int]) -> None:
+    with tracking.stage_run(
+        "prepare", params, data_paths=[out / "train.parquet", out / "val.parquet"]
+    ) as mlrun:
+        import mlflow
+
+        mlflow.log_metrics(counts)
+        mlflow.log_artifact(str(out / "summary.json"))
+        log.info("MLflow run %s", mlrun.info.run_id)

@@ -2,7 +2,7 @@
 
 A cron job (Kubernetes CronJob, or a crontab line on one machine) runs `reevaluate` on the *current* validation
 manifest: it resolves ``models:/<registered_model_name>@<alias>`` to a version, fetches that version's
-weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.stages.evaluate.evaluate_method`) and
+weights, extracts maps (`acol.distributed.extract`), evaluates them (`acol.stages.evaluation.evaluate_method`) and
 compares with the metrics recorded on the version's tags when the evaluate stage promoted it
 (`acol.tracking.registry.version_metrics`). It extracts and evaluates with the settings those numbers were made
 with, from the version's model card (``evaluation``: image size, threshold protocol, grid step, held-out
@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from acol.config import Params
 from acol.io import write_json_atomic, write_text_atomic
+from acol.models import METHODS
 from acol.wsol.metrics import lower_is_better
 
 __all__ = [
@@ -40,11 +41,17 @@ __all__ = [
     "lower_is_better",
     "recorded_settings",
     "reevaluate",
+    "run",
     "write_report",
+    "METHODS",
+    "ENGINES",
+    "ReevaluatePaths",
 ]
 
 log = logging.getLogger(__name__)
 
+Engine = Literal["ray", "plain"]
+ENGINES: tuple[Engine, ...] = ("ray", "plain")  # the extraction engines (`acol.stages.extract`)
 REGRESSION_EXIT_CODE = 3  # distinct from 1 (a crash) and 2 (bad command line): "the model got worse"
 # Metrics in percent points that say how good the model is; counts, thresholds and map means are not compared.
 COMPARED_METRICS = (
@@ -358,7 +365,7 @@ def _extract_and_evaluate(
     from acol.data.manifest import read_manifest
     from acol.distributed.extract import extract, extract_plain
     from acol.inference.mapstore import read_maps
-    from acol.stages.evaluate import EVALUATED_COLUMNS, evaluate_method
+    from acol.stages.evaluation import EVALUATED_COLUMNS, evaluate_method
 
     run = extract if engine == "ray" else extract_plain
 
@@ -405,3 +412,41 @@ def _log_and_write(
         mlflow.log_artifact(str(json_path))
         mlflow.log_artifact(str(md_path))
         mlflow.log_artifact(str(out_dir / "extract" / "summary.json"), artifact_path="extract")
+
+
+# ------------------------------------------------------------------------------------------------------ stage
+
+
+@dataclass(frozen=True)
+class ReevaluatePaths:
+    """What a scheduled re-evaluation reads and where it writes."""
+
+    manifest: Path  # the val manifest to use now
+    fullsup_manifest: Path  # read for a version evaluated with threshold_split fullsup
+    out: Path  # model/, extract/, report.json, report.md
+    root: str | None = None  # the dataset root; None: params data.root
+
+
+def run(params: Params, method: str, paths: ReevaluatePaths, engine: Engine = "ray") -> int:
+    """The job: re-evaluate, print the summary; returns the exit status: 0 passed, `REGRESSION_EXIT_CODE` on
+    a regression, 1 when it could not run. The tracking server is checked first."""
+    from acol.tracking import runs as tracking
+
+    tracking.check_tracking_server()
+    root = paths.root or params.data.root
+    try:
+        report = reevaluate(
+            params,
+            method,
+            paths.manifest,
+            root,
+            paths.out,
+            engine=engine,
+            fullsup_manifest=paths.fullsup_manifest,
+        )
+    except ReevaluationError as e:
+        logging.getLogger("reevaluate").error("%s", e)
+        return 1
+    print(report.summary())
+    print(f"report: {paths.out / 'report.md'}")
+    return 0 if report.passed else REGRESSION_EXIT_CODE

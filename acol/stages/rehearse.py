@@ -313,7 +313,23 @@ def _reevaluate(rehearsal: Rehearsal, method: str, env: dict[str, str]) -> None:
     """The scheduled re-evaluation (the README's crontab command) of the champion just registered."""
     began = time.perf_counter()
     out = f"outputs/reevaluate/{method}"
-    cmd = [sys.executable, "pipelines/reevaluate.py", "--method", method, "--engine", "plain", "--out", out]
+    manifests = [
+        "--manifest",
+        "outputs/prepare/val.parquet",
+        "--fullsup-manifest",
+        "outputs/prepare/fullsup.parquet",
+    ]
+    cmd = [
+        sys.executable,
+        "pipelines/reevaluate.py",
+        "--method",
+        method,
+        *manifests,
+        "--engine",
+        "plain",
+        "--out",
+        out,
+    ]
     code, _ = _stream(cmd, rehearsal.repo, env, "  | ")
     report = json.loads((rehearsal.repo / out / "report.json").read_text()) if code in (0, 3) else {}
     rehearsal.facts["reevaluate"] = {"exit": code, **report}

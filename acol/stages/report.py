@@ -35,10 +35,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from acol.config import Params
 from acol.errors import UserError
 from acol.io import read_json_object, readable_path, replacing_dir, write_bytes_atomic
+from acol.presets import match_presets
 from acol.published import NUMBERS, PresetMatch, Published, for_preset, in_metric
 from acol.stages import plots
+from acol.tracking import stage_runs as tracking
 from acol.wsol.boxes import iou
 from acol.wsol.metrics import metric_direction
 
@@ -56,6 +59,8 @@ __all__ = [
     "best_ious",
     "build_report",
     "render_html",
+    "ReportPaths",
+    "run",
 ]
 
 log = logging.getLogger(__name__)
@@ -728,3 +733,44 @@ def _write_folder(out_dir: Path, files: Mapping[str, bytes]) -> None:
     with replacing_dir(out_dir) as tmp:
         for name, data in files.items():
             write_bytes_atomic(tmp / name, data)
+
+
+# ------------------------------------------------------------------------------------------------------ stage
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The report stage's inputs and output folder, as dvc.yaml passes them."""
+
+    evaluate_dir: Path  # one subfolder per method
+    train_dir: Path  # <method>/history.csv
+    extract_dir: Path  # <method>/maps/part-*.parquet
+    manifest: Path  # val manifest (GT boxes)
+    summary: Path  # prepare summary.json
+    out: Path  # index.html and the PNGs
+
+
+def run(params: Params, paths: ReportPaths) -> Path:
+    """The stage: the page for params' methods, beside a matching preset's published numbers
+    (`acol.presets.match_presets`), logged to MLflow as artifacts; returns ``index.html``. The tracking server
+    is checked first: fail before the work, not after it."""
+    stage_log = logging.getLogger("report")
+    tracking.check_tracking_server()
+    inputs = ReportInputs.from_dirs(
+        paths.evaluate_dir,
+        paths.train_dir,
+        paths.extract_dir,
+        manifest=paths.manifest,
+        summary=paths.summary,
+        dataset_root=params.data.root,
+        methods=params.methods,
+        presets=match_presets(params),
+    )
+    stage_log.info("building the report for %s", ", ".join(inputs.methods))
+    index = build_report(inputs, paths.out)
+    with tracking.stage_run("report", params, data_paths=[paths.manifest]) as mlrun:
+        import mlflow
+
+        mlflow.log_artifacts(str(paths.out), artifact_path="report")
+        stage_log.info("report %s logged to MLflow run %s", index, mlrun.info.run_id)
+    return index
