@@ -16,10 +16,12 @@ A file that cannot be read or decoded becomes a row with its reason in ``error``
 stops the run. Outputs go to a temp folder next to ``out_dir`` (``.<name>.tmp-resume``), swapped into place at
 the end (a parallel overwrite in place lost data: ray issue 55043). Identical inputs give byte-identical files.
 
-Resume: each part is written whole (temp name, fsync, rename) into that folder, beside a fingerprint of the
-inputs (hashes of the manifest and weights, the params and options that change a byte). A run killed half
-way leaves the folder; a rerun with the same fingerprint keeps its complete parts (part k = sorted rows
-[k*R, (k+1)*R)) and computes only the rest, byte-identical to an uninterrupted run; other inputs discard it.
+Resume (described here only; elsewhere one sentence points here): each part is written whole (temp name,
+fsync, rename) into that folder, beside a fingerprint of the inputs (hashes of the manifest and weights, the
+engine, the params and options that change a byte). A run killed half way leaves the folder; a rerun with the
+same fingerprint keeps its complete parts (part k = sorted rows [k*R, (k+1)*R)) and computes only the rest,
+byte-identical to an uninterrupted run; other inputs (or the other engine) discard it. Tested by
+``tests/test_extract_resume.py``; timed by ``benchmarks/bench_extract.py --resume``.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ def _fsync(path: Path) -> None:
 class _PartWriter:
     """Writes incoming map-store tables as parts of exactly ``rows_per_file`` rows (deterministic layout).
 
-    Each part is written whole under a temp name and renamed (`atomic_path`), so every ``part-*.parquet`` in
-    the folder is complete: `resume` can adopt the parts a killed run left.
+    Each part is written whole (`atomic_path`), so `resume` may adopt any part a killed run left (module
+    docstring, Resume).
     """
 
     def __init__(self, folder: Path, rows_per_file: int, metadata: dict[str, Any]) -> None:
@@ -394,8 +396,7 @@ def _run(
 ) -> ExtractSummary:
     """Shared frame of both engines: inputs, resume folder, writer, summary, swap into place.
 
-    The parts are written into a fixed temp folder beside ``out_dir`` (`resumable_dir`) that a killed run
-    leaves behind; a rerun with the same fingerprint adopts its complete parts and computes the rest (`_adopt`).
+    A killed run resumes as the module docstring's Resume paragraph says (`resumable_dir`, then `_adopt`).
     """
     setup_start = time.perf_counter()
     job = _prepare(engine, params, method, manifest_path, model_card, model_path, root, options)
@@ -616,8 +617,9 @@ def extract(
     """Ray Data extraction of every manifest image into ``out_dir/maps/part-*.parquet`` + ``summary.json``.
 
     Runs where `acol.distributed.session.ensure_ray` says (RAY_ADDRESS, else a private local Ray): every
-    node must see ``root`` and ``model_path`` at the same paths. ``params.extract`` sets the batch, actor pool, GPU use, box
-    threshold and rows per file; ``params.train.image_size`` the input size. A rerun after a kill resumes.
+    node must see ``root`` and ``model_path`` at the same paths. ``params.extract`` sets the batch, actor pool,
+    GPU use, box threshold and rows per file; ``params.train.image_size`` the input size. A rerun after a kill
+    computes only the missing parts (module docstring, Resume).
     While Ray starts (in a background thread), the driver predicts the first ``extract.driver_batches``
     batches itself with the same steps and as many torch threads as an actor: the same bytes as Ray's.
     ``amp`` (bf16 autocast) and ``channels_last`` default to ``extract.amp`` and ``extract.channels_last``.
@@ -723,7 +725,7 @@ def extract_plain(
 ) -> ExtractSummary:
     """The same extraction with a PyTorch DataLoader in this process: the reference and the baseline.
 
-    It resumes after a kill as `extract` does (same parts folder; another engine's partial work is discarded).
+    A rerun after a kill resumes as the module docstring's Resume paragraph says.
     ``amp`` and ``channels_last`` default to ``extract.amp`` and ``extract.channels_last``.
     """
     cfg = params.extract
