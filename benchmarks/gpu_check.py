@@ -370,8 +370,12 @@ def training(report: Report, sizes: Sizes, device: Any) -> None:
             for row in rows:
                 row["mfu"] = round(row["tflops"] / peak, 4)
     del model, optimizer
-    figures["matmul_bf16_tflops"] = round(matmul_tflops(device, sizes.matmul_size), 2)
-    figures["mfu_of_matmul"] = float(f"{first['tflops'] / figures['matmul_bf16_tflops']:.4g}")
+    matmul = matmul_tflops(device, sizes.matmul_size)  # a CPU's bf16 rate can be far under 0.01 TFLOP/s
+    figures["matmul_bf16_tflops"] = float(f"{matmul:.4g}")
+    if matmul > 0:
+        figures["mfu_of_matmul"] = float(f"{first['tflops'] / matmul:.4g}")
+    else:
+        report.skip("mfu_of_matmul", "the bf16 matmul took no measurable time")
 
 
 # ---------------------------------------------------------------------------------------------- kill + resume
