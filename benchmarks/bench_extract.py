@@ -50,7 +50,7 @@ import acol.distributed.extract as extract_module
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
 from acol.distributed.extract import ExtractSummary, extract, extract_plain
-from acol.inference.model_card import model_kwargs_from_card
+from acol.inference.model_card import spec_from_card
 from acol.inference.predict import MapPredictor, decode_batch
 from acol.io import write_json_atomic
 from acol.models import build_model
@@ -170,8 +170,8 @@ def component_rates(
             decode_batch({k: v[first : first + batch] for k, v in columns.items()}, str(root), size)
         )
     decode_s = time.perf_counter() - start
-    kwargs = model_kwargs_from_card(card, params, card["method"], manifest_classes(table))
-    predictor = MapPredictor(kwargs, str(model_path), size, params.extract.box_threshold)
+    spec = spec_from_card(card, params, card["method"], manifest_classes(table))
+    predictor = MapPredictor(spec, str(model_path), size, params.extract.box_threshold)
     predictor(decoded[0])  # warm-up, not timed
     start = time.perf_counter()
     for item in decoded:

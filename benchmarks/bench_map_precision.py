@@ -61,7 +61,7 @@ from acol.data.manifest import manifest_from_records
 from acol.data.shadow_ilsvrc import metadata_geometry
 from acol.data.synthetic import SyntheticConfig, generate_synthetic
 from acol.inference.mapstore import MAP_DTYPE, PARQUET_OPTIONS, _list_column, columns_to_table, maps_array
-from acol.inference.model_card import model_kwargs_from_card
+from acol.inference.model_card import spec_from_card
 from acol.inference.predict import MapPredictor, decode_batch
 from acol.io import write_json_atomic
 from acol.models import build_model
@@ -113,16 +113,16 @@ def float32_maps(args: argparse.Namespace, work: Path, root: Path, geometry: lis
         classes = [f"n{i:08d}" for i in range(1000)]
         card = {"method": "acol", "backbone": args.random_backbone, "num_classes": 1000, "classes": classes}
         torch.manual_seed(0)
-        kwargs = model_kwargs_from_card(card, params, "acol", classes)
+        spec = spec_from_card(card, params, "acol", classes)
         model_path = work / f"random_{args.random_backbone}.pt"
-        torch.save(build_model(**kwargs).state_dict(), model_path)
+        torch.save(build_model(spec).state_dict(), model_path)
         label_of = lambda k: k  # noqa: E731
         model_desc = f"ACoL {args.random_backbone}, random initial weights (torch seed 0), 1000 classes"
     else:
         model_path = Path(args.model)
         card = json.loads((model_path.parent / "model_card.json").read_text())
         classes = list(card["classes"])
-        kwargs = model_kwargs_from_card(card, params, card["method"], classes)
+        spec = spec_from_card(card, params, card["method"], classes)
         label_of = lambda k: k % len(classes)  # noqa: E731
         model_desc = (
             f"{card['method']} {card['backbone']} from {model_path} ({len(classes)} classes; "
@@ -141,7 +141,7 @@ def float32_maps(args: argparse.Namespace, work: Path, root: Path, geometry: lis
     if np.dtype(np.float32) != MAP_DTYPE:
         raise SystemExit(f"the map store keeps {MAP_DTYPE}: part 1 needs the float32 maps")
     torch.set_num_threads(args.threads)
-    predictor = MapPredictor(kwargs, str(model_path), 224, params.extract.box_threshold)
+    predictor = MapPredictor(spec, str(model_path), 224, params.extract.box_threshold)
     parts: list[dict[str, np.ndarray]] = []
     t0, c0 = time.perf_counter(), time.process_time()
     for first in range(0, len(records), args.batch_size):

@@ -545,7 +545,7 @@ def extraction(report: Report, sizes: Sizes, device: Any, work: Path) -> None:
     from acol.config import load_params
     from acol.data.manifest import manifest_classes, read_manifest
     from acol.distributed.extract import _INPUT_COLUMNS, extract_plain
-    from acol.inference.model_card import model_kwargs_from_card
+    from acol.inference.model_card import spec_from_card
     from acol.inference.predict import MapPredictor, decode_batch
 
     root, manifest = data
@@ -571,8 +571,8 @@ def extraction(report: Report, sizes: Sizes, device: Any, work: Path) -> None:
     table = read_manifest(manifest).slice(0, sizes.extract_batch)
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in _INPUT_COLUMNS}
     batch = decode_batch(columns, str(root), sizes.image_size)
-    kwargs = model_kwargs_from_card(card, params, "acol", classes)
-    predictor = MapPredictor(kwargs, str(work / "model.pt"), sizes.image_size, params.extract.box_threshold,
+    spec = spec_from_card(card, params, "acol", classes)
+    predictor = MapPredictor(spec, str(work / "model.pt"), sizes.image_size, params.extract.box_threshold,
                              str(device), amp=True, channels_last=True)  # fmt: skip
     predictor(batch)  # warm-up (cuDNN autotuning, allocator), not timed
     _sync(device)

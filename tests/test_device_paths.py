@@ -29,7 +29,7 @@ from acol.data.transforms import eval_transform
 from acol.distributed.extract import extract, extract_plain
 from acol.distributed.train import _val_loader
 from acol.inference.mapstore import maps_array, ok_rows, read_maps
-from acol.inference.model_card import model_kwargs_from_card
+from acol.inference.model_card import spec_from_card
 from acol.inference.predict import predict_batch
 from acol.models import WSOLModel, build_model
 from acol.training import engine
@@ -217,8 +217,8 @@ def test_the_plain_loader_batch_is_pinnable_and_predicts_as_a_numpy_one(
     batch = extract_module._collate([dataset[i] for i in range(4)])
     assert isinstance(batch["image"], torch.Tensor) and batch["image"].dtype == torch.uint8
     assert predict_module._ok_images(batch["image"], np.ones(4, dtype=bool)) is batch["image"]  # no copy
-    kwargs = model_kwargs_from_card(s["card"], Params(), "acol", s["card"]["classes"])
-    predictor = predict_module.MapPredictor(kwargs, str(s["work"] / "model.pt"), 48, 0.2)
+    spec = spec_from_card(s["card"], Params(), "acol", s["card"]["classes"])
+    predictor = predict_module.MapPredictor(spec, str(s["work"] / "model.pt"), 48, 0.2)
     for failed in (None, 1):
         tensor_batch = dict(batch, error=batch["error"].copy())
         if failed is not None:

@@ -286,3 +286,25 @@ def test_resumable_dir_keeps_work_on_error_and_only_for_the_same_fingerprint(tmp
     (work / "new.txt").write_text("the old output, being deleted after an exchange")  # no fingerprint
     with resumable_dir(out, {"a": 2}) as (work, resumed):
         assert not resumed and list(work.iterdir()) == [work / ".fingerprint.json"]
+
+
+def test_a_partial_store_of_the_model_kwargs_code_is_discarded(
+    setup, reference, tmp_path, monkeypatch, caplog
+):
+    """The code before `ModelSpec` fingerprinted ``model_kwargs``; its partial work is recomputed, not mixed."""
+    out = tmp_path / "acol"
+    work = _kill_half_way(extract_plain, setup, out, monkeypatch)
+    path = work / ".fingerprint.json"
+    old = json.loads(path.read_text())
+    spec = old.pop("spec")
+    old["model_kwargs"] = {**spec, "name": spec.pop("backbone"), "large_feature_map": None}
+    path.write_text(json.dumps(old))
+    calls = _count_predicted_rows(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="acol.io"):
+        summary = _run(extract_plain, setup, out)
+    assert (
+        "discarding the partial output" in caplog.text
+        and "its inputs differ: model_kwargs, spec" in caplog.text
+    )
+    assert sum(calls) == setup["n"] and summary.resumed_rows == 0
+    assert _hashes(out) == reference

@@ -14,7 +14,7 @@ import yaml
 
 from acol import presets
 from acol.config import Params, apply_overrides
-from acol.models import build_model, model_kwargs
+from acol.models import ModelSpec, build_model
 from acol.presets import IDENTITY_KEYS, PRESETS, describe, dvc_set_args, main, match_presets, preset_overrides
 from acol.published import (
     CHOE_ACOL,
@@ -52,7 +52,7 @@ def test_preset_validates_and_its_first_training_step_runs(name: str) -> None:
     torch.manual_seed(0)
     # the preset's architecture, with narrower heads (128, not 1024) to keep the suite quick on 2 cores
     section = {**params.model.model_dump(), "head_channels": 128}
-    model = build_model(**model_kwargs(section, _method(name), num_classes))
+    model = build_model(ModelSpec.from_params(section, _method(name), num_classes))
     optimizer = build_optimizer(model, params.train)
     scheduler = build_scheduler(optimizer, params.train, steps_per_epoch=10)
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, num_classes - 1])

@@ -34,7 +34,7 @@ import torch
 from acol.config import Params, load_params
 from acol.data.images import image_size
 from acol.inference.localize import decode_images, localize
-from acol.inference.model_card import model_kwargs_from_card
+from acol.inference.model_card import spec_from_card
 from acol.inference.predict import MapPredictor, decode_batch
 from acol.models import build_model
 from acol.tracking import mlflow_model as mm
@@ -89,8 +89,8 @@ def extraction_oracle(model: torch.nn.Module, jpeg: Path, tmp: Path, top_k: int)
     """What extraction computes for `jpeg`: top-k, each class's map (``map_gt``) and box, the top-1 pred_box."""
     weights = tmp / "oracle.pt"
     torch.save(model.state_dict(), weights)
-    kwargs = model_kwargs_from_card(CARD, Params(), "acol", CLASSES)
-    predictor = MapPredictor(kwargs, str(weights), SIZE, THRESHOLD)
+    spec = spec_from_card(CARD, Params(), "acol", CLASSES)
+    predictor = MapPredictor(spec, str(weights), SIZE, THRESHOLD)
     width, height = image_size(jpeg)
 
     def extract(label: int) -> dict[str, np.ndarray]:  # map_gt is the map of class `label`

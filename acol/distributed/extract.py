@@ -61,9 +61,10 @@ from acol.inference.mapstore import (
     legacy_map_columns,
     part_name,
 )
-from acol.inference.model_card import check_weights, load_model_card, model_kwargs_from_card
+from acol.inference.model_card import check_weights, load_model_card, spec_from_card
 from acol.inference.predict import BatchDecoder, MapPredictor, decode_batch
 from acol.io import atomic_path, resumable_dir, write_json_atomic
+from acol.models import ModelSpec
 
 __all__ = ["ExtractSummary", "extract", "extract_plain"]
 
@@ -232,7 +233,7 @@ class _Job:
     """What one extraction computes: its sorted inputs, the model, the map-store metadata, the resume key."""
 
     inputs: pa.Table
-    model_kwargs: dict[str, Any]
+    spec: ModelSpec
     metadata: dict[str, Any]
     fingerprint: dict[str, Any]
 
@@ -253,13 +254,13 @@ def _prepare(
     start afresh by hand.)
     """
     inputs, classes = _sorted_inputs(manifest_path)
-    model_kwargs = model_kwargs_from_card(load_model_card(model_card), params, method, classes)
+    spec = spec_from_card(load_model_card(model_card), params, method, classes)
     metadata = {
         "method": method,
         "classes": classes,
         "box_threshold": params.extract.box_threshold,
         "image_size": params.train.image_size,
-        "backbone": model_kwargs["name"],
+        "backbone": spec.backbone,
     }
     fingerprint = {
         "version": _RESUME_VERSION,
@@ -269,12 +270,12 @@ def _prepare(
         "weights_sha256": _sha256(model_path),
         "root": str(Path(root).resolve()),
         "metadata": metadata,
-        "model_kwargs": json.loads(json.dumps(model_kwargs, sort_keys=True, default=str)),
+        "spec": spec.to_dict(),  # was "model_kwargs": a partial folder of older code is discarded
         "rows_per_file": params.extract.rows_per_file,
         "batch_size": params.extract.batch_size,  # batch composition can change the last bit of a map
         "options": options,
     }
-    return _Job(inputs, model_kwargs, metadata, fingerprint)
+    return _Job(inputs, spec, metadata, fingerprint)
 
 
 @dataclass
@@ -387,7 +388,7 @@ def _run(
     method: str,
     manifest_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    stream: Callable[[pa.Table, dict[str, Any]], Iterable[dict[str, Any]]],
+    stream: Callable[[pa.Table, ModelSpec], Iterable[dict[str, Any]]],
     model_card: str | os.PathLike[str] | dict[str, Any],
     *,
     model_path: str | os.PathLike[str],
@@ -404,7 +405,7 @@ def _run(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A bad model.pt fails here, named, before Ray starts or any partial folder is made.
-    check_weights(job.model_kwargs, model_path)
+    check_weights(job.spec, model_path)
     # Leftovers of another kind (a half-done swap, an older temp folder) are cleaned first; DVC's .gitignore
     # in the folder stays. (Two extractions into one folder at once are not supported: `dvc repro` locks.)
     with resumable_dir(out_dir, job.fingerprint, keep=(".gitignore",)) as (work, resuming):
@@ -413,7 +414,7 @@ def _run(
         resumed, begin = _adopt(writer, inputs, work, cfg.batch_size) if resuming else (0, 0)
         log.info("%s extraction of %d images (%s) -> %s", engine, inputs.num_rows - resumed, method, out_dir)
         rest = inputs.slice(begin)
-        batches = stream(rest, job.model_kwargs) if resumed < inputs.num_rows else ()  # all done: no start
+        batches = stream(rest, job.spec) if resumed < inputs.num_rows else ()  # all done: no start
         setup_seconds = time.perf_counter() - setup_start
         timing = _stream_into(writer, batches, inputs.num_rows, f"extract {method}")
         if writer.rows != inputs.num_rows:
@@ -449,7 +450,7 @@ def _buffer_bytes(params: Params) -> int:
 def _ray_dataset(
     inputs: pa.Table,
     params: Params,
-    model_kwargs: dict[str, Any],
+    spec: ModelSpec,
     root: str,
     model_path: str,
     amp: bool,
@@ -473,7 +474,7 @@ def _ray_dataset(
     return ds.map_batches(
         MapPredictor,
         fn_constructor_kwargs={
-            "model_kwargs": model_kwargs,
+            "spec": spec,
             "model_path": model_path,
             "size": size,
             "box_threshold": cfg.box_threshold,
@@ -495,7 +496,7 @@ def _ray_batches(
     ray_started: Future[str],
     inputs: pa.Table,
     params: Params,
-    model_kwargs: dict[str, Any],
+    spec: ModelSpec,
     root: str,
     model_path: str,
     amp: bool,
@@ -520,7 +521,7 @@ def _ray_batches(
     options.preserve_order = True  # results in manifest order: deterministic parts
     options.resource_limits = old_limits.copy(object_store_memory=_buffer_bytes(params))
     try:
-        ds = _ray_dataset(inputs, params, model_kwargs, root, model_path, amp, channels_last)
+        ds = _ray_dataset(inputs, params, spec, root, model_path, amp, channels_last)
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
     finally:
         options.preserve_order, options.resource_limits = old_order, old_limits
@@ -630,7 +631,7 @@ def extract(
     if not Path(model_str).is_file():
         raise FileNotFoundError(f"model weights not found: {model_path}")
 
-    def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream(inputs: pa.Table, spec: ModelSpec) -> Iterator[dict[str, Any]]:
         head = _driver_rows(params, inputs.num_rows)
         tail = inputs.slice(head)
         feed = None
@@ -638,14 +639,14 @@ def extract(
             gpus = cfg.num_actors if cfg.use_gpu else 0
             cpus = cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus
             started = start_ray_in_background(cpus, gpus, params.ray.join_local)
-            args = (started, tail, params, model_kwargs, root_str, model_str, amp, channels_last)
+            args = (started, tail, params, spec, root_str, model_str, amp, channels_last)
             feed = _Background(lambda: _ray_batches(*args))
         try:
             if head:
                 log.info("the driver predicts the first %d images while Ray starts", head)
                 with _torch_threads(math.ceil(cfg.cpus_per_actor)):
                     yield from _plain_batches(
-                        inputs.slice(0, head), model_kwargs, model_str, root_str, params, "cpu", 0, amp,
+                        inputs.slice(0, head), spec, model_str, root_str, params, "cpu", 0, amp,
                         channels_last,
                     )  # fmt: skip
             if feed is not None:
@@ -685,7 +686,7 @@ def _collate(items: list[dict[str, np.ndarray]]) -> dict[str, Any]:
 
 def _plain_batches(
     inputs: pa.Table,
-    model_kwargs: dict[str, Any],
+    spec: ModelSpec,
     model_path: str,
     root: str,
     params: Params,
@@ -696,7 +697,7 @@ def _plain_batches(
 ) -> Iterator[dict[str, Any]]:
     """The result batches of ``inputs`` from a DataLoader over `decode_batch` and a `MapPredictor` in this process."""
     cfg, size = params.extract, params.train.image_size
-    predictor = MapPredictor(model_kwargs, model_path, size, cfg.box_threshold, device, amp, channels_last)
+    predictor = MapPredictor(spec, model_path, size, cfg.box_threshold, device, amp, channels_last)
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(inputs, root, size),
         batch_size=cfg.batch_size,
@@ -732,10 +733,10 @@ def extract_plain(
     amp, channels_last = _forward_options(params, amp, channels_last)
     target = _device(cfg.use_gpu, device)
 
-    def stream(inputs: pa.Table, model_kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream(inputs: pa.Table, spec: ModelSpec) -> Iterator[dict[str, Any]]:
         yield from _plain_batches(
             inputs,
-            model_kwargs,
+            spec,
             str(model_path),
             str(root),
             params,

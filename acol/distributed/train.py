@@ -56,7 +56,7 @@ from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform, train_transform
 from acol.distributed.session import Demand, check_placement, ensure_ray
 from acol.io import atomic_path
-from acol.models import build_model, model_kwargs
+from acol.models import ModelSpec, build_model
 from acol.training.engine import (
     build_optimizer,
     build_scheduler,
@@ -288,7 +288,7 @@ def _build_run(
         batches, steps = _loader_batches(config, params, train_table, world_size, rank)
     val_loader = _val_loader(config, params, world_size)
     model = build_model(
-        **model_kwargs(params.model.model_dump(), config["method"], num_classes),
+        ModelSpec.from_params(params.model.model_dump(), config["method"], num_classes),
         backbone_weights=params.model.backbone_weights,
     )
     optimizer = build_optimizer(model, params.train)
@@ -532,7 +532,7 @@ def _check_backbone_weights(params: Params, method: str, num_classes: int) -> No
     with torch.device("meta"), warnings.catch_warnings():  # meta: no memory; copies into it are no-ops
         warnings.simplefilter("ignore", UserWarning)
         build_model(
-            **model_kwargs(params.model.model_dump(), method, num_classes),
+            ModelSpec.from_params(params.model.model_dump(), method, num_classes),
             backbone_weights=params.model.backbone_weights,
         )
 

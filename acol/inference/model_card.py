@@ -1,4 +1,4 @@
-"""A trained model back from its files: the model card (build arguments, classes) and the state dict.
+"""A trained model back from its files: the model card (its `ModelSpec`, classes) and the state dict.
 
 Why here: extraction, re-evaluation and the MLflow model all rebuild the model the same way, so the rules
 (the card's architecture wins over params, classes must match the manifest) live in one place.
@@ -14,10 +14,9 @@ import torch
 
 from acol.config import Params
 from acol.io import read_json_object
-from acol.models import WSOLModel, build_model, load_model_weights
-from acol.models import model_kwargs as architecture_kwargs
+from acol.models import ModelSpec, WSOLModel, build_model, load_model_weights
 
-__all__ = ["check_weights", "load_model_card", "model_from_card", "model_kwargs_from_card"]
+__all__ = ["check_weights", "load_model_card", "model_from_card", "spec_from_card"]
 
 
 def load_model_card(card: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
@@ -27,33 +26,43 @@ def load_model_card(card: str | os.PathLike[str] | dict[str, Any]) -> dict[str, 
     return read_json_object(card)
 
 
-def model_kwargs_from_card(
-    card: dict[str, Any], params: Params, method: str, classes: list[str]
-) -> dict[str, Any]:
-    """build_model arguments: the card's architecture (it describes the saved weights), params as fallback.
+def spec_from_card(card: dict[str, Any], params: Params, method: str, classes: list[str]) -> ModelSpec:
+    """The spec of the card's weights: its ``"spec"`` when it has one, else (a card written before the spec
+    was) its architecture keys with params filling the gaps.
 
-    The card's ``classes`` must equal the manifest's (the class indices would mean other classes otherwise).
-    Keys read: ``method``, ``backbone``, ``num_classes``, ``classes``, and ``head_channels`` /
-    ``erase_threshold`` from ``card["model"]`` or ``card["params"]["model"]``.
+    The card's method and ``classes`` must equal the asked method and the manifest's (the class indices would
+    mean other classes otherwise).
     """
     if card.get("method", method) != method:
         raise ValueError(f"model card is for method {card['method']!r}, extraction asked for {method!r}")
     if "classes" in card and list(card["classes"]) != classes:
         raise ValueError("model card classes differ from the manifest classes (another dataset or order?)")
+    saved = card.get("spec")
+    if isinstance(saved, dict):
+        spec = ModelSpec.from_dict(saved)
+    else:
+        spec = _spec_from_old_card(card, params, method, classes)
+    if spec.method != method:
+        raise ValueError(f"model card's spec is for method {spec.method!r}, extraction asked for {method!r}")
+    if spec.num_classes != len(classes):
+        raise ValueError(f"model card has {spec.num_classes} classes, the manifest {len(classes)}")
+    return spec
+
+
+def _spec_from_old_card(card: dict[str, Any], params: Params, method: str, classes: list[str]) -> ModelSpec:
+    """A card without ``"spec"``: ``backbone``, ``num_classes``, and the rest of the ``model`` section from
+    ``card["model"]`` or ``card["params"]["model"]``, over `params`'s."""
     model_section = card.get("model")
     if not isinstance(model_section, dict):  # {"params": {"model": {...}}} is accepted too
         nested = card.get("params")
         model_section = nested.get("model", {}) if isinstance(nested, dict) else {}
-    num_classes = int(card.get("num_classes", len(classes)))
-    if num_classes != len(classes):
-        raise ValueError(f"model card has {num_classes} classes, the manifest {len(classes)}")
     section = {**params.model.model_dump(), **model_section}
     if "backbone" in card:
         section["backbone"] = card["backbone"]
-    return architecture_kwargs(section, method, num_classes)
+    return ModelSpec.from_params(section, method, int(card.get("num_classes", len(classes))))
 
 
-def check_weights(model_kwargs: dict[str, Any], model_path: str | os.PathLike[str]) -> None:
+def check_weights(spec: ModelSpec, model_path: str | os.PathLike[str]) -> None:
     """Raise `WeightsError` naming `model_path` unless it holds a state dict of exactly this architecture.
 
     Run on the driver before Ray starts: in a `MapPredictor` actor the same error would only surface as an
@@ -61,20 +70,20 @@ def check_weights(model_kwargs: dict[str, Any], model_path: str | os.PathLike[st
     device (no memory, no init), so the check costs one read of the file.
     """
     with torch.device("meta"):
-        model = build_model(**model_kwargs)
+        model = build_model(spec)
     with warnings.catch_warnings():  # copying real tensors into meta ones is a no-op, which is the point
         warnings.simplefilter("ignore", UserWarning)
         load_model_weights(model, model_path)
 
 
 def model_from_card(
-    model_kwargs: dict[str, Any],
+    spec: ModelSpec,
     model_path: str | os.PathLike[str],
     device: torch.device | str = "cpu",
     channels_last: bool = False,
 ) -> WSOLModel:
     """Build the model (no backbone weights: the state dict has them all), load weights, eval mode."""
-    model = build_model(**model_kwargs)
+    model = build_model(spec)
     load_model_weights(model, model_path)
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if channels_last else model

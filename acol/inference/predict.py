@@ -20,7 +20,7 @@ from acol.data.paths import resolve_inside
 from acol.data.transforms import eval_transform, to_float_tensor
 from acol.inference.mapstore import MAP_DTYPE
 from acol.inference.model_card import model_from_card
-from acol.models import WSOLModel, normalize_maps, select_class_maps
+from acol.models import ModelSpec, WSOLModel, normalize_maps, select_class_maps
 from acol.wsol.boxes import boxes_from_maps
 
 __all__ = ["TOP_K", "BatchDecoder", "MapPredictor", "decode_batch", "predict_batch", "stored_precision"]
@@ -150,7 +150,7 @@ class MapPredictor:
 
     def __init__(
         self,
-        model_kwargs: dict[str, Any],
+        spec: ModelSpec,
         model_path: str,
         size: int,
         box_threshold: float,
@@ -163,7 +163,7 @@ class MapPredictor:
         if num_threads is not None:  # Ray sets OMP_NUM_THREADS to the actor's whole CPUs (1 for 1.5)
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)
-        self.model = model_from_card(model_kwargs, model_path, self.device, channels_last)
+        self.model = model_from_card(spec, model_path, self.device, channels_last)
         self.normalize = _split_eval_transform(size)[1]
         self.box_threshold = box_threshold
         self.amp = amp

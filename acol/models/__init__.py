@@ -10,16 +10,17 @@ from acol.models.factory import (
     list_backbones,
     load_backbone_weights,
     load_model_weights,
-    model_kwargs,
     param_groups,
     register_architecture,
 )
 from acol.models.heads import ModelOutput, normalize_maps, select_class_maps
+from acol.models.spec import ModelSpec
 
 __all__ = [
     "ARCHITECTURES",
     "METHODS",
     "ModelOutput",
+    "ModelSpec",
     "WeightsError",
     "WSOLModel",
     "build_model",
@@ -27,7 +28,6 @@ __all__ = [
     "list_backbones",
     "load_backbone_weights",
     "load_model_weights",
-    "model_kwargs",
     "normalize_maps",
     "param_groups",
     "register_architecture",

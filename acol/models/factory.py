@@ -1,10 +1,8 @@
-"""Build WSOL models by name, load local weights safely, and split parameters for the head learning rate."""
+"""Build WSOL models from a `ModelSpec`, load local weights safely, and split parameters for the head learning rate."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +10,23 @@ import torch
 from torch import nn
 
 from acol.errors import UserError
-from acol.models.backbones import (
-    Backbone,
-    GoogLeNetBackbone,
-    InceptionV3Backbone,
-    ResNet50Backbone,
-    SmallBackbone,
-    VGG16Backbone,
+from acol.models.architectures import (
+    ARCHITECTURES,
+    Architecture,
+    Head,
+    list_architectures,
+    list_backbones,
+    register_architecture,
 )
-from acol.models.heads import ACoLHead, BranchAHead, CAMHead, ConvCAMHead, ModelOutput
+from acol.models.backbones import Backbone
+from acol.models.heads import ModelOutput
+from acol.models.spec import ModelSpec
 
 __all__ = [
     "ARCHITECTURES",
     "METHODS",
     "Architecture",
+    "ModelSpec",
     "WeightsError",
     "WSOLModel",
     "build_model",
@@ -34,7 +35,6 @@ __all__ = [
     "register_architecture",
     "load_backbone_weights",
     "load_model_weights",
-    "model_kwargs",
     "param_groups",
 ]
 
@@ -46,16 +46,17 @@ class WeightsError(UserError, ValueError):
     """A weights or checkpoint file that cannot be used, with the file named in the message."""
 
 
-Head = ACoLHead | CAMHead | ConvCAMHead
-
-
 class WSOLModel(nn.Module):
-    """A backbone and a WSOL head; `forward` returns a `ModelOutput`, maps come from `localization_maps`."""
+    """A backbone and a WSOL head; `forward` returns a `ModelOutput`, maps come from `localization_maps`.
 
-    def __init__(self, backbone: Backbone, head: Head) -> None:
+    ``spec`` (from `build_model`) describes the network, so whoever saves its weights can save how to rebuild it.
+    """
+
+    def __init__(self, backbone: Backbone, head: Head, spec: ModelSpec | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.spec = spec  # what `build_model` built (None for a hand-assembled model): saved with the weights
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         """images (B, 3, H, W); labels (B,), when given, drive ACoL's erasing (A's top-1 otherwise)."""
@@ -69,136 +70,32 @@ class WSOLModel(nn.Module):
         return self.head.localization_maps(output, classes)
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """How one backbone x method is built: its backbone, head and published defaults (docs/models.md)."""
-
-    backbone: Callable[[bool], Backbone]  # large_feature_map -> backbone
-    head: Callable[..., Head]  # (in_channels, num_classes, head_channels, erase_threshold) -> head
-    large_feature_map: bool  # the published default
-    source: str
-
-
-def _acol(feature_pool: bool = False) -> Callable[..., Head]:
-    def build(channels: int, classes: int, hidden: int, erase_threshold: float) -> Head:
-        return ACoLHead(channels, classes, hidden, erase_threshold, feature_pool=feature_pool)
-
-    return build
-
-
-def _cam(with_conv: bool = True) -> Callable[..., Head]:
-    def build(channels: int, classes: int, hidden: int, erase_threshold: float) -> Head:
-        return CAMHead(channels, classes, hidden if with_conv else None)
-
-    return build
-
-
-def _conv_cam(dropout: float) -> Callable[..., Head]:
-    def build(channels: int, classes: int, hidden: int, erase_threshold: float) -> Head:
-        return ConvCAMHead(channels, classes, hidden, dropout)
-
-    return build
-
-
-def _branch_a(channels: int, classes: int, hidden: int, erase_threshold: float) -> Head:
-    return BranchAHead(channels, classes, hidden)
-
-
-def _small(large: bool) -> Backbone:
-    return SmallBackbone()
-
-
-_OFFICIAL = "xiaomengyc/ACoL models/vgg/vgg_v1.py (config D1)"
-ARCHITECTURES: dict[tuple[str, str], Architecture] = {
-    ("small", "acol"): Architecture(_small, _acol(), False, "this project (CPU default)"),
-    ("small", "cam"): Architecture(_small, _cam(), False, "this project; head as Zhou et al. 2016"),
-    ("small", "acol_a"): Architecture(_small, _branch_a, False, "this project (ablation)"),
-    ("vgg16", "acol"): Architecture(
-        lambda large: VGG16Backbone("acol", large), _acol(feature_pool=True), True, _OFFICIAL
-    ),
-    ("vgg16", "cam"): Architecture(
-        lambda large: VGG16Backbone("cam", large), _cam(), False, "Zhou et al. 2016; Choe et al. VggCam"
-    ),
-    ("vgg16", "acol_a"): Architecture(
-        lambda large: VGG16Backbone("acol", large), _branch_a, True, f"{_OFFICIAL}, branch A only"
-    ),
-    ("resnet50", "acol"): Architecture(
-        ResNet50Backbone, _acol(), False, "Choe et al. wsol/resnet.py ResNetAcol"
-    ),
-    ("resnet50", "cam"): Architecture(
-        ResNet50Backbone, _cam(with_conv=False), False, "Choe et al. wsol/resnet.py ResNetCam"
-    ),
-    ("inception_v3", "acol"): Architecture(
-        InceptionV3Backbone, _acol(), False, "Choe et al. wsol/inception.py InceptionAcol"
-    ),
-    ("inception_v3", "cam"): Architecture(
-        InceptionV3Backbone, _conv_cam(dropout=0.5), False, "Choe et al. wsol/inception.py InceptionCam"
-    ),
-    ("googlenet", "acol"): Architecture(GoogLeNetBackbone, _acol(), True, "ACoL paper (GoogLeNet-ACoL)"),
-    ("googlenet", "cam"): Architecture(GoogLeNetBackbone, _cam(), False, "Zhou et al. 2016 (GoogLeNet-GAP)"),
-}
-
-
-def list_backbones() -> list[str]:
-    return sorted({backbone for backbone, _ in ARCHITECTURES})
-
-
-def list_architectures() -> list[str]:
-    """Every buildable ``backbone-method`` pair."""
-    return sorted(f"{backbone}-{method}" for backbone, method in ARCHITECTURES)
-
-
-def register_architecture(backbone: str, method: str, architecture: Architecture) -> None:
-    """Add a backbone x method; registering a pair twice replaces it, with a warning."""
-    if (backbone, method) in ARCHITECTURES:
-        warnings.warn(
-            f"architecture {backbone}-{method} registered again; the new one replaces it", stacklevel=2
-        )
-    ARCHITECTURES[(backbone, method)] = architecture
-
-
 def build_model(
-    name: str,
-    num_classes: int,
+    spec: ModelSpec | str,
+    num_classes: int | None = None,
     method: str = "acol",
     *,
-    head_channels: int = 1024,
-    erase_threshold: float = 0.6,
-    large_feature_map: bool | None = None,
     backbone_weights: str | Path | None = None,
+    **spec_fields: Any,
 ) -> WSOLModel:
-    """Build `method` on backbone `name` (see `ARCHITECTURES`); optionally load backbone weights from a file.
+    """The network `spec` describes (see `ARCHITECTURES`), carrying it as ``model.spec``; optionally load
+    backbone weights from a file.
 
-    ``large_feature_map=None`` takes the published default of that architecture (docs/models.md).
+    ``build_model("small", 4, "acol", head_channels=8)`` is shorthand for
+    ``build_model(ModelSpec("small", "acol", 4, head_channels=8))`` (tests and benchmarks build many).
     """
-    if (name, method) not in ARCHITECTURES:
-        raise ValueError(
-            f"unknown architecture backbone={name!r} method={method!r}; choose one of {list_architectures()}"
-        )
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    spec = ARCHITECTURES[(name, method)]
-    backbone = spec.backbone(spec.large_feature_map if large_feature_map is None else large_feature_map)
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec(spec, method, num_classes, **spec_fields)  # type: ignore[arg-type]
+    elif num_classes is not None or spec_fields:
+        raise TypeError("build_model(spec) takes no other architecture arguments: the spec has them all")
+    architecture = ARCHITECTURES[(spec.backbone, spec.method)]
+    backbone = architecture.backbone(bool(spec.large_feature_map))
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
-    head = spec.head(backbone.out_channels, num_classes, head_channels, erase_threshold)
-    return WSOLModel(backbone, head)
-
-
-def model_kwargs(model_section: Mapping[str, Any], method: str, num_classes: int) -> dict[str, Any]:
-    """`build_model` arguments from a ``model`` params section (a dict or `ModelParams.model_dump()`).
-
-    The one place that turns params into an architecture, so training, extraction and re-evaluation build
-    the same network from the same section. Backbone weights are not included: a trained state dict has them.
-    """
-    return {
-        "name": model_section["backbone"],
-        "num_classes": num_classes,
-        "method": method,
-        "head_channels": int(model_section.get("head_channels", 1024)),
-        "erase_threshold": float(model_section.get("erase_threshold", 0.6)),
-        "large_feature_map": model_section.get("large_feature_map"),
-    }
+    head = architecture.head(
+        backbone.out_channels, spec.num_classes, spec.head_channels, spec.erase_threshold
+    )
+    return WSOLModel(backbone, head, spec)
 
 
 def _load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import read_manifest
 from acol.data.transforms import eval_transform
 from acol.inference import mapstore  # looked up at call time: tests replace read_maps
-from acol.inference.model_card import load_model_card, model_kwargs_from_card
+from acol.inference.model_card import load_model_card, spec_from_card
 from acol.io import replacing_dir, write_json_atomic, write_text_atomic
 from acol.models import METHODS
 from acol.stages import evaluation  # looked up at call time: tests replace evaluate_method
@@ -50,10 +50,10 @@ class EvaluatePaths:
 
 def _record(card: dict[str, Any], params: Params, method: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """evaluation.json: the model that made the maps is the card's (params only fill what the card lacks)."""
-    arch = model_kwargs_from_card(card, params, method, list(card["classes"]))
-    record = {"method": method, "backbone": arch["name"], **metrics}
+    spec = spec_from_card(card, params, method, list(card["classes"]))
+    record = {"method": method, "backbone": spec.backbone, **metrics}
     if method == "acol":
-        record["erase_threshold"] = arch["erase_threshold"]
+        record["erase_threshold"] = spec.erase_threshold
     return record
 
 

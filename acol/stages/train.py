@@ -16,7 +16,7 @@ from acol.config import Params
 from acol.distributed import train as trainer  # looked up at call time: tests replace `fit`
 from acol.distributed.train import TrainOutcome
 from acol.io import replacing_dir, write_json_atomic
-from acol.models import METHODS
+from acol.models import METHODS, ModelSpec
 from acol.tracking import runs as tracking
 
 __all__ = ["METHODS", "TrainPaths", "model_card", "run"]
@@ -39,13 +39,19 @@ class TrainPaths:
 def model_card(
     params: Params, method: str, outcome: TrainOutcome, data_version: str, run_id: str
 ) -> dict[str, Any]:
-    """``model_card.json``: what extract, evaluate and serving need to rebuild and trust the model."""
+    """``model_card.json``: what extract, evaluate and serving need to rebuild and trust the model.
+
+    ``spec`` is the network (`ModelSpec.to_dict`); ``backbone``, ``num_classes`` and ``model`` stay for
+    readers of older cards and for people.
+    """
+    spec = ModelSpec.from_params(params.model.model_dump(), method, len(outcome.classes))
     return {
         "method": method,
         "backbone": params.model.backbone,
         "num_classes": len(outcome.classes),
         "classes": outcome.classes,
         "model": params.model.model_dump(mode="json"),
+        "spec": spec.to_dict(),
         "train": params.train.model_dump(mode="json"),
         "data_version": data_version,
         "metrics": outcome.metrics,

@@ -57,15 +57,13 @@ MODEL_CODE = "from mlflow.models import set_model\n\nfrom acol.tracking.mlflow_m
 def build_from_card(card: dict[str, Any], weights: str | os.PathLike[str]) -> Any:
     """The `WSOLModel` a card describes, with `weights` loaded (``weights_only``), on the CPU, in eval mode."""
     from acol.config import Params
-    from acol.inference.model_card import model_from_card, model_kwargs_from_card
+    from acol.inference.model_card import model_from_card, spec_from_card
 
     if "method" not in card or "classes" not in card:
         raise ValueError(
             f"model card needs 'method' and 'classes' to rebuild the model; it has {sorted(card)}"
         )
-    return model_from_card(
-        model_kwargs_from_card(card, Params(), card["method"], list(card["classes"])), weights
-    )
+    return model_from_card(spec_from_card(card, Params(), card["method"], list(card["classes"])), weights)
 
 
 def serving_settings(card: dict[str, Any], params: Params | None = None) -> dict[str, Any]:

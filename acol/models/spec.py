@@ -1,0 +1,74 @@
+"""`ModelSpec`: the one typed description of a network, built from params, saved in the model card, rebuilt.
+
+Why: training, extraction, re-evaluation, registration and serving must build the same network as the one
+whose weights they load. A frozen value that travels with the weights (the card's ``"spec"``, `WSOLModel.spec`)
+says so in one place, with its defaults in one place (equal to `acol.config.ModelParams`'s; a test keeps them so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from acol.models.architectures import ARCHITECTURES, list_architectures
+
+__all__ = ["DEFAULT_ERASE_THRESHOLD", "DEFAULT_HEAD_CHANNELS", "ModelSpec"]
+
+DEFAULT_HEAD_CHANNELS = 1024  # paper: 1024
+DEFAULT_ERASE_THRESHOLD = 0.6  # paper: 0.6
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that fixes a network's layers and forward pass (not its weights).
+
+    ``large_feature_map`` is stored resolved: given as None, it becomes the architecture's published default
+    (`acol.models.ARCHITECTURES`), so the spec alone says which map size the saved weights were trained at,
+    even if that default changes later. Backbone weights are not part of it: a trained state dict has them.
+    """
+
+    backbone: str
+    method: str
+    num_classes: int
+    head_channels: int = DEFAULT_HEAD_CHANNELS
+    erase_threshold: float = DEFAULT_ERASE_THRESHOLD
+    large_feature_map: bool | None = None  # None: resolved on construction (the field is then a bool)
+
+    def __post_init__(self) -> None:
+        architecture = ARCHITECTURES.get((self.backbone, self.method))
+        if architecture is None:
+            raise ValueError(
+                f"unknown architecture backbone={self.backbone!r} method={self.method!r}; "
+                f"choose one of {list_architectures()}"
+            )
+        if int(self.num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        large = architecture.large_feature_map if self.large_feature_map is None else self.large_feature_map
+        object.__setattr__(self, "num_classes", int(self.num_classes))  # JSON and YAML give other types
+        object.__setattr__(self, "head_channels", int(self.head_channels))
+        object.__setattr__(self, "erase_threshold", float(self.erase_threshold))
+        object.__setattr__(self, "large_feature_map", bool(large))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields (the model card's ``"spec"``); `from_dict` reads it back equal."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        """The spec `to_dict` wrote; an unknown key is an error (a card from a newer version, not guessed)."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"model spec has unknown keys {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_params(cls, model_section: Mapping[str, Any], method: str, num_classes: int) -> ModelSpec:
+        """The spec of a ``model`` params section (a dict or `ModelParams.model_dump()`); absent keys: defaults.
+
+        The one place that turns params into an architecture, so training, extraction and re-evaluation build
+        the same network from the same section.
+        """
+        optional = ("head_channels", "erase_threshold", "large_feature_map")
+        given = {key: model_section[key] for key in optional if key in model_section}
+        return cls(model_section["backbone"], method, num_classes, **given)
