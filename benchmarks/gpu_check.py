@@ -412,7 +412,7 @@ def child_train(job: dict[str, Any]) -> None:
     import torch
 
     from acol.config import TrainParams
-    from acol.distributed.train import _configure_cudnn, _Run, _save_checkpoint, place_and_restore
+    from acol.distributed.train import _configure_cudnn, _save_checkpoint, _WorkerState, place_and_restore
     from acol.models import build_model
     from acol.training.engine import (
         build_optimizer,
@@ -429,7 +429,7 @@ def child_train(job: dict[str, Any]) -> None:
     seed_everything(tp.seed)
     model = build_model(job["backbone"], job["num_classes"], "acol", head_channels=job["head_channels"])
     optimizer = build_optimizer(model, tp)
-    run = _Run(model, optimizer, build_scheduler(optimizer, tp, job["steps"]), lambda e: [], None, device,  # type: ignore[arg-type]
+    run = _WorkerState(model, optimizer, build_scheduler(optimizer, tp, job["steps"]), lambda e: [], None, device,  # type: ignore[arg-type]
                tp.epochs)  # fmt: skip
     checkpoint = _FolderCheckpoint(folder / "checkpoint") if job["mode"] == "resume" else None
     place_and_restore(run, lambda m: m.to(device), checkpoint, 1, 0)

@@ -140,18 +140,18 @@ def test_bf16_training_step_on_cuda_is_finite_and_close_to_fp32(exact_fp32: None
 def test_optimizer_state_is_on_cuda_after_a_restore(tmp_path: Path) -> None:
     """`place_and_restore` with the GPU move: SGD's momentum comes back on the GPU and the next step runs."""
     from acol.config import TrainParams
-    from acol.distributed.train import _Run, _save_checkpoint, place_and_restore
+    from acol.distributed.train import _save_checkpoint, _WorkerState, place_and_restore
     from acol.models import build_model
     from acol.training.engine import build_optimizer, build_scheduler, train_one_epoch
 
     gpu_check = _gpu_check()
     tp = TrainParams(optimizer="sgd", lr=0.1, momentum=0.9, epochs=2)
 
-    def run() -> _Run:
+    def run() -> _WorkerState:
         torch.manual_seed(0)
         model = build_model("small", 4, "acol", head_channels=8)
         optimizer = build_optimizer(model, tp)
-        return _Run(model, optimizer, build_scheduler(optimizer, tp, 2), lambda e: [], None,  # type: ignore[arg-type]
+        return _WorkerState(model, optimizer, build_scheduler(optimizer, tp, 2), lambda e: [], None,  # type: ignore[arg-type]
                     torch.device("cuda"), epochs=2)  # fmt: skip
 
     batch = [(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), None)]

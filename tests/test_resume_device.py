@@ -16,17 +16,17 @@ import torch
 from torch import nn
 
 from acol.config import TrainParams
-from acol.distributed.train import _Run, _save_checkpoint, place_and_restore
+from acol.distributed.train import _save_checkpoint, _WorkerState, place_and_restore
 from acol.models import build_model
 from acol.training.engine import build_optimizer, build_scheduler
 
 
-def _run() -> _Run:
+def _run() -> _WorkerState:
     torch.manual_seed(0)
     model = build_model("small", 4, "acol", head_channels=8)
     optimizer = build_optimizer(model, TrainParams(optimizer="sgd", lr=0.1, momentum=0.9))
     scheduler = build_scheduler(optimizer, TrainParams(epochs=2), 3)
-    return _Run(model, optimizer, scheduler, lambda epoch: [], None, torch.device("cpu"), epochs=2)  # type: ignore[arg-type]
+    return _WorkerState(model, optimizer, scheduler, lambda epoch: [], None, torch.device("cpu"), epochs=2)  # type: ignore[arg-type]
 
 
 def _checkpoint(folder: Path) -> object:

@@ -382,7 +382,7 @@ def _adopt(writer: _PartWriter, inputs: pa.Table, work: Path, batch_size: int) -
     return resumed, begin
 
 
-def _run(
+def _extract_into_store(
     engine: str,
     params: Params,
     method: str,
@@ -539,7 +539,9 @@ class _Background:
     def __init__(self, produce: Callable[[], Iterator[Any]], depth: int = 2) -> None:
         self._items: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(produce,), name="extract-ray", daemon=True)
+        self._thread = threading.Thread(
+            target=self._produce_into_queue, args=(produce,), name="extract-ray", daemon=True
+        )
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
@@ -551,7 +553,7 @@ class _Background:
                 continue
         return False
 
-    def _run(self, produce: Callable[[], Iterator[Any]]) -> None:
+    def _produce_into_queue(self, produce: Callable[[], Iterator[Any]]) -> None:
         try:
             items = produce()
             try:
@@ -656,7 +658,7 @@ def extract(
                 feed.close()
 
     options = {"device": _device(cfg.use_gpu, None), "amp": amp, "channels_last": channels_last}
-    return _run(
+    return _extract_into_store(
         "ray", params, method, manifest_path, out_dir, stream, model_card,
         model_path=model_str, root=root_str, options=options,
     )  # fmt: skip
@@ -747,7 +749,7 @@ def extract_plain(
         )
 
     options = {"device": target, "amp": amp, "channels_last": channels_last}
-    return _run(
+    return _extract_into_store(
         "plain", params, method, manifest_path, out_dir, stream, model_card,
         model_path=model_path, root=root, options=options,
     )  # fmt: skip

@@ -117,7 +117,7 @@ class TrainOutcome:
 
 
 @dataclass
-class _Run:
+class _WorkerState:
     """A worker's training state: what the epochs update and what a checkpoint restores."""
 
     model: nn.Module
@@ -272,9 +272,9 @@ def _configure_cudnn(deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
-def _build_run(
+def _build_worker_state(
     config: dict[str, Any], params: Params, world_size: int, rank: int, device: torch.device
-) -> _Run:
+) -> _WorkerState:
     """Input, model, optimizer and schedule of one worker, before any checkpoint is restored."""
     train_table = read_manifest(config["train_manifest"])
     num_classes = len(manifest_classes(train_table))
@@ -293,7 +293,7 @@ def _build_run(
     )
     optimizer = build_optimizer(model, params.train)
     scheduler = build_scheduler(optimizer, params.train, steps)
-    return _Run(model, optimizer, scheduler, batches, val_loader, device, params.train.epochs)
+    return _WorkerState(model, optimizer, scheduler, batches, val_loader, device, params.train.epochs)
 
 
 def _save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, state: dict) -> None:
@@ -306,51 +306,56 @@ def _save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: 
 
 
 def place_and_restore(
-    run: _Run, place: Callable[[nn.Module], nn.Module], checkpoint: Any, world_size: int, rank: int
+    worker: _WorkerState, place: Callable[[nn.Module], nn.Module], checkpoint: Any, world_size: int, rank: int
 ) -> None:
-    """Put the model on its device (`place`), then restore `checkpoint` (if any) into `run`.
+    """Put the model on its device (`place`), then restore `checkpoint` (if any) into `worker`.
 
     In this order: the optimizer's state (SGD momentum, Adam moments) is loaded onto the parameters' device
     by `Optimizer.load_state_dict`; restored first, it would stay on the CPU while the parameters move to the
     GPU, and the first step after a resume would fail.
     """
-    run.model = place(run.model)
+    worker.model = place(worker.model)
     if checkpoint is not None:
-        _restore(run, checkpoint, run.epochs, world_size, rank)
+        _restore(worker, checkpoint, worker.epochs, world_size, rank)
 
 
-def _restore(run: _Run, checkpoint: Any, epochs: int, world_size: int, rank: int) -> None:
-    """Load model, optimizer, schedule, history and restart count from a Ray Train checkpoint into `run`
+def _restore(worker: _WorkerState, checkpoint: Any, epochs: int, world_size: int, rank: int) -> None:
+    """Load model, optimizer, schedule, history and restart count from a Ray Train checkpoint into `worker`
     (whose model is already on its device: `place_and_restore`)."""
     with checkpoint.as_directory() as folder:
-        _unwrap(run.model).load_state_dict(
+        _unwrap(worker.model).load_state_dict(
             torch.load(Path(folder) / _MODEL_FILE, map_location="cpu", weights_only=True)
         )
         optim = torch.load(Path(folder) / _OPTIM_FILE, map_location="cpu", weights_only=True)
         state = json.loads((Path(folder) / _STATE_FILE).read_text())
-    run.optimizer.load_state_dict(optim["optimizer"])
-    run.scheduler.load_state_dict(optim["scheduler"])
-    run.start_epoch, run.restarts, run.history = state["epoch"], state["restarts"], state["history"]
+    worker.optimizer.load_state_dict(optim["optimizer"])
+    worker.scheduler.load_state_dict(optim["scheduler"])
+    worker.start_epoch, worker.restarts, worker.history = state["epoch"], state["restarts"], state["history"]
     if state.get("world_size", world_size) != world_size and rank == 0:
         log.warning("resuming a %s-worker run on %d workers: the result will differ from an uninterrupted "
                     "run (shards and per-rank seeds change)", state["world_size"], world_size)  # fmt: skip
-    if run.start_epoch < epochs:  # a finished run relaunched only hands its checkpoint back
-        run.restarts += 1
+    if worker.start_epoch < epochs:  # a finished run relaunched only hands its checkpoint back
+        worker.restarts += 1
     if rank == 0:
-        log.info("resuming from epoch %d (restart %d)", run.start_epoch, run.restarts)
+        log.info("resuming from epoch %d (restart %d)", worker.start_epoch, worker.restarts)
 
 
-def _train_epoch(run: _Run, params: Params, epoch: int) -> tuple[dict, dict]:
+def _train_epoch(worker: _WorkerState, params: Params, epoch: int) -> tuple[dict, dict]:
     """One epoch on this worker's batches; returns the history row (train part) and the all-reduced metrics."""
     train_metrics = train_one_epoch(
-        run.model, run.train_batches(epoch), run.optimizer, run.scheduler, run.device, amp=params.train.amp
+        worker.model,
+        worker.train_batches(epoch),
+        worker.optimizer,
+        worker.scheduler,
+        worker.device,
+        amp=params.train.amp,
     )
-    train_metrics = _allreduce_epoch(train_metrics, run.device)
+    train_metrics = _allreduce_epoch(train_metrics, worker.device)
     row: dict[str, float] = {
         "epoch": epoch,
         "loss": train_metrics["loss"],
         "acc_a": train_metrics["acc_a"],
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": worker.optimizer.param_groups[0]["lr"],
     }
     if "acc_b" in train_metrics:  # ACoL only: accuracy of the erased branch B
         row["acc_b"] = train_metrics["acc_b"]
@@ -358,27 +363,32 @@ def _train_epoch(run: _Run, params: Params, epoch: int) -> tuple[dict, dict]:
 
 
 def _finish_epoch(
-    config: dict[str, Any], run: _Run, row: dict, train_metrics: dict, started: float, context: EpochStart
+    config: dict[str, Any],
+    worker: _WorkerState,
+    row: dict,
+    train_metrics: dict,
+    started: float,
+    context: EpochStart,
 ) -> None:
     """Rank 0 validates, logs and checkpoints; every rank reports (Ray Train waits for all of them)."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         if context.rank == 0:
-            row.update(evaluate_classification(_unwrap(run.model), run.val_loader, run.device))
+            row.update(evaluate_classification(_unwrap(worker.model), worker.val_loader, worker.device))
             row["seconds"] = time.perf_counter() - started
             # training throughput of all workers together (validation excluded)
             row["samples_per_second"] = train_metrics["samples"] / max(train_metrics["seconds"], 1e-9)
-            run.history.append(row)
-            state = {"epoch": context.epoch, "restarts": run.restarts, "history": run.history,
+            worker.history.append(row)
+            state = {"epoch": context.epoch, "restarts": worker.restarts, "history": worker.history,
                      "world_size": context.world_size}  # fmt: skip
-            _save_checkpoint(Path(tmp), run.model, run.optimizer, run.scheduler, state)
+            _save_checkpoint(Path(tmp), worker.model, worker.optimizer, worker.scheduler, state)
             _log_epochs(config, [row])
-            log.info("epoch %d/%d %s", context.epoch, run.epochs, {k: round(v, 4) for k, v in row.items()})
+            log.info("epoch %d/%d %s", context.epoch, worker.epochs, {k: round(v, 4) for k, v in row.items()})
         # Rank 0 alone hands over the checkpoint (its files hold the whole state); all ranks must report.
         ray.train.report(
             {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-            | {"restarts": run.restarts},
+            | {"restarts": worker.restarts},
             checkpoint=ray.train.Checkpoint.from_directory(tmp) if context.rank == 0 else None,
             checkpoint_dir_name=f"epoch-{context.epoch:04d}",
         )
@@ -397,20 +407,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # the same initial weights on every rank (DDP also broadcasts rank 0's); epochs reseed per rank
     seed_everything(params.train.seed)
     device = ray.train.torch.get_device()
-    run = _build_run(config, params, world_size, rank, device)
+    worker = _build_worker_state(config, params, world_size, rank, device)
     # prepare_model moves to the device (DDP when world_size > 1)
-    place_and_restore(run, ray.train.torch.prepare_model, ray.train.get_checkpoint(), world_size, rank)
+    place_and_restore(worker, ray.train.torch.prepare_model, ray.train.get_checkpoint(), world_size, rank)
     if rank == 0:  # the history so far (missing after a driver relaunch) and the restart count
-        _log_epochs(config, run.history, restarts=run.restarts)
+        _log_epochs(config, worker.history, restarts=worker.restarts)
 
     hook = resolve_epoch_hook(config.get("epoch_hook"))
-    for epoch in range(run.start_epoch + 1, params.train.epochs + 1):
+    for epoch in range(worker.start_epoch + 1, params.train.epochs + 1):
         start = EpochStart(epoch=epoch, rank=rank, world_size=world_size, run_dir=config["run_dir"])
         if hook is not None:
             hook(start)
         started = time.perf_counter()
-        row, train_metrics = _train_epoch(run, params, epoch)
-        _finish_epoch(config, run, row, train_metrics, started, start)
+        row, train_metrics = _train_epoch(worker, params, epoch)
+        _finish_epoch(config, worker, row, train_metrics, started, start)
 
 
 def run_name(params: Params, method: str, data: str) -> str:
