@@ -16,6 +16,7 @@ from acol.errors import UserError
 
 __all__ = [
     "BACKBONES",
+    "BOX_METRIC_PREFIXES",
     "METHODS",
     "SHADOW_ONLY_FIELDS",
     "TEXTURE_PATTERNS",
@@ -53,6 +54,8 @@ SHADOW_ONLY_FIELDS: tuple[str, ...] = (
 # every stage's DVC deps stay free of acol/models); tests/test_config.py checks they equal acol.models' table.
 BACKBONES: tuple[str, ...] = ("googlenet", "inception_v3", "resnet50", "small", "vgg16")
 METHODS: tuple[str, ...] = ("acol", "cam", "acol_a")
+# the evaluate stage's metrics that need GT boxes (a mask-only dataset, OpenImages, has none of them)
+BOX_METRIC_PREFIXES: tuple[str, ...] = ("maxboxacc", "gt_known_loc", "top1_loc", "top5_loc", "best_threshold")
 
 
 class ParamsError(UserError, ValueError):
@@ -166,8 +169,11 @@ class SyntheticConfig(BaseModel):
 
 
 class DataParams(_Section):
-    source: Literal["synthetic", "ilsvrc", "cub"] = "synthetic"
+    source: Literal["synthetic", "ilsvrc", "cub", "openimages"] = "synthetic"
     root: str = "data/synthetic"  # dataset root; generated here when source is synthetic
+    # openimages: wsolevaluation's metadata/OpenImages folder (train/, val/, test/); train trains, test is
+    # evaluated (PxAP on its instance and ignore masks, no boxes), val is train-fullsup (fullsup_metadata)
+    metadata: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()  # the generator's own validated config
     synsets: str = "LOC_synset_mapping.txt"  # ILSVRC: relative to root
     val_solution: str | None = "LOC_val_solution.csv"  # ILSVRC val boxes: this CSV ...
@@ -178,6 +184,14 @@ class DataParams(_Section):
     fullsup_metadata: str | None = None
     verify_images: bool = True  # decode every image while indexing, recording the ones that fail
     strict: bool = False  # any bad entry stops prepare instead of being recorded and skipped
+
+    @model_validator(mode="after")
+    def _metadata_for_openimages(self) -> DataParams:
+        if (self.source == "openimages") != (self.metadata is not None):
+            raise ValueError(
+                "data.metadata is the OpenImages metadata folder: set it with source openimages only"
+            )
+        return self
 
 
 class ModelParams(_Section):
@@ -315,6 +329,17 @@ class Params(_Section):
             raise ValueError(f"a non-empty list of distinct methods; allowed: {list(METHODS)}")
         return value
 
+    @model_validator(mode="after")
+    def _champion_measured(self) -> Params:
+        """OpenImages has masks and no boxes: a box metric as the champion metric would never be measured."""
+        metric = self.evaluate.champion_metric
+        if self.data.source == "openimages" and metric.startswith(BOX_METRIC_PREFIXES):
+            raise ValueError(
+                f"evaluate.champion_metric {metric!r} is a box metric, which OpenImages (masks, no boxes) does not "
+                "measure: use pxap"
+            )
+        return self
+
 
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
     """The keys the section at `loc` (a path of field names from `Params`) accepts, for "unknown key" errors."""
@@ -379,6 +404,7 @@ def resolve_paths(params: Params, base: str | Path) -> Params:
                 update={
                     "root": _absolute(data.root, base),
                     "fullsup_metadata": _absolute(data.fullsup_metadata, base),
+                    "metadata": _absolute(data.metadata, base),
                 }
             ),
             "model": model.model_copy(update={"backbone_weights": _absolute(model.backbone_weights, base)}),

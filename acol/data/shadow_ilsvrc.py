@@ -60,6 +60,7 @@ from acol.io import write_bytes_atomic
 __all__ = [
     "FULLSUP_METADATA",
     "ShadowImage",
+    "body_mask",
     "first_per_class",
     "generate_shadow_ilsvrc",
     "metadata_geometry",
@@ -152,9 +153,7 @@ def _object_masks(
     """Body (ellipse inscribed in the box) and part (a square at one end of the long axis) masks, (H, W)."""
     x0, y0, x1, y1 = box
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
-    body = np.zeros((height, width), np.uint8)
-    centre = (round((x0 + x1) * 8), round((y0 + y1) * 8))  # 4 fractional bits (shift=4)
-    cv2.ellipse(body, centre, (round((x1 - x0) * 8), round((y1 - y0) * 8)), 0, 0, 360, 1, -1, cv2.LINE_8, 4)
+    body = body_mask(box, width, height)
     side = int(min(max(2, round(config.part_size * (bw + bh) / 2)), bw, bh))
     sign = 1.0 if rng.random() < 0.5 else -1.0
     px, py = (x0 + x1) / 2, (y0 + y1) / 2
@@ -166,7 +165,17 @@ def _object_masks(
     top = int(np.clip(round(py - side / 2), y0, y1 - side + 1))
     part = np.zeros((height, width), np.uint8)
     part[top : top + side, left : left + side] = 1
-    return body.astype(bool), part.astype(bool)
+    return body, part.astype(bool)
+
+
+def body_mask(box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    """(H, W) bool: the object's body, the ellipse inscribed in ``box``; the shadow OpenImages' instance mask
+    (the part square lies inside it)."""
+    x0, y0, x1, y1 = box
+    body = np.zeros((height, width), np.uint8)
+    centre = (round((x0 + x1) * 8), round((y0 + y1) * 8))  # 4 fractional bits (shift=4)
+    cv2.ellipse(body, centre, (round((x1 - x0) * 8), round((y1 - y0) * 8)), 0, 0, 360, 1, -1, cv2.LINE_8, 4)
+    return body.astype(bool)
 
 
 def shadow_texture(label: int) -> tuple[str, float]:

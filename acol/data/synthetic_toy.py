@@ -364,5 +364,3 @@ def generate_toy(
     summary = _summary(root, config, counts, annotated)
     write_marker(root, config, summary)
     return summary
-
-

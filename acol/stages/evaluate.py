@@ -2,7 +2,8 @@
 
 Writes ``evaluation.json`` (the full record: counts, threshold, map statistics, the model that made the maps;
 the metrics stage turns it into what ``dvc metrics show`` compares) and the curves ``box_acc.csv`` /
-``pr_curve.csv``, replaced as one set. Then registers the trained model with its card plus an ``evaluation``
+``pr_curve.csv``, replaced as one set. A dataset with masks and no boxes (OpenImages) gets PxAP and the
+classification errors; its record says ``box_metrics: not measured ...`` and its ``box_acc.csv`` has no rows. Then registers the trained model with its card plus an ``evaluation``
 section (protocol, CAM threshold, metrics) and promotes it (`acol.tracking.registry`). The metrics themselves
 are `acol.stages.evaluation`.
 """
@@ -79,7 +80,7 @@ def _evaluation(params: Params, card: dict[str, Any], numbers: dict[str, float])
         "interval": ev.interval,
         "iou_thresholds": list(ev.iou_thresholds),
         "image_size": params.train.image_size,  # what extract fed the model: the maps' input size
-        "cam_threshold": numbers["best_threshold"],
+        "cam_threshold": numbers.get("best_threshold"),  # None: masks only, no box threshold chosen
         "champion_metric": ev.champion_metric,
         "metrics": numbers,
         "train_run_id": card.get("mlflow_run_id"),
@@ -131,6 +132,16 @@ def _evaluate(params: Params, paths: EvaluatePaths) -> EvaluationResult:
     )
 
 
+def _log_headline(record: dict[str, Any]) -> None:
+    """The stage's one-line result: the box metrics, or PxAP where the dataset has masks and no boxes."""
+    if "box_metrics" in record:
+        log.info("PxAP %.2f, top-1 cls error %.2f (box metrics %s)", record["pxap"], record["top1_cls_error"],
+                 record["box_metrics"])  # fmt: skip
+        return
+    log.info("MaxBoxAccV2 %.2f, GT-known loc %.2f, top-1 loc error %.2f", record["maxboxacc_v2"],
+             record["gt_known_loc"], record["top1_loc_error"])  # fmt: skip
+
+
 def run(params: Params, method: str, paths: EvaluatePaths) -> dict[str, Any]:
     """The stage: evaluate, write the set, log it to MLflow, register and promote; returns evaluation.json's
     record. A missing card, tracking server or model fails before the maps are read."""
@@ -146,8 +157,7 @@ def run(params: Params, method: str, paths: EvaluatePaths) -> dict[str, Any]:
     result = _evaluate(params, paths)
     record = _record(card, params, method, result.metrics)
     _write_set(paths.out, record, result)
-    log.info("MaxBoxAccV2 %.2f, GT-known loc %.2f, top-1 loc error %.2f", record["maxboxacc_v2"],
-             record["gt_known_loc"], record["top1_loc_error"])  # fmt: skip
+    _log_headline(record)
 
     numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     card = {**card, "backbone": record["backbone"], "evaluation": _evaluation(params, card, numbers)}

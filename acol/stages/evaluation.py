@@ -37,10 +37,18 @@ from acol.wsol.metrics import (
     load_wsol_mask,
     quantized_iou_table,
     quantized_iou_tables,
+    topk_correct,
 )
 from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_quantized, prepare_scoremap
 
-__all__ = ["EVALUATED_COLUMNS", "EvaluationResult", "holdout_mask", "evaluate_method"]
+__all__ = [
+    "EVALUATED_COLUMNS",
+    "NO_BOX_METRICS",
+    "EvaluationResult",
+    "MaskSet",
+    "holdout_mask",
+    "evaluate_method",
+]
 
 # the map store columns evaluate_method reads: the top-1 maps and boxes stay on disk (at 224 a map column of
 # 50,000 images is ~0.3 GB)
@@ -89,8 +97,11 @@ def _coverage(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.array([inside.sum(dtype=np.float64), inside.size, outside.sum(dtype=np.float64), outside.size])
 
 
-def _rows_of_maps(maps_table: pa.Table, manifest: pa.Table, what: str) -> tuple[pa.Table, pa.Table, int]:
-    """(maps without errors sorted by id, their manifest rows in that order, failed count); checks boxes."""
+def _rows_of_maps(
+    maps_table: pa.Table, manifest: pa.Table, what: str, masks_only: bool = False
+) -> tuple[pa.Table, pa.Table, int]:
+    """(maps without errors sorted by id, their manifest rows in that order, failed count); checks boxes
+    (``masks_only``: that there are none, and every image has a mask)."""
     ok = maps_table.filter(pc.is_null(maps_table.column("error")))
     failed = maps_table.num_rows - ok.num_rows
     ok = ok.sort_by("image_id")
@@ -103,6 +114,10 @@ def _rows_of_maps(maps_table: pa.Table, manifest: pa.Table, what: str) -> tuple[
             "in the manifest: were the maps extracted from another dataset?"
         )
     rows = manifest.take(positions)  # manifest rows in the order of the maps
+    if masks_only:
+        if rows.column("mask_path").null_count:
+            raise ValueError(f"{what} images have no GT box and some no GT mask: nothing to localize against")
+        return ok, rows, failed
     missing_boxes = [
         i
         for i, b in zip(rows.column("image_id").to_pylist(), rows.column("boxes").to_pylist(), strict=True)
@@ -168,6 +183,8 @@ def _evaluate_method(
     fullsup: tuple[pa.Table, pa.Table] | None,
     closing: ExitStack,
 ) -> EvaluationResult:
+    if _masks_only(manifest):
+        return _evaluate_masks_only(maps_table, manifest, root, params, closing)
     ok, rows, failed = _rows_of_maps(maps_table, manifest, "validation")
     ids = rows.column("image_id").to_pylist()
     use_fullsup = params.threshold_split == "fullsup"
@@ -207,11 +224,65 @@ def _evaluate_method(
     return EvaluationResult(metrics=metrics, box_curves=curves, pr_curve=pr)
 
 
-def _mask_paths(rows: pa.Table) -> list[str] | None:
-    """Every row's mask path, read once for all chunks (each chunk reading the column was quadratic), or
-    None when some image has no mask (no PxAP)."""
-    column = rows.column("mask_path")
-    return column.to_pylist() if column.null_count == 0 else None
+def _masks_only(manifest: pa.Table) -> bool:
+    """A dataset annotated with masks and no box at all (OpenImages): PxAP, and no box metric to measure."""
+    no_boxes = pc.sum(pc.list_value_length(manifest.column("boxes"))).as_py() in (0, None)
+    return manifest.num_rows > 0 and no_boxes and manifest.column("mask_path").null_count < manifest.num_rows
+
+
+NO_BOX_METRICS = "not measured: the dataset has masks and no boxes; its localization metric is pxap"
+
+
+def _evaluate_masks_only(
+    maps_table: pa.Table, manifest: pa.Table, root: str | Path, params: EvaluateParams, closing: ExitStack
+) -> EvaluationResult:
+    """PxAP, the branch coverage and the classification errors over every image; the box metrics (MaxBoxAcc,
+    GT-known, top-k loc, the CAM threshold) are not computed and the record says so (``box_metrics``)."""
+    ok, rows, failed = _rows_of_maps(maps_table, manifest, "validation", masks_only=True)
+    pxap = MaskEvaluator(params.interval)
+    sweep = _Sweep(ok, _mask_paths(rows), [], np.zeros(ok.num_rows, bool), None, pxap, root)
+    closing.enter_context(_opencv_threads(0))
+    pool = closing.enter_context(ThreadPoolExecutor(usable_cpus(), thread_name_prefix="evaluate"))
+    chunks = list(_chunks(ok.num_rows))
+    coverage = _merge_coverage(list(tqdm(pool.map(sweep.mask_chunk, chunks), total=len(chunks), desc="evaluate",
+                                         unit="chunk", mininterval=5)))  # fmt: skip
+    labels, top5 = _labels_and_top5(ok)
+    n_classes = len(manifest_classes(manifest))
+    correct = [topk_correct(_rank_scores(top5[part], n_classes), labels[part], k) for part in _chunks(len(labels))
+               for k in (1, min(5, top5.shape[1]))]  # fmt: skip
+    top1, top5_hits = np.concatenate(correct[0::2]), np.concatenate(correct[1::2])
+    metrics: dict[str, Any] = {
+        "num_images": ok.num_rows,
+        "num_holdout_images": 0,
+        "failed_images": int(failed),
+        "top1_cls_error": 100.0 * (1 - top1.mean()),
+        "top5_cls_error": 100.0 * (1 - top5_hits.mean()),
+        "box_metrics": NO_BOX_METRICS,
+    }
+    pr = _mask_metrics(pxap, coverage, metrics)
+    return EvaluationResult(metrics=metrics, box_curves={"threshold": np.empty(0)}, pr_curve=pr)
+
+
+def _mask_paths(rows: pa.Table) -> list[MaskSet] | None:
+    """Every row's masks (instances and ignore), read once for all chunks (each chunk reading the columns
+    was quadratic), or None when some image has no mask (no PxAP)."""
+    if rows.column("mask_path").null_count:
+        return None
+    firsts, mores = rows.column("mask_path").to_pylist(), rows.column("more_mask_paths").to_pylist()
+    ignores = rows.column("ignore_path").to_pylist()
+    return [
+        MaskSet((first, *more), ignore or "")
+        for first, more, ignore in zip(firsts, mores, ignores, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class MaskSet:
+    """One image's ground truth for PxAP: its instance masks (the foreground is their union) and its ignore
+    mask ("" for none), as Choe et al.'s ``get_mask`` reads them."""
+
+    instances: tuple[str, ...]
+    ignore: str
 
 
 @contextmanager
@@ -232,14 +303,21 @@ class _Sweep:
     GT-known, and with masks the test images feed PxAP and the branch coverage."""
 
     ok: pa.Table
-    mask_paths: list[str] | None  # per row, None without masks
+    mask_paths: list[MaskSet] | None  # per row, None without masks
     gt: list[np.ndarray]
     held: np.ndarray
-    v2: BoxEvaluator
+    v2: BoxEvaluator | None  # None: no boxes, masks only (mask_chunk)
     pxap: MaskEvaluator | None
     root: str | Path
 
+    def mask_chunk(self, part: slice) -> dict[str, np.ndarray]:
+        """A chunk of a dataset without boxes: PxAP and the coverage of every image."""
+        maps_table = self.ok.slice(part.start, part.stop - part.start)
+        maps = prepare_scoremap(maps_array(maps_table, "map_gt"))
+        return self._masks(maps_table, maps, np.arange(part.start, part.stop))
+
     def chunk(self, part: slice) -> tuple[IouTable, dict[str, np.ndarray]]:
+        assert self.v2 is not None
         maps_table = self.ok.slice(part.start, part.stop - part.start)
         raw = maps_array(maps_table, "map_gt")
         qmaps = prepare_quantized(raw)  # what the box metrics read; float maps only for the mask metrics
@@ -256,8 +334,8 @@ class _Sweep:
     def _masks(self, maps_table: pa.Table, maps: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
         """PxAP histograms and the mean map inside / outside the masks per branch, for test images."""
         assert self.pxap is not None and self.mask_paths is not None
-        paths = self.mask_paths
-        masks = np.stack([load_wsol_mask(self.root, [paths[i]], "", RESIZE_LENGTH) for i in index])
+        sets = [self.mask_paths[i] for i in index]
+        masks = np.stack([load_wsol_mask(self.root, m.instances, m.ignore, RESIZE_LENGTH) for m in sets])
         self.pxap.accumulate(maps, masks)
         branch_maps = {"fused": maps, "a": prepare_scoremap(maps_array(maps_table, "map_a_gt"))}
         if maps_table.column("map_b_gt").null_count == 0:

@@ -76,6 +76,12 @@ def index_dataset(data: DataParams) -> tuple[pa.Table, pa.Table, list[DataProble
             xml_dir=root / data.val_xml_dir if data.val_xml_dir else None,
             **common,
         )
+    elif data.source == "openimages":
+        from acol.data.readers.openimages import read_openimages
+
+        # Choe et al.'s splits: train trains, test is reported (the pipeline's val); val is train-fullsup
+        train, train_problems = read_openimages(root, str(data.metadata), "train", **common)
+        val, val_problems = read_openimages(root, str(data.metadata), "test", **common)
     else:
         from acol.data.readers.cub import read_cub
 
@@ -97,14 +103,22 @@ def index_fullsup(data: DataParams, classes: list[str]) -> tuple[pa.Table, list[
 
     Empty (with the classes) when no folder is set, so the pipeline's outputs exist either way. Image ids
     stay as the metadata gives them, relative to ``data.root`` (ILSVRC: ``val2/<class>/<n>.jpeg``; CUB:
-    under ``images/``, as the CUB reader's ids).
+    under ``images/``, as the CUB reader's ids; OpenImages: ``val/<class>/<id>.jpg``, with its masks).
     """
     if not data.fullsup_metadata:
         return manifest_from_records([], classes, data.source), []
     folder = Path(data.fullsup_metadata)
     if not folder.is_dir():
         raise FileNotFoundError(f"data.fullsup_metadata: WSOL metadata folder {folder} does not exist")
-    table, problems = read_wsol_metadata(folder, classes, source=data.source, strict=data.strict)
+    masks = data.source == "openimages"  # its fullsup split (val/) has masks and no sizes: read the headers
+    table, problems = read_wsol_metadata(
+        folder,
+        classes,
+        image_root=data.root if masks else None,
+        localization="masks" if masks else "boxes",
+        source=data.source,
+        strict=data.strict,
+    )
     if data.source == "cub":  # CUB metadata ids are relative to CUB_200_2011/images, as in index_dataset
         table, problems = _prefixed(table, problems, "images/")
     missing = [i for i in table.column("image_id").to_pylist() if not (Path(data.root) / i).is_file()]

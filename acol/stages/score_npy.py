@@ -5,7 +5,8 @@ Score maps: one float ``.npy`` per image id under ``--scoremaps``. wsolevaluatio
 replaced-extension form ``val/x.npy``; both are accepted, in that order. Each map goes through
 ``prepare_scoremap`` (bicubic to 224, min-max) in float64, as the protocol's ``t2n`` casts maps to float64.
 
-Metadata (folder): ``image_ids.txt``, ``image_sizes.txt`` (``id,w,h``) and ``localization.txt``: for boxes
+Metadata (folder): ``image_ids.txt``, ``image_sizes.txt`` (``id,w,h``; for masks it may be empty, as in
+wsolevaluation's OpenImages folders: the sizes are then read from the masks) and ``localization.txt``: for boxes
 ``id,x0,y0,x1,y1`` (several lines per image allowed); for masks ``id,mask_path,ignore_path`` (ignore path on
 the first line of an image only), paths relative to ``--masks``; read by
 `acol.data.readers.wsol_metadata.read_wsol_localization`, strictly: a malformed folder is an error naming the
@@ -63,7 +64,8 @@ def evaluate(
     """Evaluate a score-map folder; returns the JSON-ready result dict (boxes or masks)."""
     from acol.wsol.metrics import BoxEvaluator, MaskEvaluator, load_wsol_mask
 
-    meta, _ = read_wsol_localization(metadata, "masks" if masks is not None else "boxes")  # strict
+    # strict; a mask folder without sizes (wsolevaluation's OpenImages) takes them from the masks' headers
+    meta, _ = read_wsol_localization(metadata, "masks" if masks is not None else "boxes", size_root=masks)
     ids = meta.image_ids
     if masks is not None:
         mask_eval = MaskEvaluator(interval=interval)

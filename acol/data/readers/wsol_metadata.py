@@ -6,7 +6,9 @@ newline; every path is relative to the dataset root (``val/ILSVRC2012_val_000000
 
 - ``image_ids.txt``: one path a line (the row order of the manifest);
 - ``class_labels.txt``: ``path,class_index`` (ILSVRC 0-999 in sorted-wnid order, CUB 0-199);
-- ``image_sizes.txt``: ``path,width,height`` (absent from train folders: pass ``image_root`` to read headers);
+- ``image_sizes.txt``: ``path,width,height`` (absent from train folders, empty in wsolevaluation's OpenImages
+  folders: then the sizes are read from the image headers under ``image_root``, or for a mask folder
+  scored without images from the first instance mask's header under ``mask_root``);
 - ``localization.txt``: ``path,x0,y0,x1,y1``, one line a box (absent from train folders: no boxes); or, in
   wsolevaluation's OpenImages form, ``path,mask_path,ignore_path``, one line an instance mask, the ignore
   path on an image's first line only (mask paths relative to the mask root).
@@ -31,9 +33,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from acol.data.errors import DataError, DataProblem, ProblemLog
-from acol.data.images import ImageDecodeError, image_size
 from acol.data.manifest import manifest_classes, manifest_from_columns
 from acol.data.paths import UnsafePathError, resolve_inside
+from acol.data.readers.common import probe_images
 from acol.io import write_text_atomic
 
 __all__ = ["WsolLocalization", "read_wsol_localization", "read_wsol_metadata", "write_wsol_metadata"]
@@ -141,19 +143,49 @@ def _read_image_sizes(
     return width, height
 
 
+def _has_lines(path: Path) -> bool:
+    """Whether ``path`` exists and holds a non-blank line: wsolevaluation ships OpenImages' sizes empty."""
+    try:
+        return bool(path.read_bytes().strip())
+    except FileNotFoundError:
+        return False
+
+
 def _sizes_from_headers(
-    image_root: str | os.PathLike[str], ids: pa.Array, keep: np.ndarray, log: ProblemLog
+    root: str | os.PathLike[str], files: list[str | None], keep: np.ndarray, log: ProblemLog, verify: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Width and height of each kept id from its image header (train folders have no ``image_sizes.txt``)."""
-    width = np.zeros(len(ids), dtype=np.int64)
-    height = np.zeros(len(ids), dtype=np.int64)
-    for i in np.flatnonzero(keep):
-        try:
-            width[i], height[i] = image_size(resolve_inside(image_root, ids[i].as_py()))
-        except ImageDecodeError as e:
-            log.add_error(e)
+    """Width and height of each kept row from the header of its file under ``root`` (the image, or for masks
+    scored without images its first instance mask); unreadable files are problems and their rows dropped."""
+    width = np.zeros(len(files), dtype=np.int64)
+    height = np.zeros(len(files), dtype=np.int64)
+    rows = [i for i in np.flatnonzero(keep).tolist() if files[i] is not None]
+    for i, size in zip(rows, probe_images(Path(root), [files[i] for i in rows], verify, 8), strict=True):
+        if isinstance(size, DataError):
+            log.add_error(size)
             keep[i] = False
+        else:
+            width[i], height[i] = size
     return width, height
+
+
+def _sizes(
+    folder: Path,
+    ids: pa.Array,
+    keep: np.ndarray,
+    log: ProblemLog,
+    root: str | os.PathLike[str] | None,
+    files: list[str | None] | None = None,
+    verify: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sizes from ``image_sizes.txt``, or when it is absent or empty from the headers of ``files`` (default
+    the images) under ``root``; neither is an error naming the file."""
+    path = folder / "image_sizes.txt"
+    if _has_lines(path):
+        return _read_image_sizes(path, ids, keep, log)
+    if root is None:
+        state = "empty file" if path.exists() else "missing file"
+        raise DataError(str(path), f"{state} (pass the image or mask root to read the sizes from the files)")
+    return _sizes_from_headers(root, files if files is not None else ids.to_pylist(), keep, log, verify)
 
 
 def _read_boxes(
@@ -195,29 +227,36 @@ def read_wsol_metadata(
     classes: Sequence[str] | None = None,
     *,
     image_root: str | os.PathLike[str] | None = None,
+    localization: Literal["boxes", "masks"] = "boxes",
     source: str = "wsol",
     strict: bool = False,
+    verify_images: bool = False,
 ) -> tuple[pa.Table, list[DataProblem]]:
     """Read a WSOL metadata folder into a manifest (rows in ``image_ids.txt`` order).
 
     ``classes`` gives the class ids in index order (e.g. sorted wnids from `acol.data.readers.ilsvrc.read_synsets`);
-    without it the ids are the indices as strings, ``"0"`` to ``str(max label)``. Images without a class
-    label or size, duplicate ids, unsafe paths, and boxes of unknown images or outside their image are
-    recorded as problems and dropped (the image, or the box); ``strict`` raises on the first.
+    without it the ids are the indices as strings, ``"0"`` to ``str(max label)``. Without sizes (no or an
+    empty ``image_sizes.txt``) they are read from the image headers under ``image_root``. ``localization``
+    says which ``localization.txt`` form the folder has (``verify_images``: decode each image read for its
+    size); with ``masks`` each image's first instance mask is
+    ``mask_path``, the others ``more_mask_paths``, and its ignore mask ``ignore_path``, and an image without a
+    mask is dropped. Images without a class label or size, duplicate ids, unsafe paths, and boxes of unknown
+    images or outside their image are recorded as problems and dropped (the image, or the box); ``strict``
+    raises on the first.
     """
+    _check_localization(localization)
     folder = Path(folder)
     log = ProblemLog(strict)
     ids, keep = _read_image_ids(folder, log)
     label, n_classes = _read_class_labels(folder, ids, keep, classes, log)
-    sizes_path = folder / "image_sizes.txt"
-    if sizes_path.exists():
-        width, height = _read_image_sizes(sizes_path, ids, keep, log)
-    elif image_root is not None:
-        width, height = _sizes_from_headers(image_root, ids, keep, log)
-    else:
-        raise DataError(str(sizes_path), "missing file (pass image_root to read the sizes from the images)")
     loc_path = folder / "localization.txt"
-    if loc_path.exists():
+    masks: dict[int, list[str]] = {}
+    ignores: dict[int, str] = {}
+    if localization == "masks":
+        masks, ignores = _read_masks(loc_path, ids, keep, log)
+        _drop_unannotated(loc_path, ids, keep, masks, log)
+    width, height = _sizes(folder, ids, keep, log, image_root, verify=verify_images)
+    if localization == "boxes" and _has_lines(loc_path):  # OpenImages' train folder: an empty file
         owner, xy = _read_boxes(loc_path, ids, keep, width, height, log, pa.float32())
     else:
         owner, xy = np.empty(0, dtype=np.int64), np.empty((0, 4), dtype=np.float32)
@@ -225,10 +264,27 @@ def read_wsol_metadata(
     rows = np.flatnonzero(keep)
     box_counts = np.bincount(owner, minlength=len(ids))[rows]
     class_list = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
+    kept = rows.tolist()
     table = manifest_from_columns(
-        ids.take(pa.array(rows)), label[rows], width[rows], height[rows], box_counts, xy, class_list, source
-    )
+        ids.take(pa.array(rows)), label[rows], width[rows], height[rows], box_counts, xy, class_list, source,
+        mask_paths=[masks[i][0] if i in masks else None for i in kept],
+        ignore_paths=[ignores.get(i) or None for i in kept],
+        more_mask_paths=[masks[i][1:] if i in masks else [] for i in kept],
+    )  # fmt: skip
     return table, log.problems
+
+
+def _check_localization(localization: str) -> None:
+    if localization not in ("boxes", "masks"):
+        raise ValueError(f"localization must be 'boxes' or 'masks', got {localization!r}")
+
+
+def _drop_unannotated(path: Path, ids: pa.Array, keep: np.ndarray, annotated: dict, log: ProblemLog) -> None:
+    """Record and drop the kept ids without a box (or mask) in ``annotated``: nothing to score them on."""
+    for i in np.flatnonzero(keep).tolist():
+        if i not in annotated:
+            log.add(f"{path}:{ids[i]}", f"missing annotation: no annotation for image id {ids[i].as_py()!r}")
+            keep[i] = False
 
 
 @dataclass(frozen=True)
@@ -280,38 +336,37 @@ def read_wsol_localization(
     localization: Literal["boxes", "masks"] = "boxes",
     *,
     strict: bool = True,
+    size_root: str | os.PathLike[str] | None = None,
 ) -> tuple[WsolLocalization, list[DataProblem]]:
     """Read the ids, sizes and boxes (or masks) of a WSOL metadata folder, as a score-map evaluator needs.
 
     The same parsing and checks as `read_wsol_metadata`; ``localization`` says which ``localization.txt``
-    form the folder has. Every image must have a size and at least one box (or mask). Strict by default: a
-    scorer should fail on a malformed folder, not report a number over fewer images; with ``strict=False``
-    bad images are recorded and dropped.
+    form the folder has. Every image must have a size and at least one box (or mask). Without sizes (no or
+    an empty ``image_sizes.txt``, as wsolevaluation's OpenImages folders) they come from file headers under
+    ``size_root``: the images for boxes, each image's first instance mask for masks (PxAP resizes masks and
+    maps to 224 whatever the size; the header is only checked to be readable). Strict by default: a scorer
+    should fail on a malformed folder, not report a number over fewer images; with ``strict=False`` bad
+    images are recorded and dropped.
     """
-    if localization not in ("boxes", "masks"):
-        raise ValueError(f"localization must be 'boxes' or 'masks', got {localization!r}")
+    _check_localization(localization)
     folder = Path(folder)
     log = ProblemLog(strict)
     ids, keep = _read_image_ids(folder, log)
-    width, height = _read_image_sizes(folder / "image_sizes.txt", ids, keep, log)
     loc_path = folder / "localization.txt"
     boxes: dict[int, np.ndarray] = {}
     mask_paths: dict[int, list[str]] = {}
     ignore_paths: dict[int, str] = {}
     if localization == "boxes":
+        width, height = _sizes(folder, ids, keep, log, size_root)
         owner, xy = _read_boxes(loc_path, ids, keep, width, height, log, pa.int64())
         starts = np.searchsorted(owner, np.arange(len(ids) + 1))
         boxes = {i: xy[starts[i] : starts[i + 1]] for i in np.flatnonzero(starts[1:] > starts[:-1]).tolist()}
-        annotated = boxes
+        _drop_unannotated(loc_path, ids, keep, boxes, log)
     else:
         mask_paths, ignore_paths = _read_masks(loc_path, ids, keep, log)
-        annotated = mask_paths
-    for i in np.flatnonzero(keep).tolist():
-        if i not in annotated:
-            log.add(
-                f"{loc_path}:{ids[i]}", f"missing annotation: no annotation for image id {ids[i].as_py()!r}"
-            )
-            keep[i] = False
+        _drop_unannotated(loc_path, ids, keep, mask_paths, log)
+        first = [mask_paths[i][0] if i in mask_paths else None for i in range(len(ids))]
+        width, height = _sizes(folder, ids, keep, log, size_root, first)
     rows = np.flatnonzero(keep).tolist()
     names = ids.to_pylist()
     result = WsolLocalization(
