@@ -338,7 +338,7 @@ def test_wsol_without_sizes_reads_headers(tmp_path: Path) -> None:
     t, problems = read_wsol_metadata(folder, image_root=images)
     assert t.to_pylist() == [
         {"image_id": "n1/a.JPEG", "class_index": 0, "class_id": "0", "width": 12, "height": 7, "boxes": [],
-         "mask_path": None, "ignore_path": None}
+         "mask_path": None, "ignore_path": None, "more_mask_paths": []}
     ]  # fmt: skip
     assert [p.kind for p in problems] == ["missing image"]
 

@@ -2,8 +2,9 @@
 
 What a user runs with real data, run small: a scratch copy of this checkout (its own git repository, DVC
 cache, MLflow store and Ray runs), a dataset in the preset's real on-disk layout (shadow ILSVRC: the Kaggle
-tree and, for Choe's protocol, ImageNetV2; shadow CUB-200-2011 and CUBV2; images drawn inside the real
-annotations' boxes, `acol.data.shadow_ilsvrc` / `acol.data.shadow_cub`), a torchvision-format state dict of
+tree and, for Choe's protocol, ImageNetV2; shadow CUB-200-2011 and CUBV2; shadow OpenImages30k with its
+instance and ignore masks; images drawn inside the real annotations' boxes, `acol.data.shadow_ilsvrc` /
+`acol.data.shadow_cub` / `acol.data.shadow_openimages`), a torchvision-format state dict of
 the preset's backbone at the path the preset names (random weights: nothing is downloaded), then the README's
 own command, ``dvc exp run -n NAME $(python -m acol.presets NAME)``, with only amounts shrunk (classes,
 images, epochs, CPUs per worker): the architecture, image size, recipe and threshold protocol are the
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA_ARCHIVE = REPO / "tests" / "assets" / "wsol-metadata.tar.xz"
+OPENIMAGES_ARCHIVE = REPO / "tests" / "assets" / "openimages-metadata.tar.xz"
 KILL_HOOK = "acol.stages.rehearse:kill_one_worker_at_epoch_2"  # by name: this module may run as __main__
 KILL_MARKER = "rehearsal_worker_killed"
 # torchvision's constructors for the presets' backbones (their state dicts are what the presets load)
@@ -156,11 +158,12 @@ def _copy_checkout(dest: Path) -> None:
 
 
 def _metadata(work: Path) -> Path:
-    """The shipped WSOL metadata (ILSVRC and CUB), extracted once."""
+    """The shipped WSOL metadata (ILSVRC, CUB and OpenImages), extracted once."""
     folder = work / "wsol-metadata"
     if not folder.is_dir():
-        with tarfile.open(METADATA_ARCHIVE) as archive:
-            archive.extractall(folder, filter="data")
+        for path in (METADATA_ARCHIVE, OPENIMAGES_ARCHIVE):
+            with tarfile.open(path) as archive:
+                archive.extractall(folder, filter="data")
     return folder
 
 
@@ -216,6 +219,27 @@ def _shadow_cub(repo: Path, metadata: Path, shrink: Shrink, overrides: dict[str,
         fullsup_metadata_out=repo / str(fullsup) if fullsup else None,
     )
     return [f"{root.relative_to(repo)}: {_count_images(root)} JPEGs, {shrink.classes} classes (CUB layout)"]
+
+
+def _shadow_openimages(repo: Path, metadata: Path, shrink: Shrink, overrides: dict[str, Any]) -> list[str]:
+    """dataset/OpenImages as unzipped (images, instance and ignore masks beside them) and the metadata of
+    what was written where the preset reads it (``data.metadata``)."""
+    from acol.data.shadow_openimages import generate_shadow_openimages
+
+    root = repo / str(overrides["data.root"])
+    per_class = {
+        "train": shrink.train_per_class,
+        "val": shrink.fullsup_per_class,
+        "test": shrink.val_per_class,
+    }
+    generate_shadow_openimages(root, metadata / "OpenImages", repo / str(overrides["data.metadata"]),
+                               classes=shrink.classes, per_class=per_class)  # fmt: skip
+    return [
+        f"{root.relative_to(repo)}: {_count_images(root)} JPEGs, {shrink.classes} classes (OpenImages layout)"
+    ]
+
+
+_SHADOWS = {"ilsvrc": _shadow_ilsvrc, "cub": _shadow_cub, "openimages": _shadow_openimages}
 
 
 def _count_images(root: Path) -> int:
@@ -404,7 +428,7 @@ def rehearse(preset: str, work: str | os.PathLike[str], shrink: Shrink | None = 
     began = time.perf_counter()
     repo.mkdir(parents=True)
     _copy_checkout(repo)
-    make = _shadow_ilsvrc if _dataset(preset) == "ilsvrc" else _shadow_cub
+    make = _SHADOWS[_dataset(preset)]
     produced = make(repo, _metadata(work), shrink, overrides)
     produced.append(_weights(repo, overrides))
     rehearsal.steps.append(Step("copy, data, weights", time.perf_counter() - began, produced))
