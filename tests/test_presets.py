@@ -40,6 +40,11 @@ def _preset_params(name: str) -> Params:
     return Params.model_validate(apply_overrides(raw, settings))
 
 
+def _method(name: str) -> str:
+    """The method a preset's name says: ``choe-<backbone>-<method>-<dataset>``; the ACoL paper's are ACoL."""
+    return name.split("-")[2] if name.startswith("choe-") else "acol"
+
+
 _CLASSES = {"ilsvrc": 1000, "cub": 200, "openimages": 100}
 
 
@@ -89,11 +94,6 @@ def test_preset_first_training_step_runs(name: str) -> None:
     scheduler.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters(), strict=True))
-
-
-def _method(name: str) -> str:
-    """The method a preset's name says: ``choe-<backbone>-<method>-<dataset>``; the ACoL paper's are ACoL."""
-    return name.split("-")[2] if name.startswith("choe-") else "acol"
 
 
 def test_recipes_follow_their_sources() -> None:
