@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from acol.config import Params
-from acol.published import NOT_CONFIRMED, PresetMatch, Published, for_preset, in_metric
+from acol.published import CHOE_METHODS, NOT_CONFIRMED, PresetMatch, Published, for_preset, in_metric
 
 __all__ = [
     "IDENTITY_KEYS",
+    "CHOE_NAMES",
     "PRESETS",
     "Preset",
     "describe",
@@ -44,6 +45,12 @@ _CUB = {
     "data.root": "data/CUB_200_2011",
     "data.mask_dir": None,
     "tracking.registered_model": "wsol-cub",
+}
+_OPENIMAGES = {
+    "data.source": "openimages",
+    "data.root": "data/OpenImages",
+    "data.mask_dir": None,
+    "tracking.registered_model": "wsol-openimages",
 }
 _GPU_224 = {
     "train.image_size": 224,
@@ -125,38 +132,47 @@ def _acol_paper(backbone: str, dataset: str) -> Preset:
     )
 
 
+_FULLSUP = {"ilsvrc": "ILSVRC", "cub": "CUB", "openimages": "OpenImages"}  # Choe et al.'s metadata folders
+_CHOE_DATA = {"ilsvrc": _ILSVRC, "cub": _CUB, "openimages": _OPENIMAGES}
+
+
 def _choe(backbone: str, method: str, dataset: str) -> Preset:
-    data = _ILSVRC if dataset == "ilsvrc" else _CUB
+    erase = {"model.erase_threshold": 0.7} if method == "acol" else {}  # config.py default acol_threshold
     overrides = {
         "methods": [method],
-        **data,
-        # the CAM threshold is chosen on train-fullsup (ImageNetV2 / CUBV2), whose WSOL metadata ships in
-        # tests/assets/wsol-metadata.tar.xz (extract it into data/wsol-metadata)
-        "data.fullsup_metadata": f"data/wsol-metadata/{'ILSVRC' if dataset == 'ilsvrc' else 'CUB'}/val",
+        **_CHOE_DATA[dataset],
+        # the CAM threshold is chosen on train-fullsup (ImageNetV2 / CUBV2 / OpenImages val), whose WSOL
+        # metadata ships in tests/assets/wsol-metadata.tar.xz (extract it into data/wsol-metadata)
+        "data.fullsup_metadata": f"data/wsol-metadata/{_FULLSUP[dataset]}/val",
         "evaluate.threshold_split": "fullsup",
         **_GPU_224,
         **_CHOE_RECIPE,
         "model.backbone": backbone,
         "model.large_feature_map": False,  # config.py default
         "model.backbone_weights": _TORCHVISION_WEIGHTS[backbone],
-        "model.erase_threshold": 0.7,  # config.py default acol_threshold
+        **erase,
         "train.epochs": 10,
     }
+    metric = "PxAP" if dataset == "openimages" else "MaxBoxAccV2"
     return Preset(
-        f"{backbone} {method.upper()}, {dataset.upper()} (Choe et al. 2020, MaxBoxAccV2)",
+        f"{backbone} {CHOE_NAMES[method]}, {dataset.upper()} (Choe et al. 2020, {metric})",
         _CHOE_CODE,
         overrides,
         "lr, epochs and method hyperparameters: the code defaults, not the per-run tuned values",
     )
 
 
+# this project's method names as Choe et al. print them (acol.published.CHOE_METHODS turned around)
+CHOE_NAMES: dict[str, str] = {ours: theirs for theirs, ours in CHOE_METHODS.items()}
+
 PRESETS: dict[str, Preset] = {
     **{f"acol-paper-{b}-{d}": _acol_paper(b, d) for b in ("vgg16", "googlenet") for d in ("ilsvrc", "cub")},
+    # every cell of Choe et al.'s main table: 6 methods x 3 backbones x 3 datasets
     **{
         f"choe-{b}-{m}-{d}": _choe(b, m, d)
         for b in ("vgg16", "resnet50", "inception_v3")
-        for m in ("acol", "cam")
-        for d in ("ilsvrc", "cub")
+        for m in CHOE_NAMES
+        for d in ("ilsvrc", "cub", "openimages")
     },
 }
 

@@ -18,11 +18,13 @@ __all__ = [
     "CHOE_ACOL",
     "CHOE_COLUMNS",
     "CHOE_GRID",
+    "CHOE_METHODS",
     "NUMBERS",
     "NOT_CONFIRMED",
     "Published",
     "PresetMatch",
     "for_preset",
+    "choe_value",
     "in_metric",
     "markdown_tables",
 ]
@@ -42,7 +44,7 @@ class Published:
     """One published figure (or one that could not be confirmed), with where it was read and its status."""
 
     row: str  # what the figure is of, e.g. "VGG16 ACoL, ILSVRC"
-    method: str  # this project's method name where it has one (acol, cam), else the source's (HaS, ...)
+    method: str  # this project's method name where it has one (acol, cam, has, ...), else the source's
     metric: str  # this project's metric the figure is comparable with (maxboxacc_v2, top1_loc_error, ...)
     printed: Decimal | None  # exactly as the source printed it; None: not confirmed
     measure: str  # what the source printed: "top-1 loc accuracy", "MaxBoxAccV2, difference to CAM", ...
@@ -101,15 +103,32 @@ _CHOE_VALUES = ("CAM", "FSL baseline", "Center baseline")  # printed as values, 
 CHOE_ACOL: tuple[str, ...] = ("57.4", "63.7", "62.3", "57.4", "56.2", "66.5", "54.3", "57.2", "57.3")
 
 
+# Their method names as this project's `model.method` / `methods` spell them (the baselines are no method here).
+CHOE_METHODS: dict[str, str] = {
+    "CAM": "cam",
+    "HaS": "has",
+    "ACoL": "acol",
+    "SPG": "spg",
+    "ADL": "adl",
+    "CutMix": "cutmix",
+}
+
+
+def choe_value(method: str, column: int) -> Decimal:
+    """A method's figure in one column: printed as a value (CAM, baselines), else CAM + its printed difference
+    (the caption's rule; exact, in `Decimal`). ACoL's sums are the notes' own (`CHOE_ACOL`; a test checks)."""
+    printed = Decimal(CHOE_GRID[method][column])
+    return printed if method in _CHOE_VALUES else Decimal(CHOE_GRID["CAM"][column]) + printed
+
+
 def _choe(method: str, column: int) -> Published:
     dataset, backbone = CHOE_COLUMNS[column]
     metric = "pxap" if dataset == "openimages" else "maxboxacc_v2"
     label = "PxAP" if metric == "pxap" else "MaxBoxAccV2"
     printed = Decimal(CHOE_GRID[method][column])
-    value = printed if method in _CHOE_VALUES else None
-    value = Decimal(CHOE_ACOL[column]) if method == "ACoL" else value
-    ours = {"CAM": "cam", "ACoL": "acol"}.get(method)
-    preset = f"choe-{backbone}-{ours}-{dataset}" if ours and dataset != "openimages" else None
+    value = Decimal(CHOE_ACOL[column]) if method == "ACoL" else choe_value(method, column)
+    ours = CHOE_METHODS.get(method)
+    preset = f"choe-{backbone}-{ours}-{dataset}" if ours else None
     return Published(
         row=f"{BACKBONES[backbone]} {method}, {DATASETS[dataset]}",
         method=ours or method,
@@ -122,7 +141,7 @@ def _choe(method: str, column: int) -> Published:
         where=_CHOE_WHERE,
         status="primary",
         preset=preset,
-        note=f"{_CHOE_CAPTION}; value = CAM + difference" if method == "ACoL" else _CHOE_CAPTION,
+        note=_CHOE_CAPTION if method in _CHOE_VALUES else f"{_CHOE_CAPTION}; value = CAM + difference",
     )
 
 
@@ -255,12 +274,13 @@ def _readme_row(p: Published) -> str:
 
 def _choe_cell(method: str, column: int) -> str:
     printed = CHOE_GRID[method][column]
-    return f"{printed} (= {CHOE_ACOL[column]})" if method == "ACoL" else printed
+    return printed if method in _CHOE_VALUES else f"{printed} (= {choe_value(method, column)})"
 
 
 def markdown_tables() -> str:
-    """The README's tables: every preset-related figure, then Choe et al.'s main table as printed."""
-    rows = [p for p in NUMBERS if p.preset or not p.paper.startswith("Choe")]
+    """The README's tables: the ACoL paper's figures, then Choe et al.'s main table as printed (each cell of a
+    method with its value; its preset is ``choe-<backbone>-<method>-<dataset>``)."""
+    rows = [p for p in NUMBERS if not p.paper.startswith("Choe")]
     head = "| row | preset | metric | published (this metric) | as printed | source | status | note |"
     lines = [head, "| --- " * 8 + "|", *(_readme_row(p) for p in rows), ""]
     columns = [f"{DATASETS[d]} {BACKBONES[b]}" for d, b in CHOE_COLUMNS]

@@ -216,7 +216,8 @@ def test_compare_turns_dvc_exp_show_around(dvc_repo: Path, monkeypatch: pytest.M
     header = lines[0].split()  # the workspace and the commit (its branch name), each with acol and cam
     assert len(header) == 4 and header[:2] == ["workspace"] * 2 and header[2] == header[3] != "workspace"
     assert lines[1].split() == ["acol", "cam", "acol", "cam"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    first = lines[2 : lines.index("")] if "" in lines else lines[2:]
+    rows = {line.split()[0]: line.split()[1:] for line in first}
     assert list(rows) == list(METRIC_NAMES)
     table = metric_table(*_BOTH)
     for name, values in rows.items():  # workspace and commit alike: each method's number, "-" where none
@@ -257,3 +258,19 @@ def test_compare_help_prints_its_usage_instead_of_failing(capsys) -> None:
 
     assert main(["--help"]) == 0
     assert "python -m acol.stages.compare -A" in capsys.readouterr().out
+
+
+def test_compare_shows_acol_minus_each_method_of_its_experiment() -> None:
+    from acol.stages.compare import RunColumn, render
+
+    columns = [
+        RunColumn("exp1", "acol", {"MaxBoxAccV2": 60.0, "PxAP": 70.0}),
+        RunColumn("exp1", "cam", {"MaxBoxAccV2": 55.5, "PxAP": 71.0}),
+        RunColumn("exp1", "spg", {"MaxBoxAccV2": 61.25}),
+        RunColumn("exp2", "cam", {"MaxBoxAccV2": 50.0}),  # no ACoL in exp2: no difference column
+    ]
+    lines = render(columns).splitlines()
+    second = lines[lines.index("") + 2 :]
+    assert second[0].split() == ["exp1", "exp1"] and second[1].split() == ["acol-cam", "acol-spg"]
+    rows = {line.split()[0]: line.split()[1:] for line in second[2:]}
+    assert rows["MaxBoxAccV2"] == ["4.5", "-1.25"] and rows["PxAP"] == ["-1", "-"]

@@ -20,6 +20,7 @@ from acol.published import (
     CHOE_ACOL,
     CHOE_COLUMNS,
     CHOE_GRID,
+    CHOE_METHODS,
     NUMBERS,
     PresetMatch,
     for_preset,
@@ -39,8 +40,16 @@ def _preset_params(name: str) -> Params:
     return Params.model_validate(apply_overrides(raw, settings))
 
 
+def _method(name: str) -> str:
+    """The method a preset's name says: ``choe-<backbone>-<method>-<dataset>``; the ACoL paper's are ACoL."""
+    return name.split("-")[2] if name.startswith("choe-") else "acol"
+
+
+_CLASSES = {"ilsvrc": 1000, "cub": 200, "openimages": 100}
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_preset_validates_and_its_first_training_step_runs(name: str) -> None:
+def test_preset_validates_with_every_override(name: str) -> None:
     params = _preset_params(name)
     for key, value in preset_overrides(name).items():  # every override arrived, with its type
         node = params
@@ -48,7 +57,27 @@ def test_preset_validates_and_its_first_training_step_runs(name: str) -> None:
             node = getattr(node, part)
         assert node == (tuple(value) if isinstance(value, list) else value), key
     assert params.methods == (_method(name),)  # a preset runs its published row's method
-    num_classes = 1000 if params.data.source == "ilsvrc" else 200
+
+
+def _one_preset_per_architecture() -> list[str]:
+    """The datasets of one backbone x method share the architecture (only the class count differs)."""
+    seen: dict[tuple[str, str], str] = {}
+    for name in sorted(PRESETS):
+        overrides = PRESETS[name].overrides
+        seen.setdefault((overrides["model.backbone"], _method(name)), name)
+    return sorted(seen.values())
+
+
+def test_presets_cover_choes_three_backbones_for_six_methods() -> None:
+    picked = {(PRESETS[n].overrides["model.backbone"], _method(n)) for n in _one_preset_per_architecture()}
+    methods = ("acol", "cam", "has", "cutmix", "adl", "spg")
+    assert {(b, m) for b in ("vgg16", "resnet50", "inception_v3") for m in methods} <= picked
+
+
+@pytest.mark.parametrize("name", _one_preset_per_architecture())
+def test_preset_first_training_step_runs(name: str) -> None:
+    params = _preset_params(name)
+    num_classes = _CLASSES[params.data.source]
     torch.manual_seed(0)
     # the preset's architecture, with narrower heads (128, not 1024) to keep the suite quick on 2 cores
     section = {**params.model.model_dump(), "head_channels": 128}
@@ -65,10 +94,6 @@ def test_preset_validates_and_its_first_training_step_runs(name: str) -> None:
     scheduler.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters(), strict=True))
-
-
-def _method(name: str) -> str:
-    return "cam" if "-cam-" in name else "acol"
 
 
 def test_recipes_follow_their_sources() -> None:
@@ -123,12 +148,26 @@ NOTES = ROOT / "tests" / "assets" / "published-numbers.md"
 def test_choe_acol_is_cam_plus_the_printed_difference() -> None:
     cam, diff = CHOE_GRID["CAM"], CHOE_GRID["ACoL"]
     assert [str(Decimal(c) + Decimal(d)) for c, d in zip(cam, diff, strict=True)] == list(CHOE_ACOL)
-    for p in NUMBERS:
-        if p.preset and p.preset.startswith("choe-"):
-            column = CHOE_COLUMNS.index((p.preset.split("-")[3], p.preset.split("-")[1]))
-            method = "ACoL" if p.method == "acol" else "CAM"
-            assert p.printed == Decimal(CHOE_GRID[method][column]), p.preset
-            assert p.value == Decimal((CHOE_ACOL if method == "ACoL" else CHOE_GRID["CAM"])[column])
+
+
+def test_every_cell_of_choes_table_is_a_preset_with_its_printed_figure() -> None:
+    """54 presets, one a cell; each one's figure is the cell as printed and CAM + the difference (hand sums
+    of three cells below)."""
+    theirs = {ours: name for name, ours in CHOE_METHODS.items()}
+    cells = [p for p in NUMBERS if p.preset and p.preset.startswith("choe-")]
+    assert sorted(p.preset for p in cells) == sorted(n for n in PRESETS if n.startswith("choe-"))
+    assert len(cells) == 6 * 3 * 3
+    for p in cells:
+        _, backbone, method, dataset = p.preset.split("-")
+        column = CHOE_COLUMNS.index((dataset, backbone))
+        assert p.method == method and p.printed == Decimal(CHOE_GRID[theirs[method]][column]), p.preset
+        cam = Decimal(CHOE_GRID["CAM"][column])
+        assert p.value == (cam if method == "cam" else cam + p.printed), p.preset
+        assert p.metric == ("pxap" if dataset == "openimages" else "maxboxacc_v2")
+    value = {p.preset: str(p.value) for p in cells}
+    assert value["choe-inception_v3-has-cub"] == "53.4"  # 56.7 - 3.3
+    assert value["choe-vgg16-adl-cub"] == "66.3"  # 63.7 + 2.6
+    assert value["choe-resnet50-spg-openimages"] == "56.7"  # 58.5 - 1.8
 
 
 def test_errors_are_100_minus_the_printed_accuracy() -> None:

@@ -519,3 +519,20 @@ def test_boxes_at_the_best_threshold_keep_the_maps_as_arrays(tmp_path: Path) -> 
         _, width, height = gt[ids[k]]
         want = boxes_from_maps(maps[k : k + 1], np.array([width]), np.array([height]), 0.4)[0]
         np.testing.assert_array_equal(np.asarray(boxes[k], np.float32), want)
+
+
+def test_acol_is_compared_with_each_other_method_of_the_run() -> None:
+    """Six methods in a run: one sentence per other method, ACoL first in each; without ACoL, the first shown."""
+    from acol.stages.report_analysis import _diff_sentences
+
+    metrics = {"acol": {"maxboxacc_v2": 60.0}, "cam": {"maxboxacc_v2": 55.5}, "has": {"maxboxacc_v2": 61.25},
+               "spg": {"maxboxacc_v2": 60.0}, "adl": {}}  # fmt: skip
+    assert _diff_sentences("maxboxacc_v2", "MaxBoxAccV2", metrics) == [
+        "MaxBoxAccV2: ACoL 60.00 vs CAM 55.50 (+4.50 points), ACoL is better than CAM on this run.",
+        "MaxBoxAccV2: ACoL 60.00 vs HaS 61.25 (-1.25 points), ACoL is worse than HaS on this run.",
+        "MaxBoxAccV2: ACoL 60.00 vs SPG 60.00 (+0.00 points), ACoL is equal to SPG on this run.",
+    ]  # ADL has no MaxBoxAccV2: no sentence
+    errors = {"cam": {"top1_loc_error": 40.0}, "cutmix": {"top1_loc_error": 42.0}}
+    assert _diff_sentences("top1_loc_error", "Top-1 localization error", errors) == [
+        "Top-1 localization error: CAM 40.00 vs CutMix 42.00 (-2.00 points), CAM is better than CutMix on this run."
+    ]

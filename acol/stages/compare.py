@@ -1,4 +1,4 @@
-"""Compare runs side by side: one row per metric, one column per experiment and method.
+"""Compare runs side by side: one row per metric, one column per experiment and method; then ACoL minus each.
 
 Why: ``dvc metrics show`` shows one revision (one row per metric, a column per method), and ``dvc exp show``
 puts every experiment on one row with each metric of each method in its own column
@@ -22,7 +22,7 @@ from typing import Any
 
 from acol.tracking.dvc_metrics import METRIC_NAMES, METRICS_DIR
 
-__all__ = ["RunColumn", "columns_from_exp_show", "main", "render"]
+__all__ = ["RunColumn", "acol_differences", "columns_from_exp_show", "main", "render"]
 
 _METRICS_FILE = re.compile(rf"^{re.escape(METRICS_DIR)}/(?P<name>[^/]+)\.json$")
 
@@ -63,15 +63,45 @@ def columns_from_exp_show(entries: list[dict[str, Any]]) -> list[RunColumn]:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "-"
-    return f"{value:g}"
+    return f"{value:g}" if _number(value) else "-"
+
+
+def acol_differences(columns: list[RunColumn]) -> list[RunColumn]:
+    """ACoL minus each other method of the same experiment, metric by metric (the method compared as
+    ``acol-<method>``); experiments without ACoL give none."""
+    acol = {c.experiment: c.metrics for c in columns if c.method == "acol"}
+    return [
+        RunColumn(
+            c.experiment,
+            f"acol-{c.method}",
+            {
+                k: acol[c.experiment][k] - v
+                for k, v in c.metrics.items()
+                if _number(acol[c.experiment].get(k))
+            },
+        )
+        for c in columns
+        if c.method != "acol" and c.experiment in acol
+    ]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def render(columns: list[RunColumn]) -> str:
-    """A plain-text table: experiment and method as a two-line header, one metric a line."""
+    """The metrics table, then (where an experiment has ACoL and another method) ACoL's difference to each."""
     if not columns:
         return "no metrics found (run `dvc repro` or `dvc exp run` first)"
+    differences = acol_differences(columns)
+    if not differences:
+        return _table(columns)
+    note = "ACoL minus each method of the same experiment (errors: negative is ACoL better):"
+    return "\n".join([_table(columns), "", note, _table(differences)])
+
+
+def _table(columns: list[RunColumn]) -> str:
+    """A plain-text table: experiment and method as a two-line header, one metric a line."""
     name_width = max(len(name) for name in METRIC_NAMES)
     cells = [[_cell(c.metrics.get(name)) for c in columns] for name in METRIC_NAMES]
     widths = [

@@ -178,15 +178,33 @@ def _boxes_at(
     return preds
 
 
-def _diff_sentence(key: str, label: str, metrics: Mapping[str, Mapping[str, Any]]) -> str | None:
-    a, c = _number(metrics.get("acol", {}).get(key)), _number(metrics.get("cam", {}).get(key))
-    if a is None or c is None:
-        return None
-    delta = a - c
-    direction = metric_direction(key)
-    better = (delta < 0) if direction == "lower" else (delta > 0)
-    verdict = "equal to" if delta == 0 else ("better than" if better else "worse than")
-    return f"{label}: ACoL {a:.2f} vs CAM {c:.2f} ({delta:+.2f} points), ACoL is {verdict} CAM on this run."
+_DISPLAY = {"acol": "ACoL", "cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL", "spg": "SPG"}
+
+
+def display_name(method: str) -> str:
+    """A method as papers print it (``acol`` -> ``ACoL``); an unknown one as it is named."""
+    return _DISPLAY.get(method, method)
+
+
+def _diff_sentences(key: str, label: str, metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The highlighted method (ACoL where the run has it, else the first shown) against each other method."""
+    if not metrics:
+        return []
+    ours = "acol" if "acol" in metrics else next(iter(metrics))
+    a = _number(metrics[ours].get(key))
+    sentences = []
+    for other in metrics:
+        c = _number(metrics[other].get(key))
+        if other == ours or a is None or c is None:
+            continue
+        delta = a - c
+        better = (delta < 0) if metric_direction(key) == "lower" else (delta > 0)
+        verdict = "equal to" if delta == 0 else ("better than" if better else "worse than")
+        x, y = display_name(ours), display_name(other)
+        sentences.append(
+            f"{label}: {x} {a:.2f} vs {y} {c:.2f} ({delta:+.2f} points), {x} is {verdict} {y} on this run."
+        )
+    return sentences
 
 
 def _coverage_sentences(
@@ -233,18 +251,15 @@ def _what_this_shows(
     metrics: Mapping[str, Mapping[str, Any]],
     gt: Mapping[str, tuple[np.ndarray, int, int]],
 ) -> list[str]:
-    """Factual sentences: ACoL vs CAM differences, and how B's map sits relative to A's and the GT boxes."""
-    shows = [
-        s
-        for s in (
-            _diff_sentence("maxboxacc_v2", "MaxBoxAccV2", metrics),
-            _diff_sentence("gt_known_loc", "GT-known localization", metrics),
-            _diff_sentence("top1_loc_error", "Top-1 localization error", metrics),
-            _diff_sentence("top1_cls_error", "Top-1 classification error", metrics),
-            _diff_sentence("pxap", "PxAP", metrics),
-        )
-        if s
-    ]
+    """Factual sentences: ACoL against each other method, and where B's map sits relative to A's and the boxes."""
+    compared = (
+        ("maxboxacc_v2", "MaxBoxAccV2"),
+        ("gt_known_loc", "GT-known localization"),
+        ("top1_loc_error", "Top-1 localization error"),
+        ("top1_cls_error", "Top-1 classification error"),
+        ("pxap", "PxAP"),
+    )
+    shows = [s for key, label in compared for s in _diff_sentences(key, label, metrics)]
     acol_maps = inputs.methods["acol"].maps if "acol" in inputs.methods else None
     if acol_maps is not None and gt:
         erase = _number(metrics["acol"].get("erase_threshold"))
