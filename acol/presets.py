@@ -46,10 +46,13 @@ _CUB = {
     "data.mask_dir": None,
     "tracking.registered_model": "wsol-cub",
 }
+# OpenImages30k: masks and no boxes, so PxAP is the metric the champion is chosen by
 _OPENIMAGES = {
     "data.source": "openimages",
     "data.root": "data/OpenImages",
+    "data.metadata": "data/wsol-metadata/OpenImages",
     "data.mask_dir": None,
+    "evaluate.champion_metric": "pxap",
     "tracking.registered_model": "wsol-openimages",
 }
 _GPU_224 = {
