@@ -143,6 +143,22 @@ def test_serving_settings_take_the_evaluated_threshold_and_size() -> None:
         mm.serving_settings({**CARD, "evaluation": {"cam_threshold": 1.5}}, params)
 
 
+def test_a_masks_only_evaluation_serves_boxes_at_the_extraction_threshold() -> None:
+    """OpenImages has no boxes to choose a CAM threshold on (evaluation's cam_threshold is None): the served
+    boxes use the card's extraction threshold, as for a card without an evaluation."""
+    card = {
+        **CARD,
+        "evaluation": {"cam_threshold": None, "image_size": 32},
+        "extract": {"box_threshold": 0.3},
+    }
+    settings = mm.serving_settings(card, Params())
+    assert (settings["cam_threshold"], settings["cam_threshold_from"], settings["image_size"]) == (
+        0.3,
+        "card extract.box_threshold",
+        32,
+    )
+
+
 def test_localize_gives_extraction_classes_boxes_and_maps(
     model: torch.nn.Module, jpeg: Path, tmp_path: Path
 ) -> None:

@@ -79,7 +79,7 @@ def serving_settings(card: dict[str, Any], params: Params | None = None) -> dict
 
         params = Params()
     evaluation, extract, train = (card.get(k) or {} for k in ("evaluation", "extract", "train"))
-    if "cam_threshold" in evaluation:
+    if evaluation.get("cam_threshold") is not None:  # None: a masks-only dataset chose no threshold
         threshold, source = evaluation["cam_threshold"], "evaluation.cam_threshold"
     elif "box_threshold" in extract:
         threshold, source = extract["box_threshold"], "card extract.box_threshold"
