@@ -23,7 +23,7 @@ import torch
 import acol.distributed.extract as extract_module
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
-from acol.distributed.extract import extract, extract_plain
+from acol.distributed.extract import ExtractionJob, extract, extract_plain
 from acol.inference.mapstore import MAP_COLUMNS, read_maps
 from acol.io import resume_dir_path
 from acol.models import build_model
@@ -79,10 +79,14 @@ def setup(tiny_dataset: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-def _run(engine, s: dict, out: Path, manifest: Path | None = None, model: Path | None = None):
-    return engine(
+def _job(s: dict, out: Path, manifest: Path | None = None, model: Path | None = None) -> ExtractionJob:
+    return ExtractionJob(
         s["params"], "acol", manifest or s["manifest"], s["root"], model or s["model"], s["card"], out
     )
+
+
+def _run(engine, s: dict, out: Path, manifest: Path | None = None, model: Path | None = None, **forward):
+    return engine(_job(s, out, manifest, model), **forward)
 
 
 def _kill_after_parts(monkeypatch: pytest.MonkeyPatch, parts: int) -> None:
