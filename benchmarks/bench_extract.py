@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -49,9 +50,9 @@ import torch
 import acol.distributed.extract as extract_module
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
-from acol.distributed.extract import ExtractSummary, extract, extract_plain
+from acol.distributed.extract import ExtractionJob, ExtractSummary, extract, extract_plain
 from acol.inference.model_card import spec_from_card
-from acol.inference.predict import MapPredictor, decode_batch
+from acol.inference.predict import ForwardOptions, MapPredictor, decode_batch
 from acol.io import write_json_atomic
 from acol.models import build_model
 
@@ -133,14 +134,14 @@ def _killed_after_parts(parts: int):
         extract_module._PartWriter._flush = flush
 
 
-def _resume_row(run: Any, run_args: tuple, full: dict[str, Any], rows_per_file: int) -> dict[str, Any]:
+def _resume_row(run: Any, job: ExtractionJob, full: dict[str, Any], rows_per_file: int) -> dict[str, Any]:
     """Kill a run half way, rerun it: the rerun's times against the full run's."""
-    out = Path(f"{run_args[-1]}_resume")
+    job = dataclasses.replace(job, out_dir=Path(f"{job.out_dir}_resume"))
     half = max(full["parts"] // 2, 1)
     with contextlib.suppress(_Killed), _killed_after_parts(half):
-        run(*run_args[:-1], out)
+        run(job)
     start = time.perf_counter()
-    summary: ExtractSummary = run(*run_args[:-1], out)
+    summary: ExtractSummary = run(job)
     wall = time.perf_counter() - start
     return {
         "engine": full["engine"],
@@ -171,7 +172,8 @@ def component_rates(
         )
     decode_s = time.perf_counter() - start
     spec = spec_from_card(card, params, card["method"], manifest_classes(table))
-    predictor = MapPredictor(spec, str(model_path), size, params.extract.box_threshold)
+    options = ForwardOptions(size=size, box_threshold=params.extract.box_threshold)
+    predictor = MapPredictor(spec, str(model_path), options)
     predictor(decoded[0])  # warm-up, not timed
     start = time.perf_counter()
     for item in decoded:
@@ -288,14 +290,14 @@ def main() -> None:
                     table = manifest_from_records(records[:n], classes, "synthetic")
                 write_manifest(table, manifest)
                 out = work / "out" / f"{engine}_{n}"
-                run_args = (params, args.method, manifest, data_root, work / "model.pt", card, out)
+                job = ExtractionJob(params, args.method, manifest, data_root, work / "model.pt", card, out)
                 if engine == "ray":
                     run = functools.partial(extract, **options)
                 else:
                     run = functools.partial(extract_plain, device=args.device, **options)
                 start = time.perf_counter()
                 with PeakMemory() as memory:
-                    summary = run(*run_args)
+                    summary = run(job)
                 wall = time.perf_counter() - start
                 row = {
                     "engine": engine,
@@ -317,7 +319,7 @@ def main() -> None:
                 log.info("%s", row)
                 results.append(row)
                 if args.resume and n == max(args.sizes):
-                    resumes.append(_resume_row(run, run_args, row, params.extract.rows_per_file))
+                    resumes.append(_resume_row(run, job, row, params.extract.rows_per_file))
                     log.info("%s", resumes[-1])
                 if args.keep is not None and n == max(args.sizes):  # the last engine's copy stays
                     keep_output(out, manifest, card, args.keep)

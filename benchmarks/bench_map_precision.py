@@ -62,7 +62,7 @@ from acol.data.shadow_ilsvrc import metadata_geometry
 from acol.data.synthetic import SyntheticConfig, generate_synthetic
 from acol.inference.mapstore import MAP_DTYPE, PARQUET_OPTIONS, _list_column, columns_to_table, maps_array
 from acol.inference.model_card import spec_from_card
-from acol.inference.predict import MapPredictor, decode_batch
+from acol.inference.predict import ForwardOptions, MapPredictor, decode_batch
 from acol.io import write_json_atomic
 from acol.models import build_model
 from acol.stages.evaluation import evaluate_method, holdout_mask
@@ -141,7 +141,8 @@ def float32_maps(args: argparse.Namespace, work: Path, root: Path, geometry: lis
     if np.dtype(np.float32) != MAP_DTYPE:
         raise SystemExit(f"the map store keeps {MAP_DTYPE}: part 1 needs the float32 maps")
     torch.set_num_threads(args.threads)
-    predictor = MapPredictor(spec, str(model_path), 224, params.extract.box_threshold)
+    options = ForwardOptions(size=224, box_threshold=params.extract.box_threshold)
+    predictor = MapPredictor(spec, str(model_path), options)
     parts: list[dict[str, np.ndarray]] = []
     t0, c0 = time.perf_counter(), time.process_time()
     for first in range(0, len(records), args.batch_size):

@@ -544,9 +544,9 @@ def extraction(report: Report, sizes: Sizes, device: Any, work: Path) -> None:
         return
     from acol.config import load_params
     from acol.data.manifest import manifest_classes, read_manifest
-    from acol.distributed.extract import _INPUT_COLUMNS, extract_plain
+    from acol.distributed.extract import _INPUT_COLUMNS, ExtractionJob, extract_plain
     from acol.inference.model_card import spec_from_card
-    from acol.inference.predict import MapPredictor, decode_batch
+    from acol.inference.predict import ForwardOptions, MapPredictor, decode_batch
 
     root, manifest = data
     classes = manifest_classes(read_manifest(manifest))
@@ -558,8 +558,8 @@ def extraction(report: Report, sizes: Sizes, device: Any, work: Path) -> None:
         f"extract.use_gpu={str(device.type == 'cuda').lower()}", "extract.amp=true", "extract.channels_last=true",
     ])  # fmt: skip
     _reset_memory(device)
-    summary = extract_plain(params, "acol", manifest, root, work / "model.pt", card, work / "maps",
-                            device=str(device), loader_workers=sizes.loader_workers)  # fmt: skip
+    job = ExtractionJob(params, "acol", manifest, root, work / "model.pt", card, work / "maps")
+    summary = extract_plain(job, device=str(device), loader_workers=sizes.loader_workers)
     figures["extract_max_memory_mb"] = _max_memory_mb(device)
     figures["extract_images_per_s"] = round(summary.images_per_s, 1)
     figures["extract_steady_images_per_s"] = round(summary.steady_images_per_s, 1)
@@ -572,8 +572,10 @@ def extraction(report: Report, sizes: Sizes, device: Any, work: Path) -> None:
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in _INPUT_COLUMNS}
     batch = decode_batch(columns, str(root), sizes.image_size)
     spec = spec_from_card(card, params, "acol", classes)
-    predictor = MapPredictor(spec, str(work / "model.pt"), sizes.image_size, params.extract.box_threshold,
-                             str(device), amp=True, channels_last=True)  # fmt: skip
+    options = ForwardOptions(
+        sizes.image_size, params.extract.box_threshold, str(device), amp=True, channels_last=True
+    )
+    predictor = MapPredictor(spec, str(work / "model.pt"), options)
     predictor(batch)  # warm-up (cuDNN autotuning, allocator), not timed
     _sync(device)
     start = time.perf_counter()

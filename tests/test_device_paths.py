@@ -26,7 +26,7 @@ from acol.config import Params, TrainParams, load_params
 from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform
-from acol.distributed.extract import extract, extract_plain
+from acol.distributed.extract import ExtractionJob, extract, extract_plain
 from acol.distributed.train import _val_loader
 from acol.inference.mapstore import maps_array, ok_rows, read_maps
 from acol.inference.model_card import spec_from_card
@@ -158,9 +158,10 @@ def _run_extract(
     engine_fn: Callable[..., Any], s: dict[str, Any], params: Params, name: str, **kwargs: Any
 ) -> tuple[Any, Any, dict[str, Any]]:
     out = s["work"] / name
-    summary = engine_fn(
-        params, "acol", s["data"]["val"], s["data"]["root"], s["work"] / "model.pt", s["card"], out, **kwargs
+    job = ExtractionJob(
+        params, "acol", s["data"]["val"], s["data"]["root"], s["work"] / "model.pt", s["card"], out
     )
+    summary = engine_fn(job, **kwargs)
     return summary, ok_rows(read_maps(out / "maps")), json.loads((out / "summary.json").read_text())
 
 
@@ -218,7 +219,8 @@ def test_the_plain_loader_batch_is_pinnable_and_predicts_as_a_numpy_one(
     assert isinstance(batch["image"], torch.Tensor) and batch["image"].dtype == torch.uint8
     assert predict_module._ok_images(batch["image"], np.ones(4, dtype=bool)) is batch["image"]  # no copy
     spec = spec_from_card(s["card"], Params(), "acol", s["card"]["classes"])
-    predictor = predict_module.MapPredictor(spec, str(s["work"] / "model.pt"), 48, 0.2)
+    options = predict_module.ForwardOptions(size=48, box_threshold=0.2)
+    predictor = predict_module.MapPredictor(spec, str(s["work"] / "model.pt"), options)
     for failed in (None, 1):
         tensor_batch = dict(batch, error=batch["error"].copy())
         if failed is not None:
@@ -239,8 +241,10 @@ def test_the_extract_stage_passes_the_params(
     class Stop(Exception):
         pass
 
-    def fake(*args: Any, **kwargs: Any) -> None:
-        got.append(kwargs)
+    def fake(job: ExtractionJob, **kwargs: Any) -> None:
+        got.append(
+            {"amp": job.params.extract.amp, "channels_last": job.params.extract.channels_last, **kwargs}
+        )
         raise Stop
 
     monkeypatch.setattr(extract_module, "extract_plain", fake)

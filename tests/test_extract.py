@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from acol.config import load_params
 from acol.data.images import read_image
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
 from acol.data.transforms import eval_transform, to_float_tensor
-from acol.distributed.extract import extract, extract_plain
+from acol.distributed.extract import ExtractionJob, extract, extract_plain
 from acol.inference.mapstore import (
     MAP_COLUMNS,
     MAPSTORE_SCHEMA,
@@ -78,23 +79,25 @@ def setup(tiny_dataset, tmp_path_factory):
     return {"work": work, "root": root, "manifest": manifest, "params": params, "n": len(records)}
 
 
-def _args(s: dict, manifest: Path | None = None) -> tuple:
-    """extract / extract_plain arguments before the output folder: params, method, manifest, root, model, card."""
+def _job(s: dict, out: Path, manifest: Path | None = None, **changes) -> ExtractionJob:
+    """The setup's acol job into ``out``; ``changes`` replace fields (params, method, model, model_card)."""
     work = s["work"]
-    return (
+    job = ExtractionJob(
         s["params"],
         "acol",
         manifest or s["manifest"],
         s["root"],
         work / "model.pt",
         work / "model_card.json",
+        out,
     )
+    return replace(job, **changes)
 
 
 @pytest.fixture(scope="module")
 def ray_out(setup, ray_session):
     out = setup["work"] / "out" / "acol"
-    summary = extract(*_args(setup), out)
+    summary = extract(_job(setup, out))
     return {"out": out, "summary": summary, "hashes": _hashes(out / "maps"), "table": read_maps(out / "maps")}
 
 
@@ -175,7 +178,7 @@ def test_maps_boxes_and_scores_are_sane(setup, ray_out):
 
 def test_rerun_is_byte_identical_and_replaces_the_folder(setup, ray_out):
     out = ray_out["out"]
-    extract(*_args(setup), out)
+    extract(_job(setup, out))
     assert _hashes(out / "maps") == ray_out["hashes"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["acol"]  # no temp or old folders left
 
@@ -186,7 +189,7 @@ def test_ray_equals_plain_loop(setup, ray_out):
     # as many threads as the Ray actor (extract.cpus_per_actor rounded up): other counts differ in the last bit
     torch.set_num_threads(math.ceil(s["params"].extract.cpus_per_actor))
     try:
-        summary = extract_plain(*_args(s), s["work"] / "plain")
+        summary = extract_plain(_job(s, s["work"] / "plain"))
     finally:
         torch.set_num_threads(threads)
     assert summary.rows == 19 and summary.errors == 3 and summary.engine == "plain"
@@ -215,7 +218,7 @@ def test_ray_decode_buffer_is_bounded_during_the_run_only(setup, ray_out, monkey
         return plan(*args, **kwargs)
 
     monkeypatch.setattr(module, "_ray_dataset", spy)
-    extract(params, *_args(s)[1:], s["work"] / "bounded")
+    extract(_job(s, s["work"] / "bounded", params=params))
     assert seen == [1 * 4 * 3 * 48 * 48]  # one batch of 4 decoded 3 x 48 x 48 uint8 images
     assert _hashes(s["work"] / "bounded" / "maps") == ray_out["hashes"]
     assert options.resource_limits == before
@@ -233,15 +236,15 @@ def test_cam_has_null_branch_b_and_card_is_checked(setup):
         "classes": classes,
         "model": {"head_channels": 8},
     }
-    args = (s["params"], "cam", s["manifest"], s["root"], s["work"] / "cam.pt")
-    extract_plain(*args, card, s["work"] / "cam")
+    cam = _job(s, s["work"] / "cam", method="cam", model=s["work"] / "cam.pt", model_card=card)
+    extract_plain(cam)
     table = ok_rows(read_maps(s["work"] / "cam" / "maps"))
     assert table.column("map_b_gt").null_count == table.num_rows == 16
     np.testing.assert_array_equal(maps_array(table, "map_gt"), maps_array(table, "map_a_gt"))
     with pytest.raises(ValueError, match="classes differ"):
-        extract_plain(*args, {**card, "classes": classes[::-1]}, s["work"] / "bad")
+        extract_plain(replace(cam, model_card={**card, "classes": classes[::-1]}, out_dir=s["work"] / "bad"))
     with pytest.raises(ValueError, match="for method 'acol'"):
-        extract_plain(*args, {**card, "method": "acol"}, s["work"] / "bad")
+        extract_plain(replace(cam, model_card={**card, "method": "acol"}, out_dir=s["work"] / "bad"))
     assert not (s["work"] / "bad").exists()
 
 
@@ -254,7 +257,7 @@ def test_an_empty_manifest_gives_an_empty_readable_store(setup, engine):
         manifest_from_records([], manifest_classes(read_manifest(s["manifest"])), "synthetic"), empty
     )
     out = s["work"] / "out-empty" / engine.__name__
-    summary = engine(*_args(s, empty), out)
+    summary = engine(_job(s, out, empty))
     table = read_maps(out / "maps")
     assert (
         summary.rows == 0
@@ -267,9 +270,9 @@ def test_an_empty_manifest_gives_an_empty_readable_store(setup, engine):
 def test_rerun_keeps_the_gitignore_dvc_wrote(setup, tmp_path):
     """DVC writes ``.gitignore`` (``/maps``) into the stage's folder; replacing the output keeps it."""
     out = tmp_path / "acol"
-    extract_plain(*_args(setup), out)
+    extract_plain(_job(setup, out))
     (out / ".gitignore").write_text("/maps\n")
-    extract_plain(*_args(setup), out)
+    extract_plain(_job(setup, out))
     assert (out / ".gitignore").read_text() == "/maps\n"
     assert sorted(p.name for p in out.iterdir()) == [".gitignore", "maps", "summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acol"]
@@ -295,7 +298,7 @@ def test_driver_batches_split_the_rows_and_keep_the_bytes(setup, ray_out, monkey
         module, "_plain_batches", lambda inputs, *a: driver_rows.append(inputs.num_rows) or plain(inputs, *a)
     )
     out = s["work"] / f"driver-{driver_batches}"
-    summary = extract(_with_driver_batches(s["params"], driver_batches), *_args(s)[1:], out)
+    summary = extract(_job(s, out, params=_with_driver_batches(s["params"], driver_batches)))
     head = min(s["n"], driver_batches * s["params"].extract.batch_size)
     assert driver_rows == ([head] if head else [])
     assert ray_rows == ([s["n"] - head] if head < s["n"] else [])
@@ -316,7 +319,7 @@ def test_a_ray_failure_during_the_driver_batches_is_raised_and_nothing_left_runn
     monkeypatch.setattr(module, "_ray_dataset", broken)
     out = setup["work"] / "ray-fails"
     with pytest.raises(RuntimeError, match="actor pool could not start"):
-        extract(*_args(setup), out)
+        extract(_job(setup, out))
     assert not out.exists()
     assert not [t for t in threading.enumerate() if t.name == "extract-ray"]
 

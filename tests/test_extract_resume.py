@@ -23,7 +23,7 @@ import torch
 import acol.distributed.extract as extract_module
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
-from acol.distributed.extract import extract, extract_plain
+from acol.distributed.extract import ExtractionJob, extract, extract_plain
 from acol.inference.mapstore import MAP_COLUMNS, read_maps
 from acol.io import resume_dir_path
 from acol.models import build_model
@@ -79,10 +79,14 @@ def setup(tiny_dataset: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-def _run(engine, s: dict, out: Path, manifest: Path | None = None, model: Path | None = None):
-    return engine(
+def _job(s: dict, out: Path, manifest: Path | None = None, model: Path | None = None) -> ExtractionJob:
+    return ExtractionJob(
         s["params"], "acol", manifest or s["manifest"], s["root"], model or s["model"], s["card"], out
     )
+
+
+def _run(engine, s: dict, out: Path, manifest: Path | None = None, model: Path | None = None, **forward):
+    return engine(_job(s, out, manifest, model), **forward)
 
 
 def _kill_after_parts(monkeypatch: pytest.MonkeyPatch, parts: int) -> None:
@@ -261,6 +265,59 @@ def test_ray_resumes_only_the_missing_parts(setup, reference, tmp_path, monkeypa
     ray_full = tmp_path / "ray_full"
     _run(extract, setup, ray_full)
     assert _hashes(out) == _hashes(ray_full)
+
+
+# What the code before `ExtractionJob` fingerprinted for `setup` (written by it; hashes and root filled in below).
+# A partial folder resumes only on an equal fingerprint, so these keys and values must not change by accident.
+_EARLIER_FINGERPRINT = {
+    "version": 2,
+    "map_dtype": "float32",
+    "metadata": {
+        "method": "acol",
+        "classes": ["n90000000", "n90000001", "n90000002", "n90000003"],
+        "box_threshold": 0.2,
+        "image_size": 48,
+        "backbone": "small",
+    },
+    "spec": {
+        "backbone": "small",
+        "method": "acol",
+        "num_classes": 4,
+        "head_channels": 8,
+        "erase_threshold": 0.6,
+        "large_feature_map": False,
+    },
+    "rows_per_file": ROWS_PER_FILE,
+    "batch_size": BATCH,
+}
+
+
+@pytest.mark.parametrize(
+    ("engine", "forward"),
+    [(extract_plain, {}), (extract, {"channels_last": True}), (extract_plain, {"amp": True})],
+    ids=["plain", "ray-nhwc", "plain-bf16"],
+)
+def test_the_fingerprint_is_the_one_earlier_code_wrote(setup, tmp_path, monkeypatch, engine, forward):
+    """A partial folder of the code before `ExtractionJob` still resumes: the fingerprint the engines write
+    equals the one that code wrote for the same inputs (killed before the first batch: no Ray start)."""
+
+    def killed(*args, **kwargs):
+        raise Killed("killed before the first batch")
+
+    monkeypatch.setattr(extract_module, "_stream_into", killed)
+    out = tmp_path / "acol"
+    with pytest.raises(Killed):
+        _run(engine, setup, out, **forward)
+    written = json.loads((resume_dir_path(out) / ".fingerprint.json").read_text())
+    expected = {
+        **_EARLIER_FINGERPRINT,
+        "engine": "ray" if engine is extract else "plain",
+        "manifest_sha256": hashlib.sha256(setup["manifest"].read_bytes()).hexdigest(),
+        "weights_sha256": hashlib.sha256(setup["model"].read_bytes()).hexdigest(),
+        "root": str(Path(setup["root"]).resolve()),
+        "options": {"device": "cpu", "amp": False, "channels_last": False, **forward},
+    }
+    assert written == expected
 
 
 def test_resumable_dir_keeps_work_on_error_and_only_for_the_same_fingerprint(tmp_path):

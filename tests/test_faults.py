@@ -26,7 +26,7 @@ import torch
 
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
-from acol.distributed.extract import extract_plain
+from acol.distributed.extract import ExtractionJob, extract_plain
 from acol.inference.mapstore import read_maps
 from acol.models import build_model
 from acol.stages.cli import run_stage
@@ -309,7 +309,7 @@ def test_evaluate_outputs_survive_a_crash_before_rename(
     val = tiny_dataset["val"]
     model, card = _model_files(tmp_path / "model", manifest_classes(read_manifest(val)))
     params = load_params(tmp_path / "absent.yaml", ["train.image_size=48", "extract.batch_size=8"])
-    extract_plain(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract")
+    extract_plain(ExtractionJob(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract"))
     out = tmp_path / "evaluate"
     before = _stale(out, ["evaluation.json", "box_acc.csv", "pr_curve.csv"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -335,7 +335,7 @@ def test_evaluate_without_masks_removes_an_earlier_pr_curve(
     write_manifest(no_masks, val)
     model, card = _model_files(tmp_path / "model", manifest_classes(no_masks))
     params = load_params(tmp_path / "absent.yaml", ["train.image_size=48", "extract.batch_size=8"])
-    extract_plain(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract")
+    extract_plain(ExtractionJob(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract"))
     out = tmp_path / "evaluate"
     _stale(out, ["pr_curve.csv"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from acol.data.manifest import manifest_classes, read_manifest
-    from acol.distributed.extract import extract_plain
+    from acol.distributed.extract import ExtractionJob, extract_plain
     from acol.inference.mapstore import read_maps
     from acol.models import build_model
     from acol.stages.evaluation import evaluate_method
@@ -125,7 +126,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
             reevaluate(params, "cam", val, root, tmp_path / "r0", engine="plain")
 
         # The evaluate stage's record, computed the same way from the same weights.
-        extract_plain(params, "cam", val, root, weights, card, tmp_path / "baseline")
+        extract_plain(ExtractionJob(params, "cam", val, root, weights, card, tmp_path / "baseline"))
         baseline = evaluate_method(read_maps(tmp_path / "baseline" / "maps"), read_manifest(val), root,
                                    params.evaluate).metrics  # fmt: skip
         record_and_promote(name, version, baseline, "maxboxacc_v2", key={"acol.backbone": "small"})
@@ -217,16 +218,15 @@ def _weights_and_card(tmp_path, val, protocol: str | None) -> dict:
 def _baseline(params, root, val, card, tmp_path, fullsup_manifest=None):
     """The evaluate stage's numbers at the recorded settings: the oracle a faithful re-evaluation equals."""
     from acol.data.manifest import read_manifest
-    from acol.distributed.extract import extract_plain
+    from acol.distributed.extract import ExtractionJob, extract_plain
     from acol.inference.mapstore import read_maps
     from acol.stages.evaluation import evaluate_method
 
-    extract_plain(params, "cam", val, root, tmp_path / "model.pt", card, tmp_path / "base")
+    job = ExtractionJob(params, "cam", val, root, tmp_path / "model.pt", card, tmp_path / "base")
+    extract_plain(job)
     fullsup = None
     if fullsup_manifest is not None:
-        extract_plain(
-            params, "cam", fullsup_manifest, root, tmp_path / "model.pt", card, tmp_path / "base_fs"
-        )
+        extract_plain(replace(job, manifest=fullsup_manifest, out_dir=tmp_path / "base_fs"))
         fullsup = (read_maps(tmp_path / "base_fs" / "maps"), read_manifest(fullsup_manifest))
     maps = read_maps(tmp_path / "base" / "maps")
     return evaluate_method(maps, read_manifest(val), root, params.evaluate, fullsup).metrics, maps

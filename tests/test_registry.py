@@ -149,7 +149,7 @@ OLD_SET = {"box_acc.csv": "old box\n", "pr_curve.csv": "old pr\n", "evaluation.j
 def trained(tiny_dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What train and extract leave for evaluate@acol (small backbone, erase threshold 0.6), once."""
     from acol.data.manifest import manifest_classes, read_manifest
-    from acol.distributed.extract import extract_plain
+    from acol.distributed.extract import ExtractionJob, extract_plain
     from acol.models import build_model
 
     base = tmp_path_factory.mktemp("trained")
@@ -164,8 +164,12 @@ def trained(tiny_dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFact
             "model": {**params.model.model_dump(mode="json"), "erase_threshold": 0.6},
             "train": params.train.model_dump(mode="json"), "mlflow_run_id": "the-train-run"}  # fmt: skip
     (train / "model_card.json").write_text(json.dumps(card))
-    extract_plain(params, "acol", tiny_dataset["val"], tiny_dataset["root"], train / "model.pt", card,
-                  base / "outputs" / "extract" / "acol")  # fmt: skip
+    out = base / "outputs" / "extract" / "acol"
+    extract_plain(
+        ExtractionJob(
+            params, "acol", tiny_dataset["val"], tiny_dataset["root"], train / "model.pt", card, out
+        )
+    )
     return base
 
 

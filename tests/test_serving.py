@@ -35,7 +35,7 @@ from acol.config import Params, load_params
 from acol.data.images import image_size
 from acol.inference.localize import decode_images, localize
 from acol.inference.model_card import spec_from_card
-from acol.inference.predict import MapPredictor, decode_batch
+from acol.inference.predict import ForwardOptions, MapPredictor, decode_batch
 from acol.models import build_model
 from acol.tracking import mlflow_model as mm
 from acol.tracking import runs as tracking
@@ -90,7 +90,7 @@ def extraction_oracle(model: torch.nn.Module, jpeg: Path, tmp: Path, top_k: int)
     weights = tmp / "oracle.pt"
     torch.save(model.state_dict(), weights)
     spec = spec_from_card(CARD, Params(), "acol", CLASSES)
-    predictor = MapPredictor(spec, str(weights), SIZE, THRESHOLD)
+    predictor = MapPredictor(spec, str(weights), ForwardOptions(size=SIZE, box_threshold=THRESHOLD))
     width, height = image_size(jpeg)
 
     def extract(label: int) -> dict[str, np.ndarray]:  # map_gt is the map of class `label`

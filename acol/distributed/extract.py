@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from acol.config import Params
 from acol.data.manifest import manifest_classes, read_manifest
+from acol.distributed.extract_job import ExtractionJob
 from acol.distributed.session import Demand, check_placement, start_ray_in_background
 from acol.inference.mapstore import (
     MAP_DTYPE,
@@ -62,11 +63,11 @@ from acol.inference.mapstore import (
     part_name,
 )
 from acol.inference.model_card import check_weights, load_model_card, spec_from_card
-from acol.inference.predict import BatchDecoder, MapPredictor, decode_batch
+from acol.inference.predict import BatchDecoder, ForwardOptions, MapPredictor, decode_batch
 from acol.io import atomic_path, resumable_dir, write_json_atomic
 from acol.models import ModelSpec
 
-__all__ = ["ExtractSummary", "extract", "extract_plain"]
+__all__ = ["ExtractSummary", "ExtractionJob", "extract", "extract_plain"]
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def _sha256(path: str | os.PathLike[str]) -> str:
 
 
 @dataclass
-class _Job:
+class _Prepared:
     """What one extraction computes: its sorted inputs, the model, the map-store metadata, the resume key."""
 
     inputs: pa.Table
@@ -238,23 +239,21 @@ class _Job:
     fingerprint: dict[str, Any]
 
 
-def _prepare(
-    engine: str,
-    params: Params,
-    method: str,
-    manifest_path: str | os.PathLike[str],
-    model_card: str | os.PathLike[str] | dict[str, Any],
-    model_path: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    options: dict[str, Any],
-) -> _Job:
+def _fingerprint_options(options: ForwardOptions) -> dict[str, Any]:
+    """The forward's options that change a byte and are not in the metadata (the size and threshold are)."""
+    return {"device": options.device, "amp": options.amp, "channels_last": options.channels_last}
+
+
+def _prepare(engine: str, job: ExtractionJob, options: ForwardOptions) -> _Prepared:
     """Read the inputs and describe them; the fingerprint holds everything that changes a byte of the parts.
 
     (The image files under ``root`` are not hashed, only its path: a run over changed images in place must
-    start afresh by hand.)
+    start afresh by hand.) Its keys and values are what partial folders of earlier code hold: changing one
+    discards them (``tests/test_extract_resume.py`` pins it).
     """
-    inputs, classes = _sorted_inputs(manifest_path)
-    spec = spec_from_card(load_model_card(model_card), params, method, classes)
+    params, method = job.params, job.method
+    inputs, classes = _sorted_inputs(job.manifest)
+    spec = spec_from_card(load_model_card(job.model_card), params, method, classes)
     metadata = {
         "method": method,
         "classes": classes,
@@ -266,16 +265,16 @@ def _prepare(
         "version": _RESUME_VERSION,
         "map_dtype": MAP_DTYPE.name,  # parts of two precisions never share a store
         "engine": engine,
-        "manifest_sha256": _sha256(manifest_path),
-        "weights_sha256": _sha256(model_path),
-        "root": str(Path(root).resolve()),
+        "manifest_sha256": _sha256(job.manifest),
+        "weights_sha256": _sha256(job.model),
+        "root": str(job.root.resolve()),
         "metadata": metadata,
         "spec": spec.to_dict(),  # was "model_kwargs": a partial folder of older code is discarded
         "rows_per_file": params.extract.rows_per_file,
         "batch_size": params.extract.batch_size,  # batch composition can change the last bit of a map
-        "options": options,
+        "options": _fingerprint_options(options),
     }
-    return _Job(inputs, spec, metadata, fingerprint)
+    return _Prepared(inputs, spec, metadata, fingerprint)
 
 
 @dataclass
@@ -321,7 +320,7 @@ def _summary(
     timing: _Timing,
     setup_seconds: float,
     resumed: int,
-    options: dict[str, Any],
+    options: ForwardOptions,
 ) -> ExtractSummary:
     """The counts cover every row (adopted parts included); the rates only the rows computed in this run."""
     computed = writer.rows - resumed
@@ -344,8 +343,8 @@ def _summary(
         parquet_bytes=writer.bytes,
         bytes_per_image=round(writer.bytes / max(writer.rows, 1), 1),
         parts=writer.parts,
-        amp=bool(options.get("amp", False)),
-        channels_last=bool(options.get("channels_last", False)),
+        amp=options.amp,
+        channels_last=options.channels_last,
     )
 
 
@@ -384,37 +383,31 @@ def _adopt(writer: _PartWriter, inputs: pa.Table, work: Path, batch_size: int) -
 
 def _extract_into_store(
     engine: str,
-    params: Params,
-    method: str,
-    manifest_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    job: ExtractionJob,
+    options: ForwardOptions,
     stream: Callable[[pa.Table, ModelSpec], Iterable[dict[str, Any]]],
-    model_card: str | os.PathLike[str] | dict[str, Any],
-    *,
-    model_path: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    options: dict[str, Any],
 ) -> ExtractSummary:
     """Shared frame of both engines: inputs, resume folder, writer, summary, swap into place.
 
     A killed run resumes as the module docstring's Resume paragraph says (`resumable_dir`, then `_adopt`).
     """
     setup_start = time.perf_counter()
-    job = _prepare(engine, params, method, manifest_path, model_card, model_path, root, options)
-    inputs, cfg = job.inputs, params.extract
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    prepared = _prepare(engine, job, options)
+    inputs, cfg, method = prepared.inputs, job.params.extract, job.method
+    job.out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A bad model.pt fails here, named, before Ray starts or any partial folder is made.
-    check_weights(job.spec, model_path)
+    check_weights(prepared.spec, job.model)
     # Leftovers of another kind (a half-done swap, an older temp folder) are cleaned first; DVC's .gitignore
     # in the folder stays. (Two extractions into one folder at once are not supported: `dvc repro` locks.)
-    with resumable_dir(out_dir, job.fingerprint, keep=(".gitignore",)) as (work, resuming):
+    with resumable_dir(job.out_dir, prepared.fingerprint, keep=(".gitignore",)) as (work, resuming):
         (work / _MAPS_DIR).mkdir(exist_ok=True)
-        writer = _PartWriter(work / _MAPS_DIR, cfg.rows_per_file, job.metadata)
+        writer = _PartWriter(work / _MAPS_DIR, cfg.rows_per_file, prepared.metadata)
         resumed, begin = _adopt(writer, inputs, work, cfg.batch_size) if resuming else (0, 0)
-        log.info("%s extraction of %d images (%s) -> %s", engine, inputs.num_rows - resumed, method, out_dir)
+        log.info(
+            "%s extraction of %d images (%s) -> %s", engine, inputs.num_rows - resumed, method, job.out_dir
+        )
         rest = inputs.slice(begin)
-        batches = stream(rest, job.spec) if resumed < inputs.num_rows else ()  # all done: no start
+        batches = stream(rest, prepared.spec) if resumed < inputs.num_rows else ()  # all done: no start
         setup_seconds = time.perf_counter() - setup_start
         timing = _stream_into(writer, batches, inputs.num_rows, f"extract {method}")
         if writer.rows != inputs.num_rows:
@@ -426,13 +419,22 @@ def _extract_into_store(
     return summary
 
 
-def _forward_options(params: Params, amp: bool | None, channels_last: bool | None) -> tuple[bool, bool]:
-    """``amp`` and ``channels_last`` as given, else ``extract.amp`` / ``extract.channels_last`` of the params.
+def _forward_options(
+    params: Params, device: str, amp: bool | None, channels_last: bool | None
+) -> ForwardOptions:
+    """The predictor's options: ``amp`` and ``channels_last`` as given, else ``extract.amp`` /
+    ``extract.channels_last``; the input size and box threshold always the params' (the map-store metadata's).
 
     Why both: the stage sets them in params.yaml; a caller (the benchmark's --bf16) may still override them.
     """
     cfg = params.extract
-    return (cfg.amp if amp is None else amp), (cfg.channels_last if channels_last is None else channels_last)
+    return ForwardOptions(
+        size=params.train.image_size,
+        box_threshold=cfg.box_threshold,
+        device=device,
+        amp=cfg.amp if amp is None else amp,
+        channels_last=cfg.channels_last if channels_last is None else channels_last,
+    )
 
 
 def _device(use_gpu: bool, device: str | None) -> str:
@@ -453,8 +455,7 @@ def _ray_dataset(
     spec: ModelSpec,
     root: str,
     model_path: str,
-    amp: bool,
-    channels_last: bool,
+    forward: ForwardOptions,
 ) -> Any:
     """The Ray Data plan: blocks of ``batch_size`` rows -> a pool of `BatchDecoder` actors (1 to
     ``decode_actors``) -> a pool of `MapPredictor` actors."""
@@ -476,11 +477,7 @@ def _ray_dataset(
         fn_constructor_kwargs={
             "spec": spec,
             "model_path": model_path,
-            "size": size,
-            "box_threshold": cfg.box_threshold,
-            "device": _device(cfg.use_gpu, None),
-            "amp": amp,
-            "channels_last": channels_last,
+            "options": forward,
             "num_threads": math.ceil(cfg.cpus_per_actor),
         },
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
@@ -499,8 +496,7 @@ def _ray_batches(
     spec: ModelSpec,
     root: str,
     model_path: str,
-    amp: bool,
-    channels_last: bool,
+    forward: ForwardOptions,
 ) -> Iterator[dict[str, Any]]:
     """Once Ray is up, run the `_ray_dataset` plan over ``inputs`` and yield its result batches in order."""
     import ray
@@ -521,7 +517,7 @@ def _ray_batches(
     options.preserve_order = True  # results in manifest order: deterministic parts
     options.resource_limits = old_limits.copy(object_store_memory=_buffer_bytes(params))
     try:
-        ds = _ray_dataset(inputs, params, spec, root, model_path, amp, channels_last)
+        ds = _ray_dataset(inputs, params, spec, root, model_path, forward)
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
     finally:
         options.preserve_order, options.resource_limits = old_order, old_limits
@@ -606,32 +602,24 @@ def _driver_rows(params: Params, n_rows: int) -> int:
 
 
 def extract(
-    params: Params,
-    method: str,
-    manifest_path: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    model_path: str | os.PathLike[str],
-    model_card: str | os.PathLike[str] | dict[str, Any],
-    out_dir: str | os.PathLike[str],
-    *,
-    amp: bool | None = None,
-    channels_last: bool | None = None,
+    job: ExtractionJob, *, amp: bool | None = None, channels_last: bool | None = None
 ) -> ExtractSummary:
     """Ray Data extraction of every manifest image into ``out_dir/maps/part-*.parquet`` + ``summary.json``.
 
     Runs where `acol.distributed.session.ensure_ray` says (RAY_ADDRESS, else a private local Ray): every
-    node must see ``root`` and ``model_path`` at the same paths. ``params.extract`` sets the batch, actor pool,
-    GPU use, box threshold and rows per file; ``params.train.image_size`` the input size. A rerun after a kill
-    computes only the missing parts (module docstring, Resume).
+    node must see the job's ``root`` and ``model`` at the same paths. ``params.extract`` sets the batch, actor
+    pool, GPU use, box threshold and rows per file; ``params.train.image_size`` the input size. A rerun after a
+    kill computes only the missing parts (module docstring, Resume).
     While Ray starts (in a background thread), the driver predicts the first ``extract.driver_batches``
     batches itself with the same steps and as many torch threads as an actor: the same bytes as Ray's.
     ``amp`` (bf16 autocast) and ``channels_last`` default to ``extract.amp`` and ``extract.channels_last``.
     """
+    params = job.params
     cfg = params.extract
-    amp, channels_last = _forward_options(params, amp, channels_last)
-    root_str, model_str = str(Path(root).resolve()), str(Path(model_path).resolve())
-    if not Path(model_str).is_file():
-        raise FileNotFoundError(f"model weights not found: {model_path}")
+    if not job.model.resolve().is_file():
+        raise FileNotFoundError(f"model weights not found: {job.model}")
+    job = job.resolved()
+    options = _forward_options(params, _device(cfg.use_gpu, None), amp, channels_last)
 
     def stream(inputs: pa.Table, spec: ModelSpec) -> Iterator[dict[str, Any]]:
         head = _driver_rows(params, inputs.num_rows)
@@ -641,27 +629,21 @@ def extract(
             gpus = cfg.num_actors if cfg.use_gpu else 0
             cpus = cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus
             started = start_ray_in_background(cpus, gpus, params.ray.join_local)
-            args = (started, tail, params, spec, root_str, model_str, amp, channels_last)
+            args = (started, tail, params, spec, str(job.root), str(job.model), options)
             feed = _Background(lambda: _ray_batches(*args))
         try:
             if head:
                 log.info("the driver predicts the first %d images while Ray starts", head)
                 with _torch_threads(math.ceil(cfg.cpus_per_actor)):
-                    yield from _plain_batches(
-                        inputs.slice(0, head), spec, model_str, root_str, params, "cpu", 0, amp,
-                        channels_last,
-                    )  # fmt: skip
+                    on_cpu = replace(options, device="cpu")
+                    yield from _plain_batches(inputs.slice(0, head), spec, job, on_cpu)
             if feed is not None:
                 yield from feed
         finally:
             if feed is not None:
                 feed.close()
 
-    options = {"device": _device(cfg.use_gpu, None), "amp": amp, "channels_last": channels_last}
-    return _extract_into_store(
-        "ray", params, method, manifest_path, out_dir, stream, model_card,
-        model_path=model_str, root=root_str, options=options,
-    )  # fmt: skip
+    return _extract_into_store("ray", job, options, stream)
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -687,22 +669,13 @@ def _collate(items: list[dict[str, np.ndarray]]) -> dict[str, Any]:
 
 
 def _plain_batches(
-    inputs: pa.Table,
-    spec: ModelSpec,
-    model_path: str,
-    root: str,
-    params: Params,
-    device: str,
-    loader_workers: int,
-    amp: bool,
-    channels_last: bool,
+    inputs: pa.Table, spec: ModelSpec, job: ExtractionJob, options: ForwardOptions, loader_workers: int = 0
 ) -> Iterator[dict[str, Any]]:
     """The result batches of ``inputs`` from a DataLoader over `decode_batch` and a `MapPredictor` in this process."""
-    cfg, size = params.extract, params.train.image_size
-    predictor = MapPredictor(spec, model_path, size, cfg.box_threshold, device, amp, channels_last)
+    predictor = MapPredictor(spec, str(job.model), options)
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(inputs, root, size),
-        batch_size=cfg.batch_size,
+        _DecodeDataset(inputs, str(job.root), options.size),
+        batch_size=job.params.extract.batch_size,
         shuffle=False,
         num_workers=loader_workers,
         collate_fn=_collate,
@@ -713,13 +686,7 @@ def _plain_batches(
 
 
 def extract_plain(
-    params: Params,
-    method: str,
-    manifest_path: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    model_path: str | os.PathLike[str],
-    model_card: str | os.PathLike[str] | dict[str, Any],
-    out_dir: str | os.PathLike[str],
+    job: ExtractionJob,
     *,
     device: str | None = None,
     loader_workers: int = 0,
@@ -731,25 +698,9 @@ def extract_plain(
     A rerun after a kill resumes as the module docstring's Resume paragraph says.
     ``amp`` and ``channels_last`` default to ``extract.amp`` and ``extract.channels_last``.
     """
-    cfg = params.extract
-    amp, channels_last = _forward_options(params, amp, channels_last)
-    target = _device(cfg.use_gpu, device)
+    options = _forward_options(job.params, _device(job.params.extract.use_gpu, device), amp, channels_last)
 
     def stream(inputs: pa.Table, spec: ModelSpec) -> Iterator[dict[str, Any]]:
-        yield from _plain_batches(
-            inputs,
-            spec,
-            str(model_path),
-            str(root),
-            params,
-            target,
-            loader_workers,
-            amp,
-            channels_last,
-        )
+        yield from _plain_batches(inputs, spec, job, options, loader_workers)
 
-    options = {"device": target, "amp": amp, "channels_last": channels_last}
-    return _extract_into_store(
-        "plain", params, method, manifest_path, out_dir, stream, model_card,
-        model_path=model_path, root=root, options=options,
-    )  # fmt: skip
+    return _extract_into_store("plain", job, options, stream)

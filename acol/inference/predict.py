@@ -7,6 +7,7 @@ tests all call these same steps, so the two engines can only differ in schedulin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,15 @@ from acol.inference.model_card import model_from_card
 from acol.models import ModelSpec, WSOLModel, normalize_maps, select_class_maps
 from acol.wsol.boxes import boxes_from_maps
 
-__all__ = ["TOP_K", "BatchDecoder", "MapPredictor", "decode_batch", "predict_batch", "stored_precision"]
+__all__ = [
+    "TOP_K",
+    "BatchDecoder",
+    "ForwardOptions",
+    "MapPredictor",
+    "decode_batch",
+    "predict_batch",
+    "stored_precision",
+]
 
 TOP_K = 5
 
@@ -145,6 +154,22 @@ def _ok_images(images: np.ndarray | torch.Tensor, ok: np.ndarray) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(images[ok]))
 
 
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How a `MapPredictor` runs the model: one object from the extraction (or a caller) to the actors.
+
+    ``size`` is the square input size (the decode step's resize), ``box_threshold`` the box step's; ``amp``
+    runs the forward under bf16 autocast and ``channels_last`` lays the model and images out NHWC. The last
+    three change the maps' last bits, so extraction's resume fingerprint records them.
+    """
+
+    size: int
+    box_threshold: float
+    device: str = "cpu"
+    amp: bool = False
+    channels_last: bool = False
+
+
 class MapPredictor:
     """Ray Data callable class: loads the model once, maps a numpy batch dict to the map-store columns."""
 
@@ -152,22 +177,18 @@ class MapPredictor:
         self,
         spec: ModelSpec,
         model_path: str,
-        size: int,
-        box_threshold: float,
-        device: str = "cpu",
-        amp: bool = False,
-        channels_last: bool = False,
+        options: ForwardOptions,
         num_threads: int | None = None,
     ) -> None:
         pin_cpu_isa()  # before this actor's first kernel
         if num_threads is not None:  # Ray sets OMP_NUM_THREADS to the actor's whole CPUs (1 for 1.5)
             torch.set_num_threads(num_threads)
-        self.device = torch.device(device)
-        self.model = model_from_card(spec, model_path, self.device, channels_last)
-        self.normalize = _split_eval_transform(size)[1]
-        self.box_threshold = box_threshold
-        self.amp = amp
-        self.channels_last = channels_last
+        self.device = torch.device(options.device)
+        self.model = model_from_card(spec, model_path, self.device, options.channels_last)
+        self.normalize = _split_eval_transform(options.size)[1]
+        self.box_threshold = options.box_threshold
+        self.amp = options.amp
+        self.channels_last = options.channels_last
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = np.asarray(batch["error"], dtype=object)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from acol.config import Params
 from acol.distributed import extract as engines  # looked up at call time: tests replace the engines
-from acol.distributed.extract import ExtractSummary
+from acol.distributed.extract import ExtractionJob, ExtractSummary
 from acol.models import METHODS
 from acol.tracking import runs as tracking
 
@@ -51,11 +51,10 @@ def run(params: Params, method: str, paths: ExtractPaths, engine: Engine = "ray"
     tracking.check_tracking_server()
     extract = engines.extract if engine == "ray" else engines.extract_plain
     root = paths.root or params.data.root
-    forward = {"amp": params.extract.amp, "channels_last": params.extract.channels_last}
-    common = (paths.model, paths.model_card)
-    summary = extract(params, method, paths.manifest, root, *common, paths.out, **forward)
+    job = ExtractionJob(params, method, paths.manifest, root, paths.model, paths.model_card, paths.out)
+    summary = extract(job)  # amp and channels_last: params extract.amp / extract.channels_last
     if paths.fullsup_manifest is not None and paths.fullsup_out is not None:
-        extract(params, method, paths.fullsup_manifest, root, *common, paths.fullsup_out, **forward)
+        extract(replace(job, manifest=paths.fullsup_manifest, out_dir=paths.fullsup_out))
     _log_run(params, method, paths, engine, summary)
     return summary
 

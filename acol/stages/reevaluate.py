@@ -363,15 +363,16 @@ def _extract_and_evaluate(
     """Maps into ``out_dir/extract`` (and ``extract_fullsup``) as the extract stage makes them, then the
     evaluate stage's metrics."""
     from acol.data.manifest import read_manifest
-    from acol.distributed.extract import extract, extract_plain
+    from acol.distributed.extract import ExtractionJob, extract, extract_plain
     from acol.inference.mapstore import read_maps
     from acol.stages.evaluation import EVALUATED_COLUMNS, evaluate_method
 
     run = extract if engine == "ray" else extract_plain
 
     def maps(manifest: str | os.PathLike[str], folder: str) -> Any:
-        run(params, method, manifest, inputs.root, inputs.model_path, inputs.card, inputs.out_dir / folder)
-        return read_maps(inputs.out_dir / folder / "maps", EVALUATED_COLUMNS)
+        out = inputs.out_dir / folder
+        run(ExtractionJob(params, method, manifest, inputs.root, inputs.model_path, inputs.card, out))
+        return read_maps(out / "maps", EVALUATED_COLUMNS)
 
     fullsup = None
     if inputs.fullsup_manifest is not None:
