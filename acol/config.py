@@ -53,7 +53,7 @@ SHADOW_ONLY_FIELDS: tuple[str, ...] = (
 # What `model.backbone` and `methods` accept: literals, so that validating params imports no model code (and
 # every stage's DVC deps stay free of acol/models); tests/test_config.py checks they equal acol.models' table.
 BACKBONES: tuple[str, ...] = ("googlenet", "inception_v3", "resnet50", "small", "vgg16")
-METHODS: tuple[str, ...] = ("acol", "cam", "acol_a")
+METHODS: tuple[str, ...] = ("acol", "cam", "acol_a", "has", "cutmix")
 # the evaluate stage's metrics that need GT boxes (a mask-only dataset, OpenImages, has none of them)
 BOX_METRIC_PREFIXES: tuple[str, ...] = ("maxboxacc", "gt_known_loc", "top1_loc", "top5_loc", "best_threshold")
 
@@ -243,6 +243,15 @@ class TrainParams(_Section):
     checkpoints_to_keep: int = Field(2, ge=1)
     storage_path: str = "outputs/ray"  # where Ray Train keeps checkpoints: every node must see it
     seed: int = 0
+    # HaS (method has): hide each grid_size x grid_size pixel patch of a training image (fill 0, the normalized
+    # mean) with probability drop_rate; 0 hides nothing. Defaults: Choe et al. config.py (--has_grid_size,
+    # --has_drop_rate), whose wsol/method/has.py takes grid_size as the patch side in pixels.
+    has_grid_size: int = Field(4, ge=0)
+    has_drop_rate: float = Field(0.5, ge=0.0, le=1.0)
+    # CutMix (method cutmix): mix a batch with probability cutmix_prob, lam ~ Beta(cutmix_beta, cutmix_beta);
+    # beta 0 mixes nothing. Defaults: Choe et al. config.py (--cutmix_beta, --cutmix_prob).
+    cutmix_beta: float = Field(1.0, ge=0.0)
+    cutmix_prob: float = Field(1.0, ge=0.0, le=1.0)
 
 
 class ExtractParams(_Section):

@@ -93,7 +93,7 @@ def test_local_paths_are_made_absolute_once_where_params_are_loaded(tmp_path: Pa
     assert params_from_args(args).model.backbone_weights == str(Path.cwd() / "weights" / "vgg16.pth")
 
 
-@pytest.mark.parametrize("methods", ["[]", "[acol,acol]", "[acol,has]"])
+@pytest.mark.parametrize("methods", ["[]", "[acol,acol]", "[acol,nope]"])
 def test_methods_is_a_list_of_distinct_known_methods(methods: str) -> None:
     with pytest.raises(ParamsError, match=r"methods: .*allowed: \['acol', 'cam'"):
         load_params("absent.yaml", [f"methods={methods}"])

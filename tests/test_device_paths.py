@@ -336,7 +336,7 @@ def engine_syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter]:
     yield counts
 
 
-@pytest.mark.parametrize("method", ["acol", "cam"])
+@pytest.mark.parametrize("method", ["acol", "cam", "has", "cutmix"])
 def test_one_host_sync_per_epoch_not_per_step(
     tiny_dataset: dict[str, Path], engine_syncs: Counter, method: str
 ) -> None:

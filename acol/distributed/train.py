@@ -349,6 +349,7 @@ def _train_epoch(worker: _WorkerState, params: Params, epoch: int) -> tuple[dict
         worker.scheduler,
         worker.device,
         amp=params.train.amp,
+        params=params.train,
     )
     train_metrics = _allreduce_epoch(train_metrics, worker.device)
     row: dict[str, float] = {

@@ -102,6 +102,21 @@ ARCHITECTURES: dict[tuple[str, str], Architecture] = {
 }
 
 
+def _cam_trained_by(method: str, file: str) -> None:
+    """HaS and CutMix change the training images, not the network: each backbone's CAM architecture, as Choe et
+    al.'s ``config.py`` builds ``architecture_type = 'cam'`` for them (`file`: their method's source)."""
+    for (backbone, name), cam in list(ARCHITECTURES.items()):
+        if name == "cam":
+            source = f"Choe et al. wsol/method/{file} on the CAM network ({cam.source})"
+            ARCHITECTURES[(backbone, method)] = Architecture(
+                cam.backbone, cam.head, cam.large_feature_map, source
+            )
+
+
+_cam_trained_by("has", "has.py")
+_cam_trained_by("cutmix", "cutmix.py")
+
+
 def list_backbones() -> list[str]:
     return sorted({backbone for backbone, _ in ARCHITECTURES})
 

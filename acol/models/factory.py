@@ -38,8 +38,9 @@ __all__ = [
     "param_groups",
 ]
 
-METHODS: tuple[str, ...] = ("acol", "cam", "acol_a")
-"""ACoL, the CAM baseline as published, and ACoL's branch A alone (an ablation)."""
+METHODS: tuple[str, ...] = ("acol", "cam", "acol_a", "has", "cutmix")
+"""ACoL, the CAM baseline as published, ACoL's branch A alone (an ablation), and HaS and CutMix (CAM's network,
+trained on hidden or mixed images: acol.training.batch_methods)."""
 
 
 class WeightsError(UserError, ValueError):

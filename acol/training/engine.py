@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from acol.config import TrainParams
 from acol.models import WSOLModel, param_groups
+from acol.training.batch_methods import BatchTransform, batch_transform, first_labels, target_loss
 
 __all__ = [
     "derived_seed",
@@ -98,6 +99,13 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
+def _batch_transform(model: WSOLModel, params: TrainParams | None) -> BatchTransform | None:
+    """The transform of the model's method (none for a hand-assembled model, which has no spec)."""
+    if model.spec is None:
+        return None
+    return batch_transform(model.spec.method, params if params is not None else TrainParams())
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -106,8 +114,12 @@ def train_one_epoch(
     device: torch.device,
     *,
     amp: bool = False,
+    params: TrainParams | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; returns mean loss, accuracy of A (and B for ACoL), samples and seconds.
+
+    The model's method picks its batch transform (HaS, CutMix: `acol.training.batch_methods`) with the
+    ``train`` `params` (None: their defaults); accuracy counts against each image's own label.
 
     The sums stay on the device and are read once at the end: a read per step (``float(loss)``) made the host
     wait for every step's kernels, so it could not queue the next step's. They are float64 sums of each step's
@@ -118,13 +130,17 @@ def train_one_epoch(
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     samples = 0.0
     has_branch_b = False
+    transform = _batch_transform(_unwrap(model), params)
     start = time.perf_counter()
     for images, labels, _ in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        target = labels
+        if transform is not None:
+            images, target = transform(images, labels)
         with _autocast(device, amp):
-            output = model(images, labels)
-            loss = _unwrap(model).loss(output, labels)
+            output = model(images, first_labels(target))
+            loss = target_loss(_unwrap(model).loss, output, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
