@@ -53,7 +53,7 @@ SHADOW_ONLY_FIELDS: tuple[str, ...] = (
 # What `model.backbone` and `methods` accept: literals, so that validating params imports no model code (and
 # every stage's DVC deps stay free of acol/models); tests/test_config.py checks they equal acol.models' table.
 BACKBONES: tuple[str, ...] = ("googlenet", "inception_v3", "resnet50", "small", "vgg16")
-METHODS: tuple[str, ...] = ("acol", "cam", "acol_a", "has", "cutmix")
+METHODS: tuple[str, ...] = ("acol", "cam", "acol_a", "has", "cutmix", "adl", "spg")
 # the evaluate stage's metrics that need GT boxes (a mask-only dataset, OpenImages, has none of them)
 BOX_METRIC_PREFIXES: tuple[str, ...] = ("maxboxacc", "gt_known_loc", "top1_loc", "top5_loc", "best_threshold")
 
@@ -199,6 +199,17 @@ class ModelParams(_Section):
     head_channels: int = Field(1024, ge=1)  # width of the 3x3 convs in each head (paper: 1024)
     erase_threshold: float = Field(0.6, gt=0.0, le=1.0)  # ACoL: erase where A's normalized map >= this
     large_feature_map: bool | None = None  # 28x28 (True) or 14x14 at 224; None: the architecture's default
+    # ADL and SPG (the defaults of Choe et al.'s config.py; acol/models/spec.py has them too, a test keeps
+    # them equal): ADL's drop-mask probability and threshold (x the attention's maximum)
+    adl_drop_rate: float = Field(0.75, ge=0.0, le=1.0)
+    adl_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    # SPG's (high, low) seed thresholds: B2 from the class map (1), B1 from B2 (2), C from B1 and B2 (3)
+    spg_threshold_1h: float = Field(0.7, ge=0.0, le=1.0)
+    spg_threshold_1l: float = Field(0.01, ge=0.0, le=1.0)
+    spg_threshold_2h: float = Field(0.5, ge=0.0, le=1.0)
+    spg_threshold_2l: float = Field(0.05, ge=0.0, le=1.0)
+    spg_threshold_3h: float = Field(0.7, ge=0.0, le=1.0)
+    spg_threshold_3l: float = Field(0.1, ge=0.0, le=1.0)
     backbone_weights: str | None = (
         None  # local torchvision state dict (e.g. ImageNet VGG16), never downloaded
     )

@@ -50,6 +50,20 @@ MAP_SIZES = {
     ("googlenet", "acol", False): 14,
     ("googlenet", "cam", None): 14,
     ("googlenet", "cam", True): 28,
+    ("small", "adl", None): 56,
+    ("small", "spg", None): 56,
+    ("vgg16", "adl", None): 14,  # Choe et al.'s adl configs: the CAM trunk with ADL layers
+    ("vgg16", "adl", True): 28,
+    ("vgg16", "spg", None): 14,  # VggSpg: a 3x3 s2 pool after conv4_3 (none for 28x28)
+    ("vgg16", "spg", True): 28,
+    ("resnet50", "adl", None): 14,
+    ("resnet50", "adl", True): 28,
+    ("resnet50", "spg", None): 14,
+    ("resnet50", "spg", True): 28,
+    ("inception_v3", "adl", None): 14,
+    ("inception_v3", "adl", True): 28,
+    ("inception_v3", "spg", None): 14,
+    ("inception_v3", "spg", True): 28,
 }
 # HaS and CutMix train CAM's network (Choe et al. config.py: architecture_type 'cam'): CAM's map sizes
 MAP_SIZES.update(

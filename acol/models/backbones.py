@@ -219,15 +219,26 @@ class InceptionV3Backbone(Backbone):
         self.stride = 8 if large_feature_map else 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.Mixed_6e(self.through_6d(self.pool_5d(self.through_5d(x))))
+
+    # The forward in three stages, so that ADL and SPG (acol/models/adl.py, spg.py) can act between them.
+    def through_5d(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and Mixed_5b-5d (288 channels)."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
-        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
-        if not self.large_feature_map:
-            x = F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
-        x = self.Mixed_6a(x)
-        return self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
+        return self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
+
+    def pool_5d(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3x3 stride-2 pool after Mixed_5d, unless ``large_feature_map``."""
+        if self.large_feature_map:
+            return x
+        return F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
+
+    def through_6d(self, x: torch.Tensor) -> torch.Tensor:
+        """Mixed_6a-6d (768 channels); Mixed_6e follows."""
+        return self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x))))
 
 
 _GOOGLENET_NAMES = (

@@ -38,9 +38,9 @@ __all__ = [
     "param_groups",
 ]
 
-METHODS: tuple[str, ...] = ("acol", "cam", "acol_a", "has", "cutmix")
-"""ACoL, the CAM baseline as published, ACoL's branch A alone (an ablation), and HaS and CutMix (CAM's network,
-trained on hidden or mixed images: acol.training.batch_methods)."""
+METHODS: tuple[str, ...] = ("acol", "cam", "acol_a", "has", "cutmix", "adl", "spg")
+"""ACoL, the CAM baseline as published, ACoL's branch A alone (an ablation), HaS and CutMix (CAM's network,
+trained on hidden or mixed images: acol.training.batch_methods), ADL and SPG (acol.models.adl, acol.models.spg)."""
 
 
 class WeightsError(UserError, ValueError):
@@ -90,11 +90,17 @@ def build_model(
     elif num_classes is not None or spec_fields:
         raise TypeError("build_model(spec) takes no other architecture arguments: the spec has them all")
     architecture = ARCHITECTURES[(spec.backbone, spec.method)]
-    backbone = architecture.backbone(bool(spec.large_feature_map))
+    backbone = architecture.backbone(
+        bool(spec.large_feature_map), **{knob: getattr(spec, knob) for knob in architecture.backbone_knobs}
+    )
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
     head = architecture.head(
-        backbone.out_channels, spec.num_classes, spec.head_channels, spec.erase_threshold
+        backbone.out_channels,
+        spec.num_classes,
+        spec.head_channels,
+        spec.erase_threshold,
+        **{knob: getattr(spec, knob) for knob in architecture.head_knobs},
     )
     return WSOLModel(backbone, head, spec)
 

@@ -14,6 +14,7 @@ from torch import nn
 
 __all__ = [
     "ModelOutput",
+    "SPGLogits",
     "ACoLHead",
     "BranchAHead",
     "CAMHead",
@@ -25,12 +26,23 @@ __all__ = [
 
 
 @dataclass
+class SPGLogits:
+    """SPG's side outputs (acol/models/spg.py): one-channel logit maps (B, 1, h, w) of the branches B1 and B2
+    and of C, and the (height, width) of the input images, to which the SPG losses upsample every map."""
+
+    b1: torch.Tensor
+    b2: torch.Tensor
+    c: torch.Tensor
+    image_size: tuple[int, int]
+
+
+@dataclass
 class ModelOutput:
     """What a WSOL model returns; `logits` (of branch A) is the prediction.
 
     logits: (B, K); maps_a: (B, K, h, w) class maps of A. For ACoL also logits_b (B, K) and maps_b
     (B, K, h, w), computed on ``features`` (the head's input, (B, C, h, w)) erased where A's map of
-    ``erase_classes`` (B,) was above the erase threshold.
+    ``erase_classes`` (B,) was above the erase threshold. For SPG also ``spg``, its side branches.
     """
 
     logits: torch.Tensor
@@ -39,6 +51,7 @@ class ModelOutput:
     maps_b: torch.Tensor | None = None
     features: torch.Tensor | None = None
     erase_classes: torch.Tensor | None = None
+    spg: SPGLogits | None = None
 
 
 def make_classifier(

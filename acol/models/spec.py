@@ -17,6 +17,14 @@ __all__ = ["DEFAULT_ERASE_THRESHOLD", "DEFAULT_HEAD_CHANNELS", "ModelSpec"]
 
 DEFAULT_HEAD_CHANNELS = 1024  # paper: 1024
 DEFAULT_ERASE_THRESHOLD = 0.6  # paper: 0.6
+# ADL and SPG: the defaults of Choe et al.'s config.py (clovaai/wsolevaluation)
+DEFAULT_ADL_DROP_RATE = 0.75  # --adl_drop_rate
+DEFAULT_ADL_THRESHOLD = 0.9  # --adl_threshold
+DEFAULT_SPG_THRESHOLDS = ((0.7, 0.01), (0.5, 0.05), (0.7, 0.1))  # --spg_threshold_{1,2,3}{h,l}
+_FRACTIONS = (
+    "adl_drop_rate", "adl_threshold", "spg_threshold_1h", "spg_threshold_1l", "spg_threshold_2h",
+    "spg_threshold_2l", "spg_threshold_3h", "spg_threshold_3l",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,8 @@ class ModelSpec:
     ``large_feature_map`` is stored resolved: given as None, it becomes the architecture's published default
     (`acol.models.ARCHITECTURES`), so the spec alone says which map size the saved weights were trained at,
     even if that default changes later. Backbone weights are not part of it: a trained state dict has them.
+    The ADL and SPG fields are in every spec (other methods ignore them), so a card written before they
+    existed loads with their defaults.
     """
 
     backbone: str
@@ -34,6 +44,14 @@ class ModelSpec:
     head_channels: int = DEFAULT_HEAD_CHANNELS
     erase_threshold: float = DEFAULT_ERASE_THRESHOLD
     large_feature_map: bool | None = None  # None: resolved on construction (the field is then a bool)
+    adl_drop_rate: float = DEFAULT_ADL_DROP_RATE  # ADL: probability of the drop mask (else importance map)
+    adl_threshold: float = DEFAULT_ADL_THRESHOLD  # ADL: drop where attention >= this x its maximum
+    spg_threshold_1h: float = DEFAULT_SPG_THRESHOLDS[0][0]  # SPG: B2's seeds from the class map
+    spg_threshold_1l: float = DEFAULT_SPG_THRESHOLDS[0][1]
+    spg_threshold_2h: float = DEFAULT_SPG_THRESHOLDS[1][0]  # SPG: B1's seeds from B2
+    spg_threshold_2l: float = DEFAULT_SPG_THRESHOLDS[1][1]
+    spg_threshold_3h: float = DEFAULT_SPG_THRESHOLDS[2][0]  # SPG: C's seeds from B1 and B2's mean
+    spg_threshold_3l: float = DEFAULT_SPG_THRESHOLDS[2][1]
 
     def __post_init__(self) -> None:
         architecture = ARCHITECTURES.get((self.backbone, self.method))
@@ -49,6 +67,11 @@ class ModelSpec:
         object.__setattr__(self, "head_channels", int(self.head_channels))
         object.__setattr__(self, "erase_threshold", float(self.erase_threshold))
         object.__setattr__(self, "large_feature_map", bool(large))
+        for name in _FRACTIONS:
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields (the model card's ``"spec"``); `from_dict` reads it back equal."""
@@ -69,6 +92,6 @@ class ModelSpec:
         The one place that turns params into an architecture, so training, extraction and re-evaluation build
         the same network from the same section.
         """
-        optional = ("head_channels", "erase_threshold", "large_feature_map")
+        optional = [f.name for f in fields(cls) if f.name not in ("backbone", "method", "num_classes")]
         given = {key: model_section[key] for key in optional if key in model_section}
         return cls(model_section["backbone"], method, num_classes, **given)
