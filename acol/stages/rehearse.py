@@ -324,13 +324,20 @@ def _produced(rehearsal: Rehearsal, stage: str) -> list[str]:
     if name == "evaluate":
         record = json.loads((repo / f"outputs/evaluate/{method}/evaluation.json").read_text())
         rehearsal.facts[f"evaluate@{method}"] = record
-        return [f"MaxBoxAccV2 {record['maxboxacc_v2']:.2f}, GT-known {record['gt_known_loc']:.2f}, "
-                f"CAM threshold {record['best_threshold']} ({record.get('backbone')}); registered"]  # fmt: skip
+        return [_evaluation_line(record)]
     if name == "report":
         return [f"outputs/report/index.html ({(repo / 'outputs/report/index.html').stat().st_size} bytes)"]
     if name == "metrics":
         return [", ".join(sorted(p.stem for p in (repo / "metrics").glob("*.json")))]
     return []
+
+
+def _evaluation_line(record: dict) -> str:
+    """The evaluate step's result: box metrics, or PxAP where the dataset has masks and no boxes (OpenImages)."""
+    if "maxboxacc_v2" not in record:
+        return f"PxAP {record['pxap']:.2f}, box metrics {record.get('box_metrics')} ({record.get('backbone')}); registered"
+    return (f"MaxBoxAccV2 {record['maxboxacc_v2']:.2f}, GT-known {record['gt_known_loc']:.2f}, "
+            f"CAM threshold {record['best_threshold']} ({record.get('backbone')}); registered")  # fmt: skip
 
 
 def _reevaluate(rehearsal: Rehearsal, method: str, env: dict[str, str]) -> None:
