@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from acol.config import TrainParams
-from acol.inference.predict import MapPredictor
+from acol.inference.predict import ForwardOptions, MapPredictor
 from acol.models import ARCHITECTURES, build_model, list_backbones
 from acol.models.heads import ModelOutput
 from acol.training.batch_methods import (
@@ -316,12 +316,12 @@ def test_extraction_gives_the_cam_maps(method: str, tmp_path: Path) -> None:
         "error": np.array(["", "", ""], dtype=object),
         "image": images.numpy(),
     }
-    got = MapPredictor(model.spec, str(path), 32, 0.2)(batch)
+    got = MapPredictor(model.spec, str(path), ForwardOptions(32, 0.2))(batch)
     cam = build_model("small", 4, "cam", head_channels=8)
     cam.load_state_dict(model.state_dict())
     cam_path = tmp_path / "cam.pt"
     torch.save(cam.state_dict(), cam_path)
-    want = MapPredictor(cam.spec, str(cam_path), 32, 0.2)(batch)
+    want = MapPredictor(cam.spec, str(cam_path), ForwardOptions(32, 0.2))(batch)
     assert got.keys() == want.keys() and "map_b_gt" not in got
     for name in got:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
