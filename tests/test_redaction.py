@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from acol.config import load_params
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 from acol.tracking.redact import loop_tracking_uri, redact_text, redact_uri
 
 REPO = Path(__file__).resolve().parents[1]

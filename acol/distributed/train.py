@@ -495,10 +495,10 @@ def fit(
     """Train `method` with Ray Train; write ``out_dir/model.pt`` (state dict) and ``out_dir/history.csv``.
 
     `run_id` is the MLflow run that rank 0 logs per-epoch metrics to (the tracking URI is this process's
-    `acol.tracking.runs.tracking_uri()`). Checkpoints live under ``params.train.storage_path/<run_name>``.
+    `acol.tracking.stage_runs.tracking_uri()`). Checkpoints live under ``params.train.storage_path/<run_name>``.
     `epoch_hook` (default: ``$ACOL_EPOCH_HOOK``) runs on every worker before each epoch (module docstring).
     """
-    from acol.tracking.runs import data_version
+    from acol.tracking.stage_runs import data_version
 
     tp = params.train
     train_manifest, val_manifest = Path(train_manifest).resolve(), Path(val_manifest).resolve()
@@ -545,7 +545,7 @@ def _loop_config(
 ) -> TrainLoopConfig:
     """The `TrainLoopConfig` of a run, without the tracking URI when it holds a credential."""
     from acol.tracking.redact import loop_tracking_uri
-    from acol.tracking.runs import tracking_uri
+    from acol.tracking.stage_runs import tracking_uri
 
     if isinstance(epoch_hook, str):
         resolve_epoch_hook(epoch_hook)  # a wrong path fails here, before Ray starts, not in every worker

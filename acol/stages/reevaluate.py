@@ -249,7 +249,7 @@ def reevaluate(
     compared metric, ``regression`` true/false and the report as artifacts. With ``engine="ray"`` on a
     cluster, `out_dir`, `manifest` and `root` must be on storage every node sees.
     """
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
 
     tracking.configure(params)
     name = tracking.registered_model_name(params, method)
@@ -393,7 +393,7 @@ def _log_and_write(
     """The MLflow stage run (metrics, ``drop.*``, ``regression`` tag, artifacts) and the report files."""
     import mlflow
 
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
 
     tags = {
         "model_name": report.model_name,
@@ -430,7 +430,7 @@ class ReevaluatePaths:
 def run(params: Params, method: str, paths: ReevaluatePaths, engine: Engine = "ray") -> int:
     """The job: re-evaluate, print the summary; returns the exit status: 0 passed, `REGRESSION_EXIT_CODE` on
     a regression, 1 when it could not run. The tracking server is checked first."""
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
 
     tracking.check_tracking_server()
     root = paths.root or params.data.root
