@@ -28,7 +28,7 @@ from typing import Any, Literal
 from acol.config import Params
 from acol.io import write_json_atomic, write_text_atomic
 from acol.models import METHODS
-from acol.wsol.metrics import lower_is_better
+from acol.wsol.metric_direction import lower_is_better
 
 __all__ = [
     "COMPARED_METRICS",
