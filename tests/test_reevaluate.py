@@ -236,6 +236,8 @@ def _baseline(params, root, val, card, tmp_path, fullsup_manifest=None):
 
 @pytest.fixture
 def sqlite_store(tmp_path, monkeypatch) -> None:
+    """A store of the test's own: a sqlite store puts artifacts in ./mlruns, so the working folder too."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("ACOL_PIPELINE_RUN", f"reevaluate-{tmp_path.name}")
 

@@ -363,3 +363,29 @@ def test_champion_and_candidate_on_real_registered_versions(params: Params) -> N
     assert lower["champion"] and aliases() == (versions[3], versions[3])
     with pytest.raises(KeyError, match="champion_metric"):
         record_and_promote(name, versions[3], {"maxboxacc_v2": 1.0}, "pxap", key=key)
+
+
+def test_the_repository_store_guard_sees_what_a_sqlite_store_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conftest guard's view (`tracking_store_entries`) against MLflow itself: a run with an artifact in a
+    sqlite store, from a working folder, lands in that folder's mlruns/ and is seen; the store's db too."""
+    import mlflow
+
+    from tests.conftest import tracking_store_entries
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = tracking_store_entries(work)
+    assert before == frozenset()
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    try:
+        with mlflow.start_run() as run:
+            mlflow.log_text("x", "note.txt")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (work / "mlruns").is_dir()  # MLflow's default artifact root: ./mlruns of the working folder
+    new = tracking_store_entries(work) - before
+    assert any(name.endswith("/" + run.info.run_id) for name in new), new
+    assert any(name.startswith("mlflow.db@") for name in new), new
