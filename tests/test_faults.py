@@ -338,6 +338,7 @@ def test_evaluate_without_masks_removes_an_earlier_pr_curve(
     extract_plain(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract")
     out = tmp_path / "evaluate"
     _stale(out, ["pr_curve.csv"])
+    monkeypatch.chdir(tmp_path)  # the sqlite store's artifacts (the registered model) go to ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     argv = ["--method", "acol", "--params", str(tmp_path / "absent.yaml"), "--maps", str(tmp_path / "extract/maps"),
             "--manifest", str(val), "--model-card", str(card), "--model", str(model), "--out", str(out),

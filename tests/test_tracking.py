@@ -27,6 +27,7 @@ def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def params(mlflow_db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Params:
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts artifacts in ./mlruns: not the repository's
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, f"test-{tmp_path.name}")  # a fresh pipeline per test
     return load_params(
@@ -370,7 +371,7 @@ def test_the_repository_store_guard_sees_what_a_sqlite_store_writes(
 ) -> None:
     """The conftest guard's view (`tracking_store_entries`) against MLflow itself: a run with an artifact in a
     sqlite store, from a working folder, lands in that folder's mlruns/ and is seen; the store's db too."""
-    import mlflow
+    from mlflow import MlflowClient
 
     from tests.conftest import tracking_store_entries
 
@@ -379,12 +380,9 @@ def test_the_repository_store_guard_sees_what_a_sqlite_store_writes(
     monkeypatch.chdir(work)
     before = tracking_store_entries(work)
     assert before == frozenset()
-    mlflow.set_tracking_uri("sqlite:///mlflow.db")
-    try:
-        with mlflow.start_run() as run:
-            mlflow.log_text("x", "note.txt")
-    finally:
-        mlflow.set_tracking_uri(None)
+    client = MlflowClient("sqlite:///mlflow.db")  # a client of its own: no global MLflow state
+    run = client.create_run(client.create_experiment("guard"))
+    client.log_text(run.info.run_id, "x", "note.txt")
     assert (work / "mlruns").is_dir()  # MLflow's default artifact root: ./mlruns of the working folder
     new = tracking_store_entries(work) - before
     assert any(name.endswith("/" + run.info.run_id) for name in new), new
