@@ -34,7 +34,7 @@ import numpy as np
 from acol.data.readers.wsol_metadata import read_wsol_localization
 from acol.io import write_json_atomic
 from acol.wsol.boxes import scale_boxes
-from acol.wsol.metrics import BoxEvaluator
+from acol.wsol.localization_metrics import BoxEvaluator
 from acol.wsol.reference import reference_box_accuracy
 from acol.wsol.scoremaps import normalize_maps
 

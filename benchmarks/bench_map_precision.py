@@ -67,7 +67,7 @@ from acol.io import write_json_atomic
 from acol.models import build_model
 from acol.stages.evaluation import evaluate_method, holdout_mask
 from acol.wsol.boxes import boxes_from_maps, boxes_from_mask, iou, scale_boxes
-from acol.wsol.metrics import quantized_iou_tables, threshold_grid
+from acol.wsol.localization_metrics import quantized_iou_tables, threshold_grid
 from acol.wsol.scoremaps import prepare_quantized
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "tests" / "assets" / "wsol-metadata.tar.xz"

@@ -27,7 +27,12 @@ from acol.data.manifest import read_manifest
 from acol.inference.mapstore import maps_array, read_maps
 from acol.io import write_json_atomic
 from acol.stages.evaluation import EVALUATED_COLUMNS, _gt_boxes_224, _opencv_threads, _rows_of_maps
-from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, quantized_iou_table, quantized_iou_tables
+from acol.wsol.localization_metrics import (
+    BoxEvaluator,
+    ClassicLocEvaluator,
+    quantized_iou_table,
+    quantized_iou_tables,
+)
 from acol.wsol.scoremaps import prepare_quantized
 
 

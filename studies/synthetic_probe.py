@@ -6,7 +6,7 @@ disk, and trains CAM and ACoL on the "small" backbone with the pipeline's own tr
 step), `train_one_epoch`, batch 64, `acol.data.transforms.train_transform(size)` (resize to size*8/7, random
 crop, flip, ImageNet normalization). Evaluation uses the project's metrics as the pipeline does: the normalized
 maps (A, B, fused = `WSOLModel.localization_maps`) go through `acol.wsol.scoremaps.prepare_scoremap` (bicubic to 224x224,
-min-max), GT boxes through `acol.wsol.boxes.scale_boxes`, and `acol.wsol.metrics.BoxEvaluator` gives MaxBoxAccV2
+min-max), GT boxes through `acol.wsol.boxes.scale_boxes`, and `acol.wsol.localization_metrics.BoxEvaluator` gives MaxBoxAccV2
 (multi-contour, IoU 30/50/70) and GT-known MaxBoxAcc (largest contour, IoU 50), the threshold chosen on the
 evaluated split itself (both methods alike). It also reports the mean map inside the part, the body without the
 part and the background (masks resized nearest to 224), for A, B and fused.
@@ -36,7 +36,7 @@ from acol.data.transforms import eval_transform, train_transform
 from acol.models import build_model, normalize_maps, select_class_maps
 from acol.training.engine import build_optimizer, build_scheduler, seed_everything, train_one_epoch
 from acol.wsol.boxes import scale_boxes
-from acol.wsol.metrics import BoxEvaluator
+from acol.wsol.localization_metrics import BoxEvaluator
 from acol.wsol.scoremaps import RESIZE_LENGTH, prepare_scoremap
 
 

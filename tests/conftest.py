@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 
 from acol.data.manifest import manifest_from_records, write_manifest  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_CLASSES = ["n90000000", "n90000001", "n90000002", "n90000003"]
 TINY_COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 200, 40)]
 
@@ -53,6 +54,32 @@ def _write_tiny_split(root: Path, split: str, per_class: int, size: int, seed: i
                 }
             )
     return records
+
+
+def tracking_store_entries(root: Path) -> frozenset[str]:
+    """What the MLflow store of a folder holds, as names: the run folders under ``mlruns/`` and ``mlflow.db``
+    with its modification time (the stages' default store: ``sqlite:///mlflow.db``, artifacts in ./mlruns)."""
+    runs = root / "mlruns"
+    names = {p.relative_to(root).as_posix() for p in runs.glob("*/*")} if runs.is_dir() else set()
+    db = root / "mlflow.db"
+    if db.is_file():
+        names.add(f"mlflow.db@{db.stat().st_mtime_ns}")
+    return frozenset(names)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_in_the_repository(request: pytest.FixtureRequest):
+    """Fails a test that writes into the repository's own MLflow store: a sqlite store in tmp_path still puts
+    its artifacts in ./mlruns of the working folder (the repository), where `dvc repro` keeps its runs."""
+    before = tracking_store_entries(REPO)
+    yield
+    new = sorted(tracking_store_entries(REPO) - before)
+    if new:
+        pytest.fail(
+            f"{request.node.nodeid} wrote into the repository's MLflow store ({', '.join(new[:3])}): give it a "
+            "tracking store and a working folder under tmp_path (monkeypatch.chdir)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,7 @@ def _run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, deb
 
 @pytest.fixture
 def mlflow_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts artifacts in ./mlruns: not the repository's
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("ACOL_PIPELINE_RUN", f"bad-input-{tmp_path.name}")
 

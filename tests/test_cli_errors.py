@@ -157,7 +157,7 @@ def test_an_unreachable_tracking_server_is_one_line_and_exit_2(
         ("acol.stages.metrics", "MetricsInputError", ValueError),
         ("acol.tracking.registry", "RegistryError", ValueError),
         ("acol.distributed.session", "RaySessionError", RuntimeError),
-        ("acol.tracking.runs", "TrackingServerError", RuntimeError),
+        ("acol.tracking.stage_runs", "TrackingServerError", RuntimeError),
     ],
 )
 def test_every_user_error_is_a_user_error_and_keeps_its_builtin_base(

@@ -12,6 +12,7 @@ import runpy
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from acol.data.dataset import ManifestDataset
 from acol.data.manifest import manifest_classes, read_manifest
 from acol.data.transforms import eval_transform
 from acol.distributed.extract import ExtractionJob, extract, extract_plain
-from acol.distributed.train import _val_loader
+from acol.distributed.train import TrainLoopConfig, _val_loader
 from acol.inference.mapstore import maps_array, ok_rows, read_maps
 from acol.inference.model_card import spec_from_card
 from acol.inference.predict import predict_batch
@@ -403,18 +404,18 @@ def test_bf16_training_step_on_the_cpu_is_finite_and_close_to_float32(
 # --- 4. validation batch; cuDNN settings ---
 
 
-@pytest.mark.parametrize("world_size", [1, 8])
-def test_validation_runs_at_the_global_batch_on_rank_0(
-    tiny_dataset: dict[str, Path], world_size: int
-) -> None:
+@pytest.mark.parametrize("workers", [1, 8])
+def test_validation_runs_at_the_global_batch_on_rank_0(tiny_dataset: dict[str, Path], workers: int) -> None:
     """Rank 0 alone validates the whole split: at the global batch (20), not 20 // 8 = 2."""
-    params = load_params(Path("none.yaml"), ["train.batch_size=20", "train.image_size=32"])
-    config = {"val_manifest": str(tiny_dataset["val"]), "root": str(tiny_dataset["root"])}
-    loader = _val_loader(config, params, world_size)
+    sets = ["train.batch_size=20", "train.image_size=32", f"train.num_workers={workers}"]
+    params = load_params(Path("none.yaml"), sets)
+    manifest, root = tiny_dataset["val"], tiny_dataset["root"]
+    config = TrainLoopConfig(params, "acol", manifest, manifest, root, run_dir="/r")
+    loader = _val_loader(config)
     assert loader.batch_size == 20
     assert loader.pin_memory is False  # CPU run
     gpu = params.model_copy(update={"train": params.train.model_copy(update={"use_gpu": True})})
-    assert _val_loader(config, gpu, world_size).pin_memory is True
+    assert _val_loader(replace(config, params=gpu)).pin_memory is True
 
 
 @pytest.fixture

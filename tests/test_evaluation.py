@@ -13,7 +13,12 @@ from acol.data.manifest import manifest_from_records
 from acol.inference.mapstore import columns_to_table
 from acol.stages.evaluation import evaluate_method, holdout_mask
 from acol.wsol.boxes import scale_boxes
-from acol.wsol.metrics import BoxEvaluator, ClassicLocEvaluator, load_wsol_mask, select_cam_threshold
+from acol.wsol.localization_metrics import (
+    BoxEvaluator,
+    ClassicLocEvaluator,
+    load_wsol_mask,
+    select_cam_threshold,
+)
 from acol.wsol.scoremaps import prepare_scoremap
 
 CLASSES = [f"n9{i:07d}" for i in range(6)]

@@ -1,7 +1,7 @@
 """Fault injection: a dead tracking server, a stage killed mid-write, a crash at the rename, a killed worker.
 
 Chosen behaviour for an unreachable MLflow server: every stage script calls
-`acol.tracking.runs.check_tracking_server()` right after parsing its params, so the stage fails with
+`acol.tracking.stage_runs.check_tracking_server()` right after parsing its params, so the stage fails with
 `TrackingServerError` (naming the URI) before it reads data, starts Ray or writes anything, instead of after an
 hour of training. The tests here inject each fault and check what is left on disk: the previous complete
 output, or none, never a partial file where a later stage reads.
@@ -30,7 +30,7 @@ from acol.distributed.extract import ExtractionJob, extract_plain
 from acol.inference.mapstore import read_maps
 from acol.models import build_model
 from acol.stages.cli import run_stage
-from acol.tracking.runs import TrackingServerError, check_tracking_server
+from acol.tracking.stage_runs import TrackingServerError, check_tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
@@ -338,6 +338,7 @@ def test_evaluate_without_masks_removes_an_earlier_pr_curve(
     extract_plain(ExtractionJob(params, "acol", val, tiny_dataset["root"], model, card, tmp_path / "extract"))
     out = tmp_path / "evaluate"
     _stale(out, ["pr_curve.csv"])
+    monkeypatch.chdir(tmp_path)  # the sqlite store's artifacts (the registered model) go to ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     argv = ["--method", "acol", "--params", str(tmp_path / "absent.yaml"), "--maps", str(tmp_path / "extract/maps"),
             "--manifest", str(val), "--model-card", str(card), "--model", str(model), "--out", str(out),
@@ -406,7 +407,7 @@ def test_training_survives_a_worker_killed_from_outside(
     from mlflow.tracking import MlflowClient
 
     from acol.distributed.train import fit
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("ACOL_EPOCH_HOOK", raising=False)
@@ -478,7 +479,7 @@ def test_tracking_server_lost_mid_stage_fails_the_stage_and_a_rerun_recovers(
     from mlflow.tracking import MlflowClient
 
     from acol.io import write_json_atomic
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
     from tests.services import mlflow_server_process, stop_process_group
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -124,7 +124,7 @@ def test_imports_run_one_way() -> None:
 @pytest.mark.parametrize(
     ("module", "imports", "expected"),
     [
-        ("acol.wsol.metrics", {"torch"}, "acol.wsol must not import torch"),
+        ("acol.wsol.localization_metrics", {"torch"}, "acol.wsol must not import torch"),
         ("acol.data.manifest", {"acol.models.factory"}, "acol.data may import only"),
         ("acol.models.heads", {"acol.stages.report"}, "acol.models may import only"),
         ("acol.stages.report", {"pipelines.report"}, "nothing in acol imports pipelines/"),
@@ -134,7 +134,8 @@ def test_imports_run_one_way() -> None:
 )
 def test_rule_checker_catches_a_wrong_import(module: str, imports: set[str], expected: str) -> None:
     assert any(expected in p for p in rule_violations(module, imports))
-    assert rule_violations("acol.stages.report", {"acol.wsol.boxes", "acol.tracking.runs", "mlflow"}) == []
+    ok = {"acol.wsol.boxes", "acol.tracking.stage_runs", "mlflow"}
+    assert rule_violations("acol.stages.report", ok) == []
 
 
 # --- the parameters module is a leaf ---
@@ -351,7 +352,9 @@ def test_every_stage_lists_the_code_it_imports() -> None:
 def test_deps_check_sees_a_missing_module_and_a_folder_dep() -> None:
     cmd = "sh scripts/run_stage.sh pipelines/evaluate.py --method acol"
     full = missing_deps(cmd, [])
-    assert "pipelines/evaluate.py" in full and "acol/wsol/contours.py" in full  # reached through wsol.metrics
+    assert (
+        "pipelines/evaluate.py" in full and "acol/wsol/contours.py" in full
+    )  # reached through wsol.localization_metrics
     assert "acol/wsol/contours.py" not in missing_deps(cmd, ["acol/wsol"])
 
 
@@ -367,8 +370,8 @@ def test_no_stage_lists_code_it_does_not_import() -> None:
 def test_over_listing_check_sees_an_unused_module_and_folder() -> None:
     cmd = "sh scripts/run_stage.sh pipelines/metrics.py --out metrics"
     assert unneeded_deps(cmd, ["acol/models"]) and unneeded_deps(cmd, ["acol/models/backbones.py"])
-    partly = unneeded_deps(cmd, ["acol/tracking"])  # dvc_metrics is imported, runs is not
-    assert any("acol/tracking/runs.py" in p for p in partly)
+    partly = unneeded_deps(cmd, ["acol/tracking"])  # dvc_metrics is imported, stage_runs is not
+    assert any("acol/tracking/stage_runs.py" in p for p in partly)
     assert not any("dvc_metrics" in p for p in partly)
     exact = [
         "pipelines/metrics.py",
@@ -385,7 +388,7 @@ def test_model_code_reruns_only_the_stages_that_run_a_model() -> None:
     """From the computed closures: metrics and report import nothing of acol/models, and a backbone edit
     (acol/models/backbones.py) reruns none of synthesize, prepare and metrics. Each was dragged in before:
     acol.config's backbone check imported acol.models (every stage), and acol.tracking.runs.log_model pulled
-    the model code into prepare and report (they now import acol.tracking.stage_runs)."""
+    the model code into prepare and report (log_model is now in acol.tracking.mlflow_model)."""
     closure = {
         name: script_closure(f"pipelines/{name}.py")
         for name in ("synthesize", "prepare", "metrics", "report")

@@ -7,7 +7,7 @@ import pytest
 from acol.stages import reevaluate, report
 from acol.tracking import registry
 from acol.tracking.dvc_metrics import EVALUATION_KEYS, TRAINING_KEYS
-from acol.wsol.metrics import lower_is_better, metric_direction
+from acol.wsol.metric_direction import lower_is_better, metric_direction
 
 # evaluation.json (acol.stages.evaluate), history.csv and the train metrics (acol.training, acol.distributed.train),
 # the report's extra keys, and the re-evaluation's MLflow drops.

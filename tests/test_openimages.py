@@ -21,7 +21,7 @@ from acol.inference.mapstore import columns_to_table
 from acol.stages.evaluation import NO_BOX_METRICS, evaluate_method
 from acol.stages.prepare import index_dataset, index_fullsup
 from acol.stages.score_npy import evaluate as score_npy
-from acol.wsol.metrics import MaskEvaluator, load_wsol_mask
+from acol.wsol.localization_metrics import MaskEvaluator, load_wsol_mask
 from acol.wsol.scoremaps import prepare_scoremap
 
 ARCHIVE = Path(__file__).parent / "assets" / "openimages-metadata.tar.xz"

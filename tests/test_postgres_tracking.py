@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from acol.config import load_params
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 from tests.services import mlflow_server, postgres_bin, postgres_cluster
 
 pytestmark = [
@@ -33,7 +33,7 @@ def test_stages_models_and_promotion_on_a_postgres_backed_server(
     from mlflow.tracking import MlflowClient
 
     from acol.models import build_model
-    from acol.tracking.mlflow_model import load_version
+    from acol.tracking.mlflow_model import load_version, log_model
     from acol.tracking.registry import record_and_promote
 
     with postgres_cluster() as database, mlflow_server(tmp_path, backend_uri=database) as uri:
@@ -50,7 +50,7 @@ def test_stages_models_and_promotion_on_a_postgres_backed_server(
                 "model": {"head_channels": 4, "erase_threshold": 0.6}}  # fmt: skip
         example = torch.randn(1, 3, 16, 16)
         with tracking.stage_run("train", params, method="cam", data_paths=[train, val]) as run:
-            version = tracking.log_model(model, "cam", params, example, card)
+            version = log_model(model, "cam", params, example, card)
         with tracking.stage_run("evaluate", params, method="cam", data_paths=[val]):
             promotion = record_and_promote(
                 tracking.registered_model_name(params, "cam"),

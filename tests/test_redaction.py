@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from acol.config import load_params
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 from acol.tracking.redact import loop_tracking_uri, redact_text, redact_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,16 @@ def _params(tmp_path: Path):
     return load_params(tmp_path / "absent.yaml", ["tracking.log_system_metrics=false"])
 
 
+def _ray_exports(config) -> str:
+    """What Ray shows of a run's ``train_loop_config``: its run state sanitizes the dict with this function
+    (`RunSettings`, exported to the dashboard and the state API), which turns an object into its ``str``."""
+    from ray.train.v2._internal.state.schema import _to_json_serializable_value
+
+    from acol.distributed.train import _ray_loop_config
+
+    return json.dumps(_to_json_serializable_value(_ray_loop_config(config)))
+
+
 def test_the_ray_train_loop_config_holds_no_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: ``train_loop_config["tracking_uri"]`` was the whole URI, which Ray's dashboard shows."""
     from acol.distributed.train import _loop_config, _mlflow_client
@@ -84,7 +95,10 @@ def test_the_ray_train_loop_config_holds_no_password(tmp_path: Path, monkeypatch
     for uri in URIS:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         config = _loop_config(_params(tmp_path), "acol", manifest, manifest, tmp_path, "run", "/r", None)
-        assert not _leaks(json.dumps(config)), config
+        exported = _ray_exports(config)
+        assert not _leaks(exported), exported
+        assert "run_dir='/r'" in exported and "tracking_uri=None" in exported, exported  # the fields do show
+        assert not _leaks(pickle.dumps(config).decode("latin-1"))  # nor anything a worker could be sent
         if uri.startswith("http"):  # (a database URI would connect at once)
             # a worker resolves the URI from its own environment (Ray workers inherit the driver's, or the pod's)
             assert _mlflow_client(config)._tracking_client.tracking_uri == uri
@@ -92,7 +106,8 @@ def test_the_ray_train_loop_config_holds_no_password(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     config = _loop_config(_params(tmp_path), "acol", manifest, manifest, tmp_path, "run", "/r", None)
     # no credential: the URI travels as before (a relative sqlite path made absolute for workers elsewhere)
-    assert config["tracking_uri"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert config.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert config.tracking_uri in _ray_exports(config)
 
 
 def _closed_port() -> int:
@@ -144,11 +159,15 @@ def test_a_sqlite_error_is_redacted_too(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 RAY_WORKER = textwrap.dedent(
     """
-    import json, sys
+    from pathlib import Path
     import ray
-    from acol.distributed.train import _mlflow_client
+    from acol.config import load_params
+    from acol.distributed.train import _loop_config, _mlflow_client
 
-    config = json.loads(sys.argv[1])
+    params = load_params(Path("absent.yaml"), ["tracking.log_system_metrics=false"])
+    m = Path("m.parquet")
+    config = _loop_config(params, "acol", m, m, Path("."), "r", "/r", None)
+    assert config.tracking_uri is None, "the URI travelled"
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 
     @ray.remote
@@ -168,9 +187,8 @@ def test_a_ray_worker_gets_the_uri_from_its_environment(tmp_path: Path) -> None:
     uri = URIS[0]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    config = {"tracking_uri": loop_tracking_uri(uri), "run_id": "r"}
     done = subprocess.run(
-        [sys.executable, "-c", RAY_WORKER, json.dumps(config)],
+        [sys.executable, "-c", RAY_WORKER],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -97,7 +97,8 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
     from acol.inference.mapstore import read_maps
     from acol.models import build_model
     from acol.stages.evaluation import evaluate_method
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
+    from acol.tracking.mlflow_model import log_model
     from acol.tracking.registry import record_and_promote
 
     root, val = tiny_dataset["root"], tiny_dataset["val"]
@@ -115,7 +116,7 @@ def test_reevaluate_end_to_end(tiny_dataset, tmp_path, monkeypatch):
                 "model": params.model.model_dump(mode="json"), "data_version": "trained-on"}  # fmt: skip
         (tmp_path / "model_card.json").write_text(json.dumps(card))
         with mlflow.start_run():  # what the train stage logs: the model as its state dict and card
-            version = tracking.log_model(model, "cam", params, torch.zeros(1, 3, 32, 32), card)
+            version = log_model(model, "cam", params, torch.zeros(1, 3, 32, 32), card)
         name = tracking.registered_model_name(params, "cam")
         client = MlflowClient()
 
@@ -187,13 +188,14 @@ def _register(params, card: dict, metrics: dict, tmp_path) -> tuple[str, str]:
     from mlflow import MlflowClient
 
     from acol.models import build_model
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
+    from acol.tracking.mlflow_model import log_model
 
     model = build_model("small", card["num_classes"], "cam", head_channels=8)
     model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     tracking.configure(params)
     with mlflow.start_run():
-        version = tracking.log_model(model, "cam", params, torch.zeros(1, 3, 32, 32), card)
+        version = log_model(model, "cam", params, torch.zeros(1, 3, 32, 32), card)
     name = tracking.registered_model_name(params, "cam")
     client = MlflowClient()
     for key, value in metrics.items():
@@ -234,6 +236,8 @@ def _baseline(params, root, val, card, tmp_path, fullsup_manifest=None):
 
 @pytest.fixture
 def sqlite_store(tmp_path, monkeypatch) -> None:
+    """A store of the test's own: a sqlite store puts artifacts in ./mlruns, so the working folder too."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("ACOL_PIPELINE_RUN", f"reevaluate-{tmp_path.name}")
 

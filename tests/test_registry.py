@@ -45,7 +45,7 @@ def _champion(client: Any, name: str) -> str:
 
 
 def test_registered_name_separates_backbones_and_protocols() -> None:
-    from acol.tracking.runs import registered_model_name
+    from acol.tracking.stage_runs import registered_model_name
 
     def name(*overrides: str) -> str:
         return registered_model_name(

@@ -38,7 +38,7 @@ from acol.inference.model_card import spec_from_card
 from acol.inference.predict import ForwardOptions, MapPredictor, decode_batch
 from acol.models import build_model
 from acol.tracking import mlflow_model as mm
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 from acol.wsol.boxes import boxes_from_maps
 
 CLASSES = ["n1", "n2", "n3"]
@@ -349,7 +349,7 @@ def log_version(model: torch.nn.Module, store: Path, monkeypatch: pytest.MonkeyP
     overrides = ["tracking.log_system_metrics=false", "tracking.experiment=s"]
     params = load_params(store / "absent.yaml", overrides)
     with tracking.stage_run("evaluate", params, method="acol"):
-        version = tracking.log_model(model, "acol", params, torch.randn(1, 3, SIZE, SIZE), CARD)
+        version = mm.log_model(model, "acol", params, torch.randn(1, 3, SIZE, SIZE), CARD)
     return f"models:/{tracking.registered_model_name(params, 'acol')}/{version}"
 
 

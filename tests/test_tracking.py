@@ -1,4 +1,4 @@
-"""acol.tracking.runs: parent/child stage runs, flattened params, data versions, model registry, server checks."""
+"""acol.tracking.stage_runs and mlflow_model.log_model: parent/child stage runs, flattened params, data versions, model registry, server checks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from acol.config import Params, load_params
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 
 pytest.importorskip("mlflow")
 
@@ -27,6 +27,7 @@ def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def params(mlflow_db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Params:
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts artifacts in ./mlruns: not the repository's
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     monkeypatch.setenv(tracking.PIPELINE_RUN_ENV, f"test-{tmp_path.name}")  # a fresh pipeline per test
     return load_params(
@@ -186,7 +187,7 @@ def test_log_model_registers_versions_that_load_without_unpickling(
     from mlflow.artifacts import download_artifacts
 
     from acol.models import build_model
-    from acol.tracking.mlflow_model import load_version
+    from acol.tracking.mlflow_model import load_version, log_model
 
     torch.manual_seed(0)
     model = build_model("small", 3, "cam", head_channels=8)
@@ -197,7 +198,7 @@ def test_log_model_registers_versions_that_load_without_unpickling(
     with caplog.at_level("WARNING"):
         for _ in range(2):
             with tracking.stage_run("train", params, method="cam"):
-                versions.append(tracking.log_model(model, "cam", params, example, card))
+                versions.append(log_model(model, "cam", params, example, card))
     assert not [r.getMessage() for r in caplog.records if "pickle" in r.getMessage().lower()]
     assert versions[1] == str(int(versions[0]) + 1)
     name = tracking.registered_model_name(params, "cam")
@@ -225,7 +226,7 @@ def test_log_model_registers_versions_that_load_without_unpickling(
         pyfunc.unwrap_python_model().predict(None, example.numpy()), expected.numpy()
     )
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        tracking.log_model(model, "cam", params, torch.zeros(3, 32, 32), card)
+        log_model(model, "cam", params, torch.zeros(3, 32, 32), card)
 
 
 @pytest.mark.parametrize("pipeline_id", ["it's-a-run", 'say "hi"', "x' or tags.y = '1"])
@@ -323,6 +324,7 @@ def test_champion_and_candidate_on_real_registered_versions(params: Params) -> N
     from mlflow.tracking import MlflowClient
 
     from acol.models import build_model
+    from acol.tracking.mlflow_model import log_model
     from acol.tracking.registry import record_and_promote
 
     model = build_model("small", 2, "cam", head_channels=4)
@@ -332,9 +334,7 @@ def test_champion_and_candidate_on_real_registered_versions(params: Params) -> N
         update={"tracking": params.tracking.model_copy(update={"registered_model": "promo"})}
     )
     with tracking.stage_run("train", params, method="cam"):
-        versions = [
-            tracking.log_model(model, "cam", params, torch.zeros(1, 3, 16, 16), card) for _ in range(4)
-        ]
+        versions = [log_model(model, "cam", params, torch.zeros(1, 3, 16, 16), card) for _ in range(4)]
     name = tracking.registered_model_name(params, "cam")
     client = MlflowClient()
     key = {"acol.dataset": "synthetic", "acol.backbone": "small", "acol.method": "cam"}
@@ -364,3 +364,26 @@ def test_champion_and_candidate_on_real_registered_versions(params: Params) -> N
     assert lower["champion"] and aliases() == (versions[3], versions[3])
     with pytest.raises(KeyError, match="champion_metric"):
         record_and_promote(name, versions[3], {"maxboxacc_v2": 1.0}, "pxap", key=key)
+
+
+def test_the_repository_store_guard_sees_what_a_sqlite_store_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conftest guard's view (`tracking_store_entries`) against MLflow itself: a run with an artifact in a
+    sqlite store, from a working folder, lands in that folder's mlruns/ and is seen; the store's db too."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import tracking_store_entries
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = tracking_store_entries(work)
+    assert before == frozenset()
+    client = MlflowClient("sqlite:///mlflow.db")  # a client of its own: no global MLflow state
+    run = client.create_run(client.create_experiment("guard"))
+    client.log_text(run.info.run_id, "x", "note.txt")
+    assert (work / "mlruns").is_dir()  # MLflow's default artifact root: ./mlruns of the working folder
+    new = tracking_store_entries(work) - before
+    assert any(name.endswith("/" + run.info.run_id) for name in new), new
+    assert any(name.startswith("mlflow.db@") for name in new), new

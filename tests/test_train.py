@@ -149,7 +149,7 @@ def test_fit_resumes_after_injected_fault(
     from mlflow.tracking import MlflowClient
 
     from acol.distributed.train import fit
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
     from tests.fault_injection import FAULT_MARKER, HOOK_PATH
 
     params = load_params(

@@ -71,6 +71,7 @@ __all__ = [
     "HISTORY_COLUMNS",
     "EpochHook",
     "EpochStart",
+    "TrainLoopConfig",
     "TrainOutcome",
     "fit",
     "place_and_restore",
@@ -87,6 +88,7 @@ HISTORY_COLUMNS = (
     "epoch", "loss", "acc_a", "acc_b", "val_top1", "val_top5", "val_loss", "lr", "seconds", "samples_per_second"
 )  # fmt: skip
 _MODEL_FILE, _OPTIM_FILE, _STATE_FILE = "model.pt", "optim.pt", "state.json"
+_LOOP_KEY = "loop"  # Ray Train takes a dict: the one key of `train_loop_config`, holding a `TrainLoopConfig`
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,27 @@ class EpochStart:
 
 
 EpochHook = Callable[[EpochStart], None]
+
+
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    """What `fit` hands every Ray Train worker, built once on the driver (`_loop_config`).
+
+    Ray pickles it to the workers and shows its ``str`` in its dashboard and job API, so it holds no secret:
+    `tracking_uri` is None when the URI has a credential (the worker reads its own environment instead).
+    `params` travels as the validated, frozen object: it pickles by reference to `acol.config.Params`, which a
+    worker imports anyway, so there is nothing to validate twice.
+    """
+
+    params: Params
+    method: str
+    train_manifest: Path  # absolute: workers may run in another folder or on another node
+    val_manifest: Path
+    root: Path
+    run_dir: str  # <train.storage_path>/<run name>: a local folder, or an object store URI
+    run_id: str | None = None  # the driver's MLflow run that rank 0 logs epochs to; None: no logging
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI of the worker's environment
+    epoch_hook: str | EpochHook | None = None  # a callable, or "package.module:function" imported per worker
 
 
 @dataclass(frozen=True)
@@ -169,16 +192,16 @@ def _allreduce_epoch(metrics: dict[str, float], device: torch.device) -> dict[st
     return out
 
 
-def _mlflow_client(config: dict[str, Any]) -> Any:
+def _mlflow_client(config: TrainLoopConfig) -> Any:
     from mlflow.tracking import MlflowClient
 
     # None when the URI holds a credential (`_loop_config`): the worker's own environment names the server
-    return MlflowClient(tracking_uri=config["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI"))
+    return MlflowClient(tracking_uri=config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
-def _log_epochs(config: dict[str, Any], rows: list[dict[str, float]], restarts: int | None = None) -> None:
+def _log_epochs(config: TrainLoopConfig, rows: list[dict[str, float]], restarts: int | None = None) -> None:
     """Rank 0: log history rows (step = epoch) to the driver's MLflow run, skipping epochs logged there."""
-    run_id = config.get("run_id")
+    run_id = config.run_id
     if not run_id:
         return
     from mlflow.entities import Metric
@@ -201,7 +224,7 @@ def _log_epochs(config: dict[str, Any], rows: list[dict[str, float]], restarts: 
 
 
 def _loader_batches(
-    config: dict[str, Any], params: Params, train_table: Any, world_size: int, rank: int
+    config: TrainLoopConfig, train_table: Any, world_size: int, rank: int
 ) -> tuple[Callable[[int], Iterable], int]:
     """``train.input: loader``: this worker's own DataLoader, shuffled and sharded by a seeded sampler.
 
@@ -210,8 +233,9 @@ def _loader_batches(
     import ray.train.torch
     from torch.utils.data import DistributedSampler
 
+    params = config.params
     tp = params.train
-    train_set = ManifestDataset(train_table, config["root"], train_transform(tp.image_size, tp.transform))
+    train_set = ManifestDataset(train_table, config.root, train_transform(tp.image_size, tp.transform))
     # Our own sampler (Ray keeps a DistributedSampler it finds): the order follows train.seed and the epoch, on
     # one worker as on several. Train workers are not persistent: each epoch's are seeded from `generator`.
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=tp.seed)
@@ -240,16 +264,17 @@ def _per_worker_batch(params: Params, world_size: int) -> int:
     return max(1, params.train.batch_size // world_size)
 
 
-def _val_loader(config: dict[str, Any], params: Params, world_size: int) -> DataLoader:
+def _val_loader(config: TrainLoopConfig) -> DataLoader:
     """Validation runs on rank 0 over the whole split: no sampler, no collectives, exact numbers.
 
     At the global batch (``train.batch_size``), whatever ``world_size``: rank 0 alone does the whole split, so
     the per-worker batch (20 // 8 = 2 on 8 GPUs) only made it slower; no gradients, so memory is not the
     training step's. (Its numbers depend on the batch in the last bits only.) Pinned for a GPU.
     """
+    params = config.params
     workers = params.train.loader_workers
     val_set = ManifestDataset(
-        read_manifest(config["val_manifest"]), config["root"], eval_transform(params.train.image_size)
+        read_manifest(config.val_manifest), config.root, eval_transform(params.train.image_size)
     )
     return DataLoader(
         val_set,
@@ -273,10 +298,11 @@ def _configure_cudnn(deterministic: bool) -> None:
 
 
 def _build_worker_state(
-    config: dict[str, Any], params: Params, world_size: int, rank: int, device: torch.device
+    config: TrainLoopConfig, world_size: int, rank: int, device: torch.device
 ) -> _WorkerState:
     """Input, model, optimizer and schedule of one worker, before any checkpoint is restored."""
-    train_table = read_manifest(config["train_manifest"])
+    params = config.params
+    train_table = read_manifest(config.train_manifest)
     num_classes = len(manifest_classes(train_table))
     if params.train.input == "ray_data":
         from acol.distributed.ingest import ray_data_batches
@@ -285,10 +311,10 @@ def _build_worker_state(
             params.train, len(train_table), world_size, rank, _per_worker_batch(params, world_size), device
         )
     else:
-        batches, steps = _loader_batches(config, params, train_table, world_size, rank)
-    val_loader = _val_loader(config, params, world_size)
+        batches, steps = _loader_batches(config, train_table, world_size, rank)
+    val_loader = _val_loader(config)
     model = build_model(
-        ModelSpec.from_params(params.model.model_dump(), config["method"], num_classes),
+        ModelSpec.from_params(params.model.model_dump(), config.method, num_classes),
         backbone_weights=params.model.backbone_weights,
     )
     optimizer = build_optimizer(model, params.train)
@@ -364,7 +390,7 @@ def _train_epoch(worker: _WorkerState, params: Params, epoch: int) -> tuple[dict
 
 
 def _finish_epoch(
-    config: dict[str, Any],
+    config: TrainLoopConfig,
     worker: _WorkerState,
     row: dict,
     train_metrics: dict,
@@ -395,28 +421,29 @@ def _finish_epoch(
         )
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker function; `config` is built by `fit` (params as a dict, paths, MLflow run id)."""
+def train_loop_per_worker(loop: dict[str, TrainLoopConfig]) -> None:
+    """The Ray Train worker function; `loop` is the `train_loop_config` of `_trainer`: ``{"loop": config}``."""
     import ray.train
     import ray.train.torch
 
     pin_cpu_isa()  # before this worker's first kernel (a cluster's workers may lack the driver's environment)
+    config = loop[_LOOP_KEY]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    params = Params.model_validate(config["params"])
+    params = config.params
     _configure_cudnn(params.train.deterministic)
     # the same initial weights on every rank (DDP also broadcasts rank 0's); epochs reseed per rank
     seed_everything(params.train.seed)
     device = ray.train.torch.get_device()
-    worker = _build_worker_state(config, params, world_size, rank, device)
+    worker = _build_worker_state(config, world_size, rank, device)
     # prepare_model moves to the device (DDP when world_size > 1)
     place_and_restore(worker, ray.train.torch.prepare_model, ray.train.get_checkpoint(), world_size, rank)
     if rank == 0:  # the history so far (missing after a driver relaunch) and the restart count
         _log_epochs(config, worker.history, restarts=worker.restarts)
 
-    hook = resolve_epoch_hook(config.get("epoch_hook"))
+    hook = resolve_epoch_hook(config.epoch_hook)
     for epoch in range(worker.start_epoch + 1, params.train.epochs + 1):
-        start = EpochStart(epoch=epoch, rank=rank, world_size=world_size, run_dir=config["run_dir"])
+        start = EpochStart(epoch=epoch, rank=rank, world_size=world_size, run_dir=config.run_dir)
         if hook is not None:
             hook(start)
         started = time.perf_counter()
@@ -469,10 +496,10 @@ def fit(
     """Train `method` with Ray Train; write ``out_dir/model.pt`` (state dict) and ``out_dir/history.csv``.
 
     `run_id` is the MLflow run that rank 0 logs per-epoch metrics to (the tracking URI is this process's
-    `acol.tracking.runs.tracking_uri()`). Checkpoints live under ``params.train.storage_path/<run_name>``.
+    `acol.tracking.stage_runs.tracking_uri()`). Checkpoints live under ``params.train.storage_path/<run_name>``.
     `epoch_hook` (default: ``$ACOL_EPOCH_HOOK``) runs on every worker before each epoch (module docstring).
     """
-    from acol.tracking.runs import data_version
+    from acol.tracking.stage_runs import data_version
 
     tp = params.train
     train_manifest, val_manifest = Path(train_manifest).resolve(), Path(val_manifest).resolve()
@@ -501,7 +528,7 @@ def fit(
                     tp.placement_strategy)  # fmt: skip
     check_placement([demand], params.ray.autoscaling)
     log.info("Ray Train run %s: %d worker(s), checkpoints in %s", name, tp.num_workers, run_dir)
-    result = _trainer(params, config, name, storage, train_manifest, root).fit()
+    result = _trainer(config, name, storage).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} ended without a checkpoint (see {run_dir})")
     return _outcome(result.checkpoint, Path(out_dir), name, classes)
@@ -516,24 +543,29 @@ def _loop_config(
     run_id: str | None,
     run_dir: str,
     epoch_hook: str | EpochHook | None,
-) -> dict[str, Any]:
-    """The `train_loop_per_worker` config: plain values Ray pickles to every worker."""
+) -> TrainLoopConfig:
+    """The `TrainLoopConfig` of a run, without the tracking URI when it holds a credential."""
     from acol.tracking.redact import loop_tracking_uri
-    from acol.tracking.runs import tracking_uri
+    from acol.tracking.stage_runs import tracking_uri
 
     if isinstance(epoch_hook, str):
         resolve_epoch_hook(epoch_hook)  # a wrong path fails here, before Ray starts, not in every worker
-    return {
-        "params": params.model_dump(mode="json"),
-        "method": method,
-        "train_manifest": str(train_manifest),
-        "val_manifest": str(val_manifest),
-        "root": str(Path(root).resolve()),
-        "run_id": run_id,
-        "tracking_uri": loop_tracking_uri(tracking_uri()),  # None if it has a password: workers use their env
-        "run_dir": run_dir,
-        "epoch_hook": epoch_hook,
-    }
+    return TrainLoopConfig(
+        params=params,
+        method=method,
+        train_manifest=Path(train_manifest).resolve(),
+        val_manifest=Path(val_manifest).resolve(),
+        root=Path(root).resolve(),
+        run_dir=run_dir,
+        run_id=run_id,
+        tracking_uri=loop_tracking_uri(tracking_uri()),  # None if it has a password: workers use their env
+        epoch_hook=epoch_hook,
+    )
+
+
+def _ray_loop_config(config: TrainLoopConfig) -> dict[str, TrainLoopConfig]:
+    """What Ray Train is given as ``train_loop_config`` (a dict, which its run state also exports)."""
+    return {_LOOP_KEY: config}
 
 
 def _check_backbone_weights(params: Params, method: str, num_classes: int) -> None:
@@ -548,28 +580,21 @@ def _check_backbone_weights(params: Params, method: str, num_classes: int) -> No
         )
 
 
-def _trainer(
-    params: Params,
-    config: dict[str, Any],
-    name: str,
-    storage: str,
-    train_manifest: Path,
-    root: str | os.PathLike[str],
-) -> Any:
+def _trainer(config: TrainLoopConfig, name: str, storage: str) -> Any:
     """The `TorchTrainer` of a run: scaling and failure policy from ``train``; with ``train.input: ray_data``,
     one Ray Data dataset per epoch for the workers' `get_dataset_shard`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    tp = params.train
+    tp = config.params.train
     datasets = None
     if tp.input == "ray_data":
         from acol.distributed.ingest import train_datasets
 
-        datasets = train_datasets(tp, train_manifest, Path(root).resolve())
+        datasets = train_datasets(tp, config.train_manifest, config.root)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config=_ray_loop_config(config),
         scaling_config=ScalingConfig(
             num_workers=tp.num_workers,
             use_gpu=tp.use_gpu,

@@ -27,7 +27,7 @@ from acol.io import replacing_dir, write_json_atomic, write_text_atomic
 from acol.models import METHODS
 from acol.stages import evaluation  # looked up at call time: tests replace evaluate_method
 from acol.stages.evaluation import EVALUATED_COLUMNS, EvaluationResult
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 from acol.tracking.registry import check_champion, comparison_key, record_and_promote
 
 __all__ = ["METHODS", "EvaluatePaths", "run"]
@@ -89,11 +89,11 @@ def _evaluation(params: Params, card: dict[str, Any], numbers: dict[str, float])
 
 def _register(params: Params, method: str, card: dict[str, Any], model_path: Path, val: Path) -> str:
     """Log and register the model of `card` in the active run; returns the new version."""
-    from acol.tracking.mlflow_model import build_from_card
+    from acol.tracking.mlflow_model import build_from_card, log_model
 
     model = build_from_card(card, model_path)
     example = ManifestDataset(read_manifest(val), params.data.root, eval_transform(params.train.image_size))
-    return tracking.log_model(model, method, params, example[0][0][None], card)
+    return log_model(model, method, params, example[0][0][None], card)
 
 
 def _params_of(params: Params, card: dict[str, Any]) -> Params:

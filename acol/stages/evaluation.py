@@ -27,7 +27,7 @@ from acol.data.cpus import usable_cpus
 from acol.data.manifest import manifest_classes
 from acol.inference.mapstore import maps_array
 from acol.wsol.boxes import scale_boxes
-from acol.wsol.metrics import (
+from acol.wsol.localization_metrics import (
     BoxEvaluator,
     BoxResult,
     ClassicLocEvaluator,

@@ -17,7 +17,7 @@ from acol.config import Params
 from acol.distributed import extract as engines  # looked up at call time: tests replace the engines
 from acol.distributed.extract import ExtractionJob, ExtractSummary
 from acol.models import METHODS
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 
 __all__ = ["ENGINES", "METHODS", "ExtractPaths", "run"]
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from acol.config import Params
 from acol.io import write_json_atomic, write_text_atomic
 from acol.models import METHODS
-from acol.wsol.metrics import lower_is_better
+from acol.wsol.metric_direction import lower_is_better
 
 __all__ = [
     "COMPARED_METRICS",
@@ -249,7 +249,7 @@ def reevaluate(
     compared metric, ``regression`` true/false and the report as artifacts. With ``engine="ray"`` on a
     cluster, `out_dir`, `manifest` and `root` must be on storage every node sees.
     """
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
 
     tracking.configure(params)
     name = tracking.registered_model_name(params, method)
@@ -394,7 +394,7 @@ def _log_and_write(
     """The MLflow stage run (metrics, ``drop.*``, ``regression`` tag, artifacts) and the report files."""
     import mlflow
 
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
 
     tags = {
         "model_name": report.model_name,
@@ -431,7 +431,7 @@ class ReevaluatePaths:
 def run(params: Params, method: str, paths: ReevaluatePaths, engine: Engine = "ray") -> int:
     """The job: re-evaluate, print the summary; returns the exit status: 0 passed, `REGRESSION_EXIT_CODE` on
     a regression, 1 when it could not run. The tracking server is checked first."""
-    from acol.tracking import runs as tracking
+    from acol.tracking import stage_runs as tracking
 
     tracking.check_tracking_server()
     root = paths.root or params.data.root

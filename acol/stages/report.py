@@ -42,7 +42,7 @@ from acol.stages.report_inputs import (
 )
 from acol.stages.report_render import _gallery_pngs, _html_context, render_html
 from acol.tracking import stage_runs as tracking
-from acol.wsol.metrics import metric_direction
+from acol.wsol.metric_direction import metric_direction
 
 __all__ = [
     "ReportError",

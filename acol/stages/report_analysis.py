@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from acol.published import NUMBERS, PresetMatch, Published
 from acol.stages.report_inputs import ReportError, ReportInputs
 from acol.wsol.boxes import iou
-from acol.wsol.metrics import metric_direction
+from acol.wsol.metric_direction import metric_direction
 
 PublishedNumber = Published  # the report's name for an `acol.published` entry
 # For orientation when no preset matches: every preset's confirmed figure (in this project's metric).

@@ -24,7 +24,7 @@ from acol.published import PresetMatch, Published, for_preset, in_metric
 from acol.stages import plots
 from acol.stages.report_analysis import PUBLISHED, _MapInfo, _recipe_text, best_methods, gallery_indices
 from acol.stages.report_inputs import _PREFERRED_ORDER, ReportInputs, _maps_for, _read_json
-from acol.wsol.metrics import metric_direction
+from acol.wsol.metric_direction import metric_direction
 
 log = logging.getLogger(__name__)
 

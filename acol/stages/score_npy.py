@@ -62,7 +62,7 @@ def evaluate(
     batch_size: int = 256,
 ) -> dict:
     """Evaluate a score-map folder; returns the JSON-ready result dict (boxes or masks)."""
-    from acol.wsol.metrics import BoxEvaluator, MaskEvaluator, load_wsol_mask
+    from acol.wsol.localization_metrics import BoxEvaluator, MaskEvaluator, load_wsol_mask
 
     # strict; a mask folder without sizes (wsolevaluation's OpenImages) takes them from the masks' headers
     meta, _ = read_wsol_localization(metadata, "masks" if masks is not None else "boxes", size_root=masks)

@@ -17,7 +17,7 @@ from acol.distributed import train as trainer  # looked up at call time: tests r
 from acol.distributed.train import TrainOutcome
 from acol.io import replacing_dir, write_json_atomic
 from acol.models import METHODS, ModelSpec
-from acol.tracking import runs as tracking
+from acol.tracking import stage_runs as tracking
 
 __all__ = ["METHODS", "TrainPaths", "model_card", "run"]
 
@@ -32,7 +32,7 @@ class TrainPaths:
     train_manifest: Path
     val_manifest: Path
     out: Path  # model.pt, model_card.json, history.csv
-    params_file: Path  # the params file: the pipeline run's id hashes it (`acol.tracking.runs.stage_run`)
+    params_file: Path  # the params file: the pipeline run's id hashes it (`stage_runs.stage_run`)
     root: str | None = None  # the dataset root; None: params data.root
 
 

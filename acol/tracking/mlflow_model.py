@@ -8,7 +8,8 @@ classes, ``model`` params, and the ``serving`` settings of `serving_settings`); 
 which builds a `WSOLPyfunc` from this module, and the ``acol`` package itself travels with it (MLflow's
 ``code_paths``), so a version loads and serves where acol is not installed.
 
-Three ways to load a version, none unpickling code: `download_version` (weights and card; what re-evaluation
+`log_model` logs and registers one (the evaluate stage registers the model it evaluated). Three ways to load
+a version, none unpickling code: `download_version` (weights and card; what re-evaluation
 uses, then `acol.distributed.extract` builds the model), `load_version` (the `WSOLModel` itself), or
 ``mlflow.pyfunc.load_model("models:/<name>/<version>")`` / ``mlflow models serve`` (`WSOLPyfunc.predict`:
 encoded images in, top-k classes, boxes and maps out).
@@ -23,6 +24,7 @@ import binascii
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from acol.config import Params
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "copy_package",
     "download_version",
     "load_version",
+    "log_model",
     "serving_settings",
     "serving_signature",
 ]
@@ -198,7 +203,7 @@ def download_version(name: str, version: str, dest: str | os.PathLike[str]) -> t
     if not (weights.is_file() and card.is_file()):
         raise FileNotFoundError(
             f"models:/{name}/{version} has no artifacts/{_FILES[WEIGHTS_ARTIFACT]} and "
-            f"artifacts/{_FILES[CARD_ARTIFACT]}: it was not logged by acol.tracking.runs.log_model (retrain it)"
+            f"artifacts/{_FILES[CARD_ARTIFACT]}: it was not logged by acol.tracking.mlflow_model.log_model (retrain it)"
         )
     return weights, json.loads(card.read_text())
 
@@ -207,3 +212,70 @@ def load_version(name: str, version: str, dest: str | os.PathLike[str]) -> Any:
     """The `WSOLModel` of a registered version, rebuilt from its card and state dict (no code unpickled)."""
     weights, card = download_version(name, version, dest)
     return build_from_card(card, weights)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned requirements of the logged model: what its code (acol, shipped in the version) imports to load
+    and predict, at the installed versions (tests/test_serving.py checks them against a load and predict).
+
+    Given rather than inferred: MLflow's inference runs the model in a subprocess, and misses what acol imports.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    # torch and the model; the eval transform (torchvision, PIL); decoding and boxes (OpenCV, numba); the
+    # card's Params (pydantic, PyYAML); the pyfunc's DataFrame (pandas)
+    packages = ("torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "numba")
+    pins = []
+    for package in (*packages, "pydantic", "pyyaml", "pandas"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def log_model(
+    model: nn.Module, method: str, params: Params, example_input: Any, card: Mapping[str, Any]
+) -> str:
+    """Log `model` to the active run as ``model`` and register it; returns the new registered version.
+
+    Stored without pickle (module docstring): the state dict and `card` (the model card: ``method``,
+    ``backbone``, ``classes``, ``model`` params, ``evaluation`` when evaluated...), which rebuild the `WSOLModel`,
+    a few lines of code for ``mlflow.pyfunc`` and a copy of the ``acol`` package (``code_paths``), so that the
+    version loads where acol is not installed. The card gets ``serving`` (`serving_settings`: the CAM threshold
+    of its boxes and the input size). `example_input` is a (B, 3, S, S) float32 tensor of normalized images;
+    its first image, as PNG, is the input example of the signature (`serving_signature`).
+    """
+    import tempfile
+
+    import torch
+
+    from acol.inference.localize import encode_png
+    from acol.tracking.stage_runs import registered_model_name
+
+    model = model.module if hasattr(model, "module") else model
+    model = model.cpu().eval()
+    example = torch.as_tensor(example_input, dtype=torch.float32).cpu()
+    if example.ndim != 4 or example.shape[1] != 3:
+        raise ValueError(f"log_model: example_input must be (B, 3, H, W), got {tuple(example.shape)}")
+    if card.get("method", method) != method or "classes" not in card:
+        raise ValueError(f"log_model: the card must be for method {method!r} and list its classes")
+    full_card = {**card, "method": method, "serving": serving_settings(dict(card), params)}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        code = folder / "wsol_model.py"
+        code.write_text(MODEL_CODE)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(code),  # a model from code: MLflow stores the file, pickles nothing
+            artifacts=artifacts_for(folder, state, full_card),
+            code_paths=[copy_package(folder / "code")],
+            signature=serving_signature(),
+            input_example=pd.DataFrame({IMAGE_COLUMN: [encode_png(example[0])]}),
+            registered_model_name=registered_model_name(params, method),
+            pip_requirements=_pip_requirements(),
+        )
+    if info.registered_model_version is None:
+        raise RuntimeError(f"MLflow did not register {registered_model_name(params, method)}")
+    return str(info.registered_model_version)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from acol.config import ParamsError
-from acol.wsol.metrics import lower_is_better
+from acol.wsol.metric_direction import lower_is_better
 
 __all__ = [
     "CHAMPION",
@@ -181,7 +181,7 @@ def record_and_promote(
     """Tag `version` with its metrics and comparison `key`, alias it `candidate`, and make the best comparable
     version `champion` (see the module docstring); returns whether `version` is the champion now.
 
-    Which way is better is `acol.wsol.metrics.lower_is_better`: errors and losses lower, accuracies higher.
+    Which way is better is `acol.wsol.metric_direction.lower_is_better`: errors and losses lower, accuracies higher.
     A champion with another key, or without the metric's tag, is a `RegistryError` (nothing is tagged then).
     """
     from mlflow import MlflowClient

@@ -13,9 +13,9 @@ Conventions (the pipeline contract):
 
 Importing this module starts nothing: MLflow is imported inside the functions that need it.
 
-Logging a model (`acol.tracking.runs.log_model`) is not here: it needs the model code (acol.models through
-acol.inference), and the stages that log no model (prepare, report) import this module, not `acol.tracking.runs`,
-so that their DVC deps, which list every module they import, leave the model code out (tests/test_layout.py).
+Logging a model (`acol.tracking.mlflow_model.log_model`) is not here: it needs the model code (acol.models
+through acol.inference), and the stages that log no model (prepare, report) import this module alone, so that
+their DVC deps, which list every module they import, leave the model code out (tests/test_layout.py).
 """
 
 from __future__ import annotations

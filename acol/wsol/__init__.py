@@ -1,1 +1,1 @@
-"""WSOL evaluation primitives, NumPy only (no torch): score-map preparation, boxes, the contour kernels, metrics and the plain reference of Choe et al. 2020."""
+"""WSOL evaluation primitives, NumPy only (no torch): score-map preparation, boxes, the contour kernels, the localization metrics, which way a metric improves, and the plain reference of Choe et al. 2020."""

@@ -1,6 +1,6 @@
 """Plain reference of the WSOL box and mask metrics: per image, per threshold, as wsolevaluation does it.
 
-Slow on purpose; tests and the benchmark check that the vectorized evaluators in ``acol.wsol.metrics`` give
+Slow on purpose; tests and the benchmark check that the vectorized evaluators in ``acol.wsol.localization_metrics`` give
 identical numbers. Conventions as in ``acol.wsol.boxes`` (x0y0x1y1 inclusive boxes, 224x224 maps in [0, 1]).
 """
 

@@ -1,4 +1,4 @@
-"""WSOL metrics: MaxBoxAcc / MaxBoxAccV2, PxAP (Choe et al. 2020) and the classic ACoL/CAM metrics.
+"""WSOL localization metrics: MaxBoxAcc / MaxBoxAccV2, PxAP (Choe et al. 2020) and the classic ACoL/CAM metrics.
 
 Evaluators follow one contract: ``accumulate(...)`` takes a batch (call it as often as needed), ``compute()``
 returns a result dataclass over everything accumulated so far. Score maps are (N, 224, 224) float in [0, 1],
@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -43,31 +42,6 @@ def threshold_grid(interval: float) -> np.ndarray:
     if not 0 < interval < 1:
         raise ValueError(f"interval must be in (0, 1); got {interval}")
     return np.arange(0, 1, interval)
-
-
-# Name fragments of the metrics where a larger value is better (accuracies, MaxBoxAcc(V2), GT-known, PxAP, top-k).
-_HIGHER_IS_BETTER = ("maxboxacc", "gt_known_loc", "pxap", "acc", "top1", "top5")
-
-
-def metric_direction(name: str) -> Literal["lower", "higher"] | None:
-    """Which way a metric improves: errors, losses and ``drop.*`` lower; accuracies higher; others neither.
-
-    Why: the report's highlight, the registry's champion and the re-evaluation's regressions must agree on
-    every metric name the pipeline writes (``top1_loc_error``, ``val_loss``, ``maxboxacc_v2_iou50``, ``pxap``,
-    ``val_top1``...). Thresholds, counts, timings and map means have no better side (None).
-    """
-    if name.startswith("drop."):  # re-evaluation: points lost since promotion
-        return "lower"
-    if "error" in name or name.endswith("loss"):
-        return "lower"
-    if "threshold" not in name and any(tag in name for tag in _HIGHER_IS_BETTER):
-        return "higher"
-    return None
-
-
-def lower_is_better(name: str) -> bool:
-    """True for errors and losses; a metric without a direction counts as higher-is-better (an accuracy)."""
-    return metric_direction(name) == "lower"
 
 
 def _check_batch(scoremaps: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from acol.data.paths import UnsafePathError
-from acol.wsol.metrics import (
+from acol.wsol.localization_metrics import (
     BoxEvaluator,
     ClassicLocEvaluator,
     IouTable,
