@@ -170,3 +170,22 @@ def test_every_user_error_is_a_user_error_and_keeps_its_builtin_base(
 
     cls = getattr(importlib.import_module(module), name)
     assert issubclass(cls, UserError) and issubclass(cls, builtin)
+
+
+def test_a_stage_imports_the_acol_of_the_checkout_it_runs_in(tmp_path: Path) -> None:
+    """`dvc exp run --temp` (and queued experiments) run each stage in a copy of the repository: its stage must
+    import that copy's `acol`, not the one the editable install points at (which may hold other code)."""
+    copy = tmp_path / "exp-copy"
+    (copy / "scripts").mkdir(parents=True)
+    (copy / "pipelines").mkdir()
+    (copy / "acol").mkdir()
+    (copy / "scripts" / "run_stage.sh").write_bytes((REPO / "scripts" / "run_stage.sh").read_bytes())
+    (copy / "acol" / "__init__.py").write_text("")
+    (copy / "pipelines" / "which.py").write_text("import acol\nprint(acol.__file__)\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        ["sh", "scripts/run_stage.sh", "pipelines/which.py"], cwd=copy, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == copy / "acol" / "__init__.py"
