@@ -185,7 +185,11 @@ def test_a_stage_imports_the_acol_of_the_checkout_it_runs_in(tmp_path: Path) -> 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        ["sh", "scripts/run_stage.sh", "pipelines/which.py"], cwd=copy, env=env, capture_output=True, text=True
+        ["sh", "scripts/run_stage.sh", "pipelines/which.py"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == copy / "acol" / "__init__.py"
