@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -368,3 +369,92 @@ def test_background_close_gives_up_on_a_producer_that_never_delivers():
     feed.close(timeout=0.5)
     assert time.monotonic() - start < 5
     release.set()
+
+
+_BLOCK = (
+    128 * 2**20
+)  # above glibc's largest mmap threshold and a thread arena's heap: mapped afresh by default
+
+
+def _refault_pages() -> int:
+    """Minor page faults of this thread while it allocates, fills and frees `_BLOCK` bytes a second time.
+
+    What every batch did to its large activations while glibc unmapped them at free(): a second identical
+    cycle faulted every page in again (`_BLOCK` / 4096 faults); with the memory kept it faults none."""
+    import ctypes
+    import resource
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    faults = 0
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        block = libc.malloc(_BLOCK)
+        ctypes.memset(block, 1, _BLOCK)
+        libc.free(block)
+        faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+    return faults
+
+
+class _InferenceActorProbe:
+    """Stands in an actor started with the inference actor's options; counts faults from a non-main thread,
+    where Ray Data calls an actor's batches (one arena per thread, by glibc's default)."""
+
+    def refault_pages(self) -> int:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(_refault_pages).result()
+
+
+def test_the_predictor_keeps_freed_memory_in_the_main_thread(setup):
+    """The plain engine and the driver's first batches predict in the main thread: after a `MapPredictor` is
+    built, a large block freed and taken again is not faulted in page by page (the system CPU of issue 23)."""
+    from acol.inference.model_card import spec_from_card
+    from acol.inference.predict import ForwardOptions, MapPredictor
+
+    s = setup
+    card = json.loads((s["work"] / "model_card.json").read_text())
+    spec = spec_from_card(card, s["params"], "acol", card["classes"])
+    MapPredictor(spec, str(s["work"] / "model.pt"), ForwardOptions(48, 0.2))
+    assert _refault_pages() < _BLOCK // 4096 // 100
+
+
+def test_the_inference_actor_keeps_freed_memory_in_its_batch_thread(setup, ray_session, monkeypatch):
+    """An actor started with the options the Ray plan gives `MapPredictor` (its runtime env above all) does
+    not fault a large block in again from a thread other than its main one."""
+    import ray
+    import ray.cloudpickle
+    import ray.data
+
+    from acol.distributed import extract as module
+    from acol.inference.model_card import load_model_card, spec_from_card
+    from acol.inference.predict import ForwardOptions, MapPredictor
+
+    s = setup
+    inputs, classes = module._sorted_inputs(s["manifest"])
+    spec = spec_from_card(load_model_card(s["work"] / "model_card.json"), s["params"], "acol", classes)
+    options = {}
+    map_batches = ray.data.Dataset.map_batches
+
+    def spy(self, fn, **kwargs):
+        if fn is MapPredictor:
+            options.update(kwargs)
+        return map_batches(self, fn, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
+    forward = ForwardOptions(48, 0.2)
+    module._ray_dataset(inputs, s["params"], spec, str(s["root"]), str(s["work"] / "model.pt"), forward)
+    here = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(here)  # the worker cannot import this test module
+    try:
+        actor_class = ray.remote(num_cpus=options["num_cpus"], runtime_env=options["runtime_env"])(
+            _InferenceActorProbe
+        )
+        actor = actor_class.remote()
+        faults = ray.get(actor.refault_pages.remote(), timeout=120)
+        ray.kill(actor)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(here)
+    assert faults < _BLOCK // 4096 // 100, f"{faults} page faults for a block freed and taken again"

@@ -612,3 +612,31 @@ def test_the_reevaluation_submitter_runs_the_clusters_image() -> None:
     assert "__IMAGE__" in script and "headGroupSpec.template.spec.containers[0].image" in script
     role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "acol-reevaluate")
     assert any("rayclusters" in r["resources"] and "get" in r["verbs"] for r in role["rules"])
+
+
+def test_the_gpu_overlay_feeds_training_from_ray_data_on_the_cpu_workers():
+    """Issue 23: GPU training reads its images through Ray Data (`train.input=ray_data`), decoded on the CPU
+    worker group, whose CPUs cover the GPUs at the measured Ray Data decode rate (benchmarks/results/input.json)
+    and the overlay's assumed 1,600 images/s per GPU; the GPU pods keep only the workers' own CPUs."""
+    import json
+
+    objects = _render(K8S / "overlays" / "gpu")
+    cluster = next(o for o in objects if o["kind"] == "RayCluster")
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    train = next(o for o in objects if o["kind"] == "RayJob" and o["metadata"]["name"] == "acol-train")
+    entry = train["spec"]["entrypoint"]
+    assert "train.input=ray_data" in entry and "train.loader_workers=0" in entry
+    workers = int(re.search(r"train\.num_workers=(\d+)", entry).group(1))
+    per_worker = float(re.search(r"train\.cpus_per_worker=([\d.]+)", entry).group(1))
+    rate = json.loads((REPO / "benchmarks/results/input.json").read_text())["ray_data"][
+        "images_per_cpu_second"
+    ]
+
+    def cpus(group: dict) -> float:
+        return float(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+
+    cpu_group, gpu_group = groups["cpu-workers"], groups["gpu-workers"]
+    assert cpu_group["replicas"] * cpus(cpu_group) >= workers * 1600 / rate
+    assert cpu_group["replicas"] <= cpu_group["maxReplicas"]
+    gpus = int(gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert cpus(gpu_group) >= gpus * per_worker  # the workers fit beside their GPUs

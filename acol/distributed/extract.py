@@ -63,7 +63,7 @@ from acol.inference.mapstore import (
     part_name,
 )
 from acol.inference.model_card import check_weights, load_model_card, spec_from_card
-from acol.inference.predict import BatchDecoder, ForwardOptions, MapPredictor, decode_batch
+from acol.inference.predict import BatchDecoder, ForwardOptions, MapPredictor, decode_batch, malloc_env
 from acol.io import atomic_path, resumable_dir, write_json_atomic
 from acol.models import ModelSpec
 
@@ -481,7 +481,7 @@ def _ray_dataset(
             "num_threads": math.ceil(cfg.cpus_per_actor),
         },
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+        runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", **malloc_env()}},
         num_gpus=1 if cfg.use_gpu else 0,
         num_cpus=cfg.cpus_per_actor,
         batch_size=cfg.batch_size,

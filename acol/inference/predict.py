@@ -6,6 +6,8 @@ tests all call these same steps, so the two engines can only differ in schedulin
 
 from __future__ import annotations
 
+import ctypes
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +32,44 @@ __all__ = [
     "ForwardOptions",
     "MapPredictor",
     "decode_batch",
+    "keep_freed_memory",
+    "malloc_env",
     "predict_batch",
     "stored_precision",
 ]
 
 TOP_K = 5
+
+# glibc's malloc: blocks at least this large are no longer mapped afresh per allocation, and freed memory at the
+# top of the heap is kept (the largest value `mallopt` takes, a C int).
+_KEEP_BYTES = 2**31 - 1
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+# The same at a process's start, plus one arena: a thread's own arena maps every block larger than its heap
+# (64 MiB) afresh whatever the threshold, and Ray Data calls an actor's batches from a thread, not the main one.
+_MALLOC_TUNABLES = f"glibc.malloc.mmap_threshold={_KEEP_BYTES}:glibc.malloc.trim_threshold={_KEEP_BYTES}:glibc.malloc.arena_max=1"
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse in this process (main thread); False where libc is not glibc.
+
+    Why: glibc maps each block above its threshold afresh and unmaps it at free(), so every large activation
+    of every batch was faulted in page by page and zeroed again by the kernel: nearly as much system CPU as
+    the model's own user CPU (benchmarks/README.md, "Where the system CPU went"). Kept, the next batch reuses
+    the same memory; the process's resident memory stays at its peak instead.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+def malloc_env() -> dict[str, str]:
+    """`keep_freed_memory` for a process about to start (a Ray actor), every thread included: its
+    ``GLIBC_TUNABLES``, after any the caller set (a later setting of the same name wins, so theirs do)."""
+    own = os.environ.get("GLIBC_TUNABLES", "")
+    return {"GLIBC_TUNABLES": f"{_MALLOC_TUNABLES}:{own}" if own else _MALLOC_TUNABLES}
 
 
 def stored_precision(maps: torch.Tensor) -> np.ndarray:
@@ -181,6 +216,7 @@ class MapPredictor:
         num_threads: int | None = None,
     ) -> None:
         pin_cpu_isa()  # before this actor's first kernel
+        keep_freed_memory()  # the batches' activations reuse memory instead of faulting it in again
         if num_threads is not None:  # Ray sets OMP_NUM_THREADS to the actor's whole CPUs (1 for 1.5)
             torch.set_num_threads(num_threads)
         self.device = torch.device(options.device)
