@@ -201,6 +201,7 @@ def test_pipeline_main_logs_artifacts(tmp_path: Path, tiny_dataset: dict, monkey
     params.write_text(f"data:\n  root: {tiny_dataset['root']}\ntracking:\n  log_system_metrics: false\n")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("ACOL_PIPELINE_RUN", "test-report")
+    monkeypatch.chdir(tmp_path)  # a sqlite store's artifacts go to ./mlruns
     argv = ["--params", str(params), "--evaluate-dir", str(out["evaluate"]), "--train-dir",
             str(out["train"]), "--extract-dir", str(out["extract"]), "--manifest", str(tiny_dataset["val"]),
             "--summary", str(out["summary"]), "--out", str(tmp_path / "report")]  # fmt: skip

@@ -21,6 +21,12 @@ DEFAULT_ERASE_THRESHOLD = 0.6  # paper: 0.6
 DEFAULT_ADL_DROP_RATE = 0.75  # --adl_drop_rate
 DEFAULT_ADL_THRESHOLD = 0.9  # --adl_threshold
 DEFAULT_SPG_THRESHOLDS = ((0.7, 0.01), (0.5, 0.05), (0.7, 0.1))  # --spg_threshold_{1,2,3}{h,l}
+# Each method's own knobs: another method's spec holds their defaults and leaves them out of its dict, so an
+# ACoL or CAM card (and an extraction's resume fingerprint) reads as before these methods existed.
+METHOD_KNOBS: dict[str, tuple[str, ...]] = {
+    "adl": ("adl_drop_rate", "adl_threshold"),
+    "spg": tuple(f"spg_threshold_{i}{level}" for i in (1, 2, 3) for level in ("h", "l")),
+}
 _FRACTIONS = (
     "adl_drop_rate", "adl_threshold", "spg_threshold_1h", "spg_threshold_1l", "spg_threshold_2h",
     "spg_threshold_2l", "spg_threshold_3h", "spg_threshold_3l",
@@ -34,8 +40,8 @@ class ModelSpec:
     ``large_feature_map`` is stored resolved: given as None, it becomes the architecture's published default
     (`acol.models.ARCHITECTURES`), so the spec alone says which map size the saved weights were trained at,
     even if that default changes later. Backbone weights are not part of it: a trained state dict has them.
-    The ADL and SPG fields are in every spec (other methods ignore them), so a card written before they
-    existed loads with their defaults.
+    The ADL and SPG fields are in every spec; a method that does not use them holds their defaults (whatever
+    was given) and `to_dict` leaves them out, so a card written before they existed loads equal.
     """
 
     backbone: str
@@ -72,10 +78,15 @@ class ModelSpec:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
             object.__setattr__(self, name, value)
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in _other_methods_knobs(self.method):
+            object.__setattr__(self, name, defaults[name])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields (the model card's ``"spec"``); `from_dict` reads it back equal."""
-        return asdict(self)
+        """JSON-able fields (the model card's ``"spec"``) but other methods' knobs; `from_dict` reads it back
+        equal."""
+        unused = set(_other_methods_knobs(self.method))
+        return {key: value for key, value in asdict(self).items() if key not in unused}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
@@ -95,3 +106,7 @@ class ModelSpec:
         optional = [f.name for f in fields(cls) if f.name not in ("backbone", "method", "num_classes")]
         given = {key: model_section[key] for key in optional if key in model_section}
         return cls(model_section["backbone"], method, num_classes, **given)
+
+
+def _other_methods_knobs(method: str) -> tuple[str, ...]:
+    return tuple(name for owner, names in METHOD_KNOBS.items() if owner != method for name in names)
