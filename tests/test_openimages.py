@@ -22,6 +22,7 @@ from acol.stages.evaluation import NO_BOX_METRICS, evaluate_method
 from acol.stages.prepare import index_dataset, index_fullsup
 from acol.stages.score_npy import evaluate as score_npy
 from acol.wsol.localization_metrics import MaskEvaluator, load_wsol_mask
+from acol.wsol.reference import reference_pxap  # Choe et al.'s PxAP, written plainly
 from acol.wsol.scoremaps import prepare_scoremap
 
 ARCHIVE = Path(__file__).parent / "assets" / "openimages-metadata.tar.xz"
@@ -50,24 +51,6 @@ def _choe_get_mask(mask_root: Path, mask_paths: list[str], ignore_path: str, siz
     fg = np.stack([load(mask_root / p) > 0.5 for p in mask_paths], axis=0).any(axis=0)
     ignore = np.logical_and(load(mask_root / ignore_path) > 0.5, np.logical_not(fg))
     return fg.astype(np.uint8) + 255 * ignore.astype(np.uint8)
-
-
-def _choe_pxap(scoremaps: list[np.ndarray], gt_masks: list[np.ndarray], interval: float) -> float:
-    """Score histograms at GT-true and GT-false pixels, PR curve from the highest bin down, AP = sum P dR."""
-    thresholds = list(np.arange(0, 1, interval))
-    edges = np.append(thresholds, [1.0, 2.0, 3.0])
-    true_hist, false_hist = np.zeros(len(thresholds) + 2), np.zeros(len(thresholds) + 2)
-    for scoremap, gt in zip(scoremaps, gt_masks, strict=True):
-        true_hist += np.histogram(scoremap[gt == 1], bins=edges)[0]
-        false_hist += np.histogram(scoremap[gt == 0], bins=edges)[0]
-    tp = true_hist[::-1].cumsum()
-    fn = true_hist.sum() - tp
-    fp = false_hist[::-1].cumsum()
-    non_zero = (tp + fp) != 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = tp / (tp + fp)
-    recall = tp / (tp + fn)
-    return float((precision[1:] * np.diff(recall))[non_zero[1:]].sum() * 100)
 
 
 def _png(path: Path, mask: np.ndarray) -> None:
@@ -124,7 +107,7 @@ def test_pxap_equals_choes_mask_evaluator_on_random_maps(tmp_path: Path) -> None
         ours.accumulate(scoremap, load_wsol_mask(tmp_path, instances, f"m/{i}_ignore.png"))
         assert (load_wsol_mask(tmp_path, instances, f"m/{i}_ignore.png") == gts[-1]).all()
     assert sum((g == 255).sum() for g in gts) > 0 and sum((g == 1).sum() for g in gts) > 0
-    assert ours.compute().pxap == pytest.approx(_choe_pxap(maps, gts, 0.01), abs=1e-9)
+    assert ours.compute().pxap == pytest.approx(reference_pxap(maps, gts, 0.01), abs=1e-9)
 
 
 # --- the reader on the shipped metadata -------------------------------------------------------------
@@ -212,7 +195,7 @@ def test_empty_sizes_file_reads_sizes_from_the_masks(metadata: Path, tmp_path: P
         np.save(tmp_path / "maps" / image_id, maps[image_id])
     result = score_npy(folder, tmp_path / "maps", masks=masks, interval=0.01)
     gts = [_choe_get_mask(masks, meta.mask_paths[i], meta.ignore_paths[i]) for i in meta.image_ids]
-    expected = _choe_pxap([prepare_scoremap(maps[i]) for i in meta.image_ids], gts, 0.01)
+    expected = reference_pxap([prepare_scoremap(maps[i]) for i in meta.image_ids], gts, 0.01)
     assert result["num_images"] == 5 and result["pxap"] == pytest.approx(expected, abs=1e-9)
 
     with pytest.raises(DataError, match=r"image_sizes\.txt: empty file"):
@@ -288,7 +271,7 @@ def test_evaluate_stage_on_shadow_openimages(shadow: tuple[Path, Path], tmp_path
     rows = manifest.to_pylist()
     gts = [_choe_get_mask(root, [r["mask_path"], *r["more_mask_paths"]], r["ignore_path"]) for r in rows]
     prepared = [prepare_scoremap(m.astype(np.float32)) for m in maps]
-    assert metrics["pxap"] == pytest.approx(_choe_pxap(prepared, gts, 0.01), abs=1e-6)
+    assert metrics["pxap"] == pytest.approx(reference_pxap(prepared, gts, 0.01), abs=1e-6)
     assert metrics["num_images"] == n and metrics["box_metrics"] == NO_BOX_METRICS
     assert metrics["top1_cls_error"] == pytest.approx(100 * np.mean([i % 3 == 0 for i in range(n)]))
     assert metrics["top5_cls_error"] == 0.0
