@@ -19,6 +19,7 @@ import torchvision
 
 from acol.models import ModelSpec, build_model, load_backbone_weights
 from acol.models.adl import ADL
+from tests.random_weights import randomize
 
 # --- the layer on a hand-worked feature ---
 
@@ -92,22 +93,6 @@ def _adl(x: torch.Tensor, drop: bool, threshold: float = 0.9) -> torch.Tensor:
     return x * torch.sigmoid(attention)
 
 
-def _randomize(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = value
-        elif key.endswith("running_var") or (value.dim() == 1 and key.endswith("weight")):
-            state[key] = 0.5 + torch.rand(value.shape, generator=generator)
-        elif value.dim() == 1:
-            state[key] = 0.1 * torch.randn(value.shape, generator=generator)
-        else:
-            state[key] = torch.randn(value.shape, generator=generator) * (2.0 / value[0].numel()) ** 0.5
-    module.load_state_dict(state)
-    return state
-
-
 def _cam_head(x: torch.Tensor, head: dict, labels: torch.Tensor, conv: bool):
     """[conv3x3 + ReLU], GAP, fc; the normalized CAM of `labels`."""
     if conv:
@@ -137,7 +122,7 @@ def _bn(x: torch.Tensor, state: dict, prefix: str) -> torch.Tensor:
 def test_small_adl_in_training_equals_the_oracle(drop: bool) -> None:
     """conv3x3 BN ReLU, pool, conv3x3 BN ReLU, pool, ADL, [conv1x1 BN ReLU ADL] x 2; the CAM head."""
     model = build_model("small", 3, "adl", head_channels=8, adl_drop_rate=1.0 if drop else 0.0)
-    state = _randomize(model, seed=1)
+    state = randomize(model, seed=1)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     x = F.max_pool2d(F.relu(_bn(F.conv2d(images, state["backbone.features.0.weight"], padding=1), state,
                                 "backbone.features.1")), 2)  # fmt: skip
@@ -158,7 +143,7 @@ def _vgg16_trunk() -> torch.nn.Module:
 
 
 def _trunk_file(tmp_path: Path, reference: torch.nn.Module, seed: int) -> Path:
-    _randomize(reference, seed)
+    randomize(reference, seed)
     path = tmp_path / "trunk.pth"
     torch.save(reference.state_dict(), path)
     return path
@@ -170,7 +155,7 @@ def test_vgg16_adl_in_training_equals_choe_et_al(tmp_path: Path) -> None:
     path = _trunk_file(tmp_path, reference, seed=2)
     model = build_model("vgg16", 3, "adl", head_channels=16, adl_drop_rate=1.0)
     load_backbone_weights(model.backbone, path)
-    _randomize(model.head, seed=3)
+    randomize(model.head, seed=3)
     trunk = reference.features
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     x = images
@@ -196,7 +181,7 @@ def test_resnet50_adl_equals_choe_et_al(tmp_path: Path) -> None:
     path = _trunk_file(tmp_path, reference, seed=4)
     model = build_model("resnet50", 3, "adl", adl_drop_rate=1.0)
     load_backbone_weights(model.backbone, path)
-    _randomize(model.head, seed=5)
+    randomize(model.head, seed=5)
     reference.layer4[0].conv2.stride, reference.layer4[0].downsample[0].stride = (1, 1), (1, 1)
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     for train in (True, False):
@@ -216,7 +201,7 @@ def test_inception_v3_adl_equals_choe_et_al(tmp_path: Path) -> None:
     path = _trunk_file(tmp_path, reference, seed=6)
     model = build_model("inception_v3", 3, "adl", head_channels=16, adl_drop_rate=1.0)
     load_backbone_weights(model.backbone, path)
-    head = _randomize(model.head, seed=7)
+    head = randomize(model.head, seed=7)
     images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
     net = reference.train()
 

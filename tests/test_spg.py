@@ -17,6 +17,7 @@ import torchvision
 from acol.models import ModelOutput, build_model, load_backbone_weights
 from acol.models.heads import SPGLogits
 from acol.models.spg import IGNORE, seed_mask, side_losses
+from tests.random_weights import randomize
 
 THRESHOLDS = ((0.7, 0.01), (0.5, 0.05), (0.7, 0.1))  # Choe et al.'s config.py defaults
 
@@ -124,22 +125,6 @@ def test_losses_train_each_branch_only_and_only_on_seeded_pixels() -> None:
 # --- models against oracles ---
 
 
-def _randomize(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in module.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = value
-        elif key.endswith("running_var") or (value.dim() == 1 and key.endswith("weight")):
-            state[key] = 0.5 + torch.rand(value.shape, generator=generator)
-        elif value.dim() == 1:
-            state[key] = 0.1 * torch.randn(value.shape, generator=generator)
-        else:
-            state[key] = torch.randn(value.shape, generator=generator) * (2.0 / value[0].numel()) ** 0.5
-    module.load_state_dict(state)
-    return state
-
-
 def _conv(x: torch.Tensor, head: dict, key: str, relu: bool = True) -> torch.Tensor:
     kernel = head[f"{key}.weight"]
     x = F.conv2d(x, kernel, head[f"{key}.bias"], padding=kernel.shape[-1] // 2)
@@ -180,7 +165,7 @@ def _check(model, images: torch.Tensor, expected) -> None:
 def test_small_spg_equals_the_oracle() -> None:
     """B1 on the first 1x1 block, B2 and the classifier (two 3x3 convs, 1x1) on the last, as VggSpg."""
     model = build_model("small", 3, "spg", head_channels=8)
-    state = _randomize(model, seed=1)
+    state = randomize(model, seed=1)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     backbone = model.backbone.features.eval()
     with torch.no_grad():
@@ -201,12 +186,12 @@ def test_vgg16_spg_equals_choe_et_al(tmp_path: Path) -> None:
     """VggSpg: 2x2 pools 1-3; conv4 block; 3x3 s2 p1 pool -> B1; conv5 block -> B2 and SPG_A_3 (two 512
     convs) -> SPG_A_4 and C."""
     reference = _vgg16_trunk()
-    _randomize(reference, seed=2)
+    randomize(reference, seed=2)
     path = tmp_path / "vgg16.pth"
     torch.save(reference.state_dict(), path)
     model = build_model("vgg16", 3, "spg")
     load_backbone_weights(model.backbone, path)
-    head = _randomize(model.head, seed=3)
+    head = randomize(model.head, seed=3)
     assert head["trunk.0.weight"].shape[0] == 512 and head["branch_b1.0.weight"].shape[0] == 512
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     layers = reference.features
@@ -222,12 +207,12 @@ def test_vgg16_spg_equals_choe_et_al(tmp_path: Path) -> None:
 def test_resnet50_spg_equals_choe_et_al(tmp_path: Path) -> None:
     """ResNetSpg: B1 on layer3 block 0, B2 on layer3, SPG_A4 (1x1) and C on layer4 (stride 1)."""
     reference = torchvision.models.resnet50(weights=None)
-    _randomize(reference, seed=4)
+    randomize(reference, seed=4)
     path = tmp_path / "resnet50.pth"
     torch.save(reference.state_dict(), path)
     model = build_model("resnet50", 3, "spg")
     load_backbone_weights(model.backbone, path)
-    head = _randomize(model.head, seed=5)
+    head = randomize(model.head, seed=5)
     reference.layer4[0].conv2.stride, reference.layer4[0].downsample[0].stride = (1, 1), (1, 1)
     net = reference.eval()
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -242,12 +227,12 @@ def test_resnet50_spg_equals_choe_et_al(tmp_path: Path) -> None:
 def test_inception_v3_spg_equals_choe_et_al(tmp_path: Path) -> None:
     """InceptionSpg: B1 on Mixed_5d after its pool, B2 on Mixed_6d (as their code), SPG_A3 and C on 6e."""
     reference = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
-    _randomize(reference, seed=6)
+    randomize(reference, seed=6)
     path = tmp_path / "inception.pth"
     torch.save(reference.state_dict(), path)
     model = build_model("inception_v3", 3, "spg", head_channels=16)
     load_backbone_weights(model.backbone, path)
-    head = _randomize(model.head, seed=7)
+    head = randomize(model.head, seed=7)
     net = reference.eval()
     images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
 
