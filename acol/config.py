@@ -270,12 +270,13 @@ class ExtractParams(_Section):
     num_actors: int = Field(1, ge=1)  # inference actors in the Ray Data pool
     use_gpu: bool = False
     # CPUs Ray reserves per inference actor (its torch threads: the value rounded up) and per decode actor.
-    # On one machine, cpus_per_actor + decode_cpus <= the machine's CPUs keeps both stages running at once.
+    # Decode actors feed GPU runs only (on one machine, cpus_per_actor + decode_cpus <= its CPUs keeps both
+    # running at once); on CPU runs the inference actors decode their own batches on their threads.
     cpus_per_actor: float = Field(1.5, gt=0.0)
     decode_cpus: float = Field(0.5, gt=0.0)
     decode_actors: int = Field(
         1, ge=1
-    )  # most JPEG-decode actors (Ray Data scales the pool from 1 up to this)
+    )  # most JPEG-decode actors on GPU runs (Ray Data scales the pool from 1 up to this)
     # decoded batches Ray Data may hold ahead of inference (its object-store budget for the run): unbounded,
     # decode ran 5,900 images ahead at 224 on 2 cores, on the core inference's threads needed
     buffer_batches: int = Field(8, ge=1)

@@ -36,6 +36,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -60,9 +61,13 @@ log = logging.getLogger("bench_extract")
 
 
 class PeakMemory:
-    """Samples RSS every `interval` s in a thread: peak of this process, and of it plus all descendants."""
+    """Samples RSS every `interval` s in a thread: peak of this process, and of it plus all descendants.
 
-    def __init__(self, interval: float = 0.05) -> None:
+    Why not more often: walking Ray's dozen processes every 50 ms cost the driver 3.6 s of CPU in a 60 s run,
+    taken from the engine it measures (py-spy); the plain loop has no children to walk.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.driver = 0
         self.total = 0
@@ -211,6 +216,13 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     parser.add_argument("--engines", nargs="+", default=["plain", "ray"], choices=["plain", "ray"])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the engines this many times, the order reversed every other round (this VM's speed drifts "
+        "by 20%% within minutes: only pairs run together compare); the ratio reported is the median",
+    )
     parser.add_argument("--resume", action="store_true", help="also time a rerun after a half-way kill")
     parser.add_argument("--out", default="benchmarks/results/extract.json")
     parser.add_argument(
@@ -275,7 +287,8 @@ def main() -> None:
             ],
         )
         options = {"amp": args.bf16 or None, "channels_last": args.channels_last or None}  # None: the params'
-        for engine in args.engines:
+        rounds = [args.engines if r % 2 == 0 else args.engines[::-1] for r in range(args.rounds)]
+        for round_index, engine in ((r, e) for r, engines in enumerate(rounds) for e in engines):
             if engine == "ray":
                 import ray
 
@@ -289,7 +302,7 @@ def main() -> None:
                 else:
                     table = manifest_from_records(records[:n], classes, "synthetic")
                 write_manifest(table, manifest)
-                out = work / "out" / f"{engine}_{n}"
+                out = work / "out" / f"{engine}_{n}_{round_index}"
                 job = ExtractionJob(params, args.method, manifest, data_root, work / "model.pt", card, out)
                 if engine == "ray":
                     run = functools.partial(extract, **options)
@@ -301,6 +314,7 @@ def main() -> None:
                 wall = time.perf_counter() - start
                 row = {
                     "engine": engine,
+                    "round": round_index,
                     "images": n,
                     "images_per_s": summary.images_per_s,
                     "wall_seconds": round(wall, 3),
@@ -318,7 +332,7 @@ def main() -> None:
                 }
                 log.info("%s", row)
                 results.append(row)
-                if args.resume and n == max(args.sizes):
+                if args.resume and n == max(args.sizes) and round_index == 0:
                     resumes.append(_resume_row(run, job, row, params.extract.rows_per_file))
                     log.info("%s", resumes[-1])
                 if args.keep is not None and n == max(args.sizes):  # the last engine's copy stays
@@ -333,16 +347,24 @@ def main() -> None:
             )
             log.info("components: %s", components)
 
-    by_key = {(r["engine"], r["images"]): r for r in results}
+    by_key = {(r["engine"], r["images"], r["round"]): r for r in results}
 
-    def ratios_of(key: str) -> dict[int, float]:
+    def ratios_by_round(key: str) -> dict[int, list[float]]:
+        """Ray / plain of each round, per size (rounds with both engines and a plain rate above 0)."""
         return {
-            n: round(by_key["ray", n][key] / by_key["plain", n][key], 3)
+            n: [
+                round(by_key["ray", n, r][key] / by_key["plain", n, r][key], 3)
+                for r in range(args.rounds)
+                if ("ray", n, r) in by_key and ("plain", n, r) in by_key and by_key["plain", n, r][key] > 0
+            ]
             for n in args.sizes
-            if ("ray", n) in by_key and ("plain", n) in by_key and by_key["plain", n][key] > 0
         }
 
-    ratios, steady_ratios = ratios_of("images_per_s"), ratios_of("steady_images_per_s")
+    def medians(by_round: dict[int, list[float]]) -> dict[int, float]:
+        return {n: round(statistics.median(values), 3) for n, values in by_round.items() if values}
+
+    ratio_rounds, steady_rounds = ratios_by_round("images_per_s"), ratios_by_round("steady_images_per_s")
+    ratios, steady_ratios = medians(ratio_rounds), medians(steady_rounds)
     report = {
         "config": {
             key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
@@ -359,6 +381,8 @@ def main() -> None:
         "components": components,
         "ray_over_plain_images_per_s": ratios,
         "ray_over_plain_steady_images_per_s": steady_ratios,
+        "ray_over_plain_images_per_s_by_round": ratio_rounds,
+        "ray_over_plain_steady_images_per_s_by_round": steady_rounds,
         "note": "wall_seconds: the extract call; call_to_first_batch_seconds: from the call to the first result "
         "batch (import time excluded); images_per_s includes start-up (Ray: starting the actor and loading the model, a fixed cost); "
         "steady_images_per_s counts from the first result batch on; RSS sums count shared memory once per process.",
@@ -367,7 +391,7 @@ def main() -> None:
     write_json_atomic(out, report)
     for row in results:
         print(
-            f"{row['engine']:>5} {row['images']:>6} images: {row['images_per_s']:8.1f} images/s "
+            f"round {row['round']} {row['engine']:>5} {row['images']:>6} images: {row['images_per_s']:8.1f} images/s "
             f"({row['steady_images_per_s']:.1f} after a first batch at {row['first_batch_seconds']:.1f} s; "
             f"{row['call_to_first_batch_seconds']:.1f} s from the call), "
             f"peak RSS driver {row['peak_rss_driver_mb']:7.1f} MB, total {row['peak_rss_total_mb']:7.1f} MB, "
@@ -379,7 +403,9 @@ def main() -> None:
             f"{row['resumed_wall_seconds']:.1f} s vs {row['full_wall_seconds']:.1f} s for the full run "
             f"({row['resumed_over_full']:.2f})"
         )
-    print("Ray / plain images/s:", ratios, "steady:", steady_ratios, "->", out)
+    if args.rounds > 1:
+        print("Ray / plain images/s by round:", ratio_rounds, "steady:", steady_rounds)
+    print("Ray / plain images/s (median):", ratios, "steady:", steady_ratios, "->", out)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,16 @@ def test_decode_batch_records_errors(setup):
     np.testing.assert_array_equal(out["image"][2], want)
 
 
+def test_decoding_on_threads_gives_each_image_the_bytes_of_one_thread(setup):
+    """The CPU inference actors decode a batch on their threads: every image (and every error) is what the
+    one-thread loop gives, in the same row."""
+    ids = np.array([row["image_id"] for row in read_manifest(setup["manifest"]).to_pylist()])
+    one = decode_batch({"image_id": ids}, str(setup["root"]), 48)
+    many = decode_batch({"image_id": ids}, str(setup["root"]), 48, threads=3)
+    assert one["error"].tolist() == many["error"].tolist() and sum(e != "" for e in one["error"]) == 3
+    np.testing.assert_array_equal(many["image"], one["image"])
+
+
 def test_ray_output_layout_and_schema(setup, ray_out):
     table, summary = ray_out["table"], ray_out["summary"]
     assert sorted(p.name for p in (ray_out["out"] / "maps").iterdir()) == [
@@ -291,12 +301,14 @@ def test_driver_batches_split_the_rows_and_keep_the_bytes(setup, ray_out, monkey
 
     s = setup
     ray_rows, driver_rows = [], []
-    plan, plain = module._ray_dataset, module._plain_batches
+    plan, driver = module._ray_dataset, module._driver_predictions
     monkeypatch.setattr(
         module, "_ray_dataset", lambda inputs, *a: ray_rows.append(inputs.num_rows) or plan(inputs, *a)
     )
     monkeypatch.setattr(
-        module, "_plain_batches", lambda inputs, *a: driver_rows.append(inputs.num_rows) or plain(inputs, *a)
+        module,
+        "_driver_predictions",
+        lambda inputs, *a: driver_rows.append(inputs.num_rows) or driver(inputs, *a),
     )
     out = s["work"] / f"driver-{driver_batches}"
     summary = extract(_job(s, out, params=_with_driver_batches(s["params"], driver_batches)))
@@ -305,6 +317,39 @@ def test_driver_batches_split_the_rows_and_keep_the_bytes(setup, ray_out, monkey
     assert ray_rows == ([s["n"] - head] if head < s["n"] else [])
     assert summary.rows == s["n"] and summary.engine == "ray"
     assert _hashes(out / "maps") == ray_out["hashes"]
+
+
+def _with_gpu(params):
+    return params.model_copy(update={"extract": params.extract.model_copy(update={"use_gpu": True})})
+
+
+def test_cpu_actors_decode_their_own_batches_and_gpu_actors_are_fed(setup, ray_session):
+    """On CPUs the plan is one actor pool that decodes and predicts (a decode pool beside it took the cores
+    the model's threads needed); with GPUs, a pool of decode actors feeds the GPU actors."""
+    from acol.distributed import extract as module
+
+    s = setup
+    manifest = read_manifest(s["manifest"])
+    inputs = manifest.select(module._INPUT_COLUMNS)
+    card = module.load_model_card(s["work"] / "model_card.json")
+    spec = module.spec_from_card(card, s["params"], "acol", manifest_classes(manifest))
+    forward = module._forward_options(s["params"], "cpu", None, None)
+    args = (spec, str(s["root"]), str(s["work"] / "model.pt"), forward)
+
+    def plan_of(params) -> str:
+        """The plan's operators, last to first."""
+        names, op = [], module._ray_dataset(inputs, params, *args)._logical_plan.dag
+        while op is not None:
+            names.append(op.name)
+            op = op.input_dependencies[0] if op.input_dependencies else None
+        return " <- ".join(names)
+
+    cpu, gpu = plan_of(s["params"]), plan_of(_with_gpu(s["params"]))
+    assert "DecodingMapPredictor" in cpu and "BatchDecoder" not in cpu
+    assert "BatchDecoder" in gpu and "DecodingMapPredictor" not in gpu
+    assert module._ray_cpus(s["params"]) == s["params"].extract.cpus_per_actor
+    gpu_params = _with_gpu(s["params"])
+    assert module._ray_cpus(gpu_params) == gpu_params.extract.cpus_per_actor + gpu_params.extract.decode_cpus
 
 
 def test_a_ray_failure_during_the_driver_batches_is_raised_and_nothing_left_running(setup, monkeypatch):
@@ -430,7 +475,7 @@ def test_the_inference_actor_keeps_freed_memory_in_its_batch_thread(setup, ray_s
 
     from acol.distributed import extract as module
     from acol.inference.model_card import load_model_card, spec_from_card
-    from acol.inference.predict import ForwardOptions, MapPredictor
+    from acol.inference.predict import DecodingMapPredictor, ForwardOptions
 
     s = setup
     inputs, classes = module._sorted_inputs(s["manifest"])
@@ -439,7 +484,7 @@ def test_the_inference_actor_keeps_freed_memory_in_its_batch_thread(setup, ray_s
     map_batches = ray.data.Dataset.map_batches
 
     def spy(self, fn, **kwargs):
-        if fn is MapPredictor:
+        if fn is DecodingMapPredictor:  # the CPU plan's inference actor
             options.update(kwargs)
         return map_batches(self, fn, **kwargs)
 

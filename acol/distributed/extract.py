@@ -2,10 +2,11 @@
 
 Two engines share every step but the scheduling, so one is the correctness reference of the other:
 
-- `extract`: Ray Data. The manifest (sorted by ``image_id``) becomes blocks of ``batch_size`` rows; a task
-  per block reads and decodes the files and resizes them to uint8 (``S x S``); a pool of `MapPredictor`
-  actors (the model loaded once per actor) normalizes and predicts; the driver streams the results in order
-  and writes parts of ``rows_per_file`` rows. Nothing holds the whole dataset: the driver buffers one part.
+- `extract`: Ray Data. The manifest (sorted by ``image_id``) becomes blocks of ``batch_size`` rows; on GPU
+  runs a pool of `BatchDecoder` actors reads and decodes the files and resizes them to uint8 (``S x S``) for a
+  pool of `MapPredictor` actors (the model loaded once per actor), which normalize and predict; on CPU runs
+  each inference actor decodes its own batches on its threads (`DecodingMapPredictor`); the driver streams the
+  results in order and writes parts of ``rows_per_file`` rows. Nothing holds the whole dataset: the driver buffers one part.
   Ray starts in a background thread while the driver predicts the first ``driver_batches`` batches itself
   (the plain engine's steps), so the first maps come without waiting for Ray's start-up.
 - `extract_plain`: a PyTorch DataLoader over the same decode step, the same predictor, the same writer.
@@ -63,7 +64,14 @@ from acol.inference.mapstore import (
     part_name,
 )
 from acol.inference.model_card import check_weights, load_model_card, spec_from_card
-from acol.inference.predict import BatchDecoder, ForwardOptions, MapPredictor, decode_batch, malloc_env
+from acol.inference.predict import (
+    BatchDecoder,
+    DecodingMapPredictor,
+    ForwardOptions,
+    MapPredictor,
+    decode_batch,
+    malloc_env,
+)
 from acol.io import atomic_path, resumable_dir, write_json_atomic
 from acol.models import ModelSpec
 
@@ -449,6 +457,12 @@ def _buffer_bytes(params: Params) -> int:
     return params.extract.buffer_batches * params.extract.batch_size * 3 * size * size
 
 
+def _ray_cpus(params: Params) -> float:
+    """The CPUs the Ray plan holds at once: the inference actors, plus one decode actor on GPU runs."""
+    cfg = params.extract
+    return cfg.num_actors * cfg.cpus_per_actor + (cfg.decode_cpus if cfg.use_gpu else 0.0)
+
+
 def _ray_dataset(
     inputs: pa.Table,
     params: Params,
@@ -457,29 +471,30 @@ def _ray_dataset(
     model_path: str,
     forward: ForwardOptions,
 ) -> Any:
-    """The Ray Data plan: blocks of ``batch_size`` rows -> a pool of `BatchDecoder` actors (1 to
-    ``decode_actors``) -> a pool of `MapPredictor` actors."""
+    """The Ray Data plan: blocks of ``batch_size`` rows -> a pool of `MapPredictor` actors, fed by a pool of
+    `BatchDecoder` actors (1 to ``decode_actors``) on GPU runs; on CPU runs the inference actors decode their
+    own batches (`DecodingMapPredictor`): both would take the same cores, and contended (benchmarks/README.md)."""
     import ray
 
     cfg, size = params.extract, params.train.image_size
     blocks = [inputs.slice(i, cfg.batch_size) for i in range(0, inputs.num_rows, cfg.batch_size)]
-    ds = ray.data.from_arrow(blocks or [inputs])
-    ds = ds.map_batches(
-        BatchDecoder,
-        fn_constructor_kwargs={"root": root, "size": size},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.decode_actors),
-        batch_format="numpy",
-        batch_size=None,
-        num_cpus=cfg.decode_cpus,
-    )
+    ds = ray.data.from_blocks(blocks or [inputs])
+    predictor: dict[str, Any] = {"spec": spec, "model_path": model_path, "options": forward}
+    if cfg.use_gpu:
+        ds = ds.map_batches(
+            BatchDecoder,
+            fn_constructor_kwargs={"root": root, "size": size},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.decode_actors),
+            batch_format="numpy",
+            batch_size=None,
+            num_cpus=cfg.decode_cpus,
+        )
+        cls: type[MapPredictor] = MapPredictor
+    else:
+        cls, predictor = DecodingMapPredictor, {**predictor, "root": root}
     return ds.map_batches(
-        MapPredictor,
-        fn_constructor_kwargs={
-            "spec": spec,
-            "model_path": model_path,
-            "options": forward,
-            "num_threads": math.ceil(cfg.cpus_per_actor),
-        },
+        cls,
+        fn_constructor_kwargs={**predictor, "num_threads": math.ceil(cfg.cpus_per_actor)},
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", **malloc_env()}},
         num_gpus=1 if cfg.use_gpu else 0,
@@ -504,13 +519,10 @@ def _ray_batches(
     ray_started.result()  # raises what starting Ray raised
     cfg = params.extract
     inference = {"CPU": cfg.cpus_per_actor, "GPU": 1.0 if cfg.use_gpu else 0.0}
-    check_placement(
-        [
-            Demand("extract.cpus_per_actor, use_gpu", inference),
-            Demand("extract.decode_cpus", {"CPU": cfg.decode_cpus}),
-        ],
-        params.ray.autoscaling,
-    )
+    demands = [Demand("extract.cpus_per_actor, use_gpu", inference)]
+    if cfg.use_gpu:  # CPU runs decode in the inference actors
+        demands.append(Demand("extract.decode_cpus", {"CPU": cfg.decode_cpus}))
+    check_placement(demands, params.ray.autoscaling)
     ctx = ray.data.DataContext.get_current()
     options = ctx.execution_options
     old_order, old_limits = options.preserve_order, options.resource_limits
@@ -594,11 +606,25 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _driver_rows(params: Params, n_rows: int) -> int:
-    """Rows the driver predicts itself while Ray starts: ``extract.driver_batches`` whole batches on CPU
-    runs; none with GPUs (the driver may have none, and a CPU's maps differ from a GPU's in the last bits)."""
-    cfg = params.extract
-    return 0 if cfg.use_gpu else min(n_rows, cfg.driver_batches * cfg.batch_size)
+def _driver_batches(params: Params) -> int:
+    """Batches the driver predicts itself while Ray starts: ``extract.driver_batches`` on CPU runs; none with
+    GPUs (the driver may have none, and a CPU's maps differ from a GPU's in the last bits)."""
+    return 0 if params.extract.use_gpu else params.extract.driver_batches
+
+
+def _driver_predictions(
+    inputs: pa.Table, spec: ModelSpec, job: ExtractionJob, options: ForwardOptions
+) -> Iterator[dict[str, Any]]:
+    """The driver's result batches of ``inputs``: an inference actor's steps (`DecodingMapPredictor`) with as
+    many torch threads, so the same bytes as Ray's (the threads can change a convolution's last bits)."""
+    cfg = job.params.extract
+    with _torch_threads(math.ceil(cfg.cpus_per_actor)):
+        predictor = DecodingMapPredictor(spec, str(job.model), replace(options, device="cpu"), str(job.root))
+        for start in range(0, inputs.num_rows, cfg.batch_size):
+            rows = inputs.slice(start, cfg.batch_size)
+            yield predictor(
+                {name: rows.column(name).to_numpy(zero_copy_only=False) for name in _INPUT_COLUMNS}
+            )
 
 
 def extract(
@@ -622,21 +648,18 @@ def extract(
     options = _forward_options(params, _device(cfg.use_gpu, None), amp, channels_last)
 
     def stream(inputs: pa.Table, spec: ModelSpec) -> Iterator[dict[str, Any]]:
-        head = _driver_rows(params, inputs.num_rows)
+        head = min(inputs.num_rows, _driver_batches(params) * cfg.batch_size)
         tail = inputs.slice(head)
         feed = None
         if tail.num_rows:  # Ray starts now, in the background
             gpus = cfg.num_actors if cfg.use_gpu else 0
-            cpus = cfg.num_actors * cfg.cpus_per_actor + cfg.decode_cpus
-            started = start_ray_in_background(cpus, gpus, params.ray.join_local)
+            started = start_ray_in_background(_ray_cpus(params), gpus, params.ray.join_local)
             args = (started, tail, params, spec, str(job.root), str(job.model), options)
             feed = _Background(lambda: _ray_batches(*args))
         try:
             if head:
                 log.info("the driver predicts the first %d images while Ray starts", head)
-                with _torch_threads(math.ceil(cfg.cpus_per_actor)):
-                    on_cpu = replace(options, device="cpu")
-                    yield from _plain_batches(inputs.slice(0, head), spec, job, on_cpu)
+                yield from _driver_predictions(inputs.slice(0, head), spec, job, options)
             if feed is not None:
                 yield from feed
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from acol.wsol.boxes import boxes_from_maps
 __all__ = [
     "TOP_K",
     "BatchDecoder",
+    "DecodingMapPredictor",
     "ForwardOptions",
     "MapPredictor",
     "decode_batch",
@@ -145,23 +147,34 @@ def _split_eval_transform(size: int) -> tuple[Callable, Callable]:
     return steps[0], v2.Compose(steps[1:])
 
 
-def decode_batch(batch: dict[str, np.ndarray], root: str, size: int) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], root: str, size: int, threads: int = 1
+) -> dict[str, np.ndarray]:
     """Read, decode and resize the images of a batch: adds ``image`` (B, 3, S, S) uint8 and ``error`` (B,).
 
-    ``error`` is "" when fine, else "<kind>: <reason>"; a failed image gets a zero placeholder.
+    ``error`` is "" when fine, else "<kind>: <reason>"; a failed image gets a zero placeholder. ``threads`` > 1
+    decodes that many images at once (OpenCV, PIL and torch release the GIL); each image's bytes are the same.
     """
     resize, _ = _split_eval_transform(size)
     ids = [str(i) for i in batch["image_id"]]
     images = np.zeros((len(ids), 3, size, size), dtype=np.uint8)
     errors = np.full(len(ids), "", dtype=object)
-    for k, image_id in enumerate(ids):
+
+    def decode_one(k: int) -> None:
         try:
-            pixels = read_image(resolve_inside(root, image_id))
+            pixels = read_image(resolve_inside(root, ids[k]))
             images[k] = resize(to_float_tensor(pixels)).numpy()
         except DataError as e:
             errors[k] = e.reason
         except Exception as e:  # a run over 1M images must not stop on one odd file; it is recorded
             errors[k] = f"unexpected: {type(e).__name__}: {e}"
+
+    if threads > 1 and len(ids) > 1:
+        with ThreadPoolExecutor(min(threads, len(ids))) as pool:
+            list(pool.map(decode_one, range(len(ids))))
+    else:
+        for k in range(len(ids)):
+            decode_one(k)
     return {**batch, "image": images, "error": errors}
 
 
@@ -266,3 +279,27 @@ class MapPredictor:
                 full[ok] = values
             out[name] = full
         return out
+
+
+class DecodingMapPredictor(MapPredictor):
+    """`MapPredictor` that decodes its own batches (`decode_batch` on the actor's threads) first.
+
+    Why: where the model runs on CPUs, its threads take the cores a separate decode actor would use, and the
+    two contend (an OpenMP region waits for its slowest thread); decoding in turn, on all the actor's threads,
+    measured faster (benchmarks/README.md). With GPUs, decode actors feed them instead.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model_path: str,
+        options: ForwardOptions,
+        root: str,
+        num_threads: int | None = None,
+    ) -> None:
+        super().__init__(spec, model_path, options, num_threads)
+        self.root, self.size = root, options.size
+        self.decode_threads = torch.get_num_threads()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return super().__call__(decode_batch(batch, self.root, self.size, self.decode_threads))
