@@ -9,6 +9,8 @@ not depend on what the model learned.
     python benchmarks/bench_extract.py --sizes 128 512 --batch-size 32
     python benchmarks/bench_extract.py --device cuda --channels-last --bf16 --backbone vgg16 --image-size 224
     python benchmarks/bench_extract.py --sizes 2048 --resume --set extract.rows_per_file=256
+    python benchmarks/bench_extract.py --sizes 1500 --batch-size 64 --image-size 224 --source-size 500 \
+        --method cam --head-channels 32 --num-classes 1000 --rounds 3   # issue 23's command, paired 3 times
     python benchmarks/bench_extract.py --manifest <work>/prepare/val.parquet --data-root <work>/data \
         --method cam --sizes 50000 --image-size 64 --components 512   # as benchmarks/shadow_ilsvrc.sh prepares
 
