@@ -168,9 +168,7 @@ def component_rates(
 ) -> dict[str, float]:
     """Decode-only and model-only images/s on the first `count` rows, each alone in this process."""
     table = read_manifest(manifest).slice(0, count)
-    columns = {
-        name: table.column(name).to_numpy(zero_copy_only=False) for name in extract_module._INPUT_COLUMNS
-    }
+    columns = extract_module._input_columns(table)
     size, batch = params.train.image_size, params.extract.batch_size
     start, decoded = time.perf_counter(), []
     for first in range(0, table.num_rows, batch):

@@ -544,7 +544,7 @@ def extraction(report: Report, sizes: Sizes, device: Any, work: Path) -> None:
         return
     from acol.config import load_params
     from acol.data.manifest import manifest_classes, read_manifest
-    from acol.distributed.extract import _INPUT_COLUMNS, ExtractionJob, extract_plain
+    from acol.distributed.extract import ExtractionJob, _input_columns, extract_plain
     from acol.inference.model_card import spec_from_card
     from acol.inference.predict import ForwardOptions, MapPredictor, decode_batch
 
@@ -569,7 +569,7 @@ def extraction(report: Report, sizes: Sizes, device: Any, work: Path) -> None:
     report.checks["extract_loader_workers"] = sizes.loader_workers
 
     table = read_manifest(manifest).slice(0, sizes.extract_batch)
-    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in _INPUT_COLUMNS}
+    columns = _input_columns(table)
     batch = decode_batch(columns, str(root), sizes.image_size)
     spec = spec_from_card(card, params, "acol", classes)
     options = ForwardOptions(

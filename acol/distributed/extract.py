@@ -6,9 +6,9 @@ Two engines share every step but the scheduling, so one is the correctness refer
   runs a pool of `BatchDecoder` actors reads and decodes the files and resizes them to uint8 (``S x S``) for a
   pool of `MapPredictor` actors (the model loaded once per actor), which normalize and predict; on CPU runs
   each inference actor decodes its own batches on its threads (`DecodingMapPredictor`); the driver streams the
-  results in order and writes parts of ``rows_per_file`` rows. Nothing holds the whole dataset: the driver buffers one part.
-  Ray starts in a background thread while the driver predicts the first ``driver_batches`` batches itself
-  (the plain engine's steps), so the first maps come without waiting for Ray's start-up.
+  results in order and writes parts of ``rows_per_file`` rows. Nothing holds the whole dataset: the driver
+  buffers one part. Ray starts in a background thread while the driver predicts the first ``driver_batches``
+  batches itself (a CPU inference actor's steps), so the first maps come without waiting for Ray's start-up.
 - `extract_plain`: a PyTorch DataLoader over the same decode step, the same predictor, the same writer.
 
 Images travel between the steps as uint8 (a quarter of float32): `eval_transform` is split into its resize,
@@ -219,6 +219,11 @@ class _PartWriter:
             meta = {METADATA_KEY: json.dumps(self.metadata, sort_keys=True).encode()}
             self.buffer = [MAPSTORE_SCHEMA.with_metadata(meta).empty_table()]
             self._flush(0)
+
+
+def _input_columns(inputs: pa.Table) -> dict[str, np.ndarray]:
+    """The decode step's input: the manifest columns it reads, as NumPy (what Ray Data hands an actor)."""
+    return {name: inputs.column(name).to_numpy(zero_copy_only=False) for name in _INPUT_COLUMNS}
 
 
 def _sorted_inputs(manifest_path: str | os.PathLike[str]) -> tuple[pa.Table, list[str]]:
@@ -621,10 +626,7 @@ def _driver_predictions(
     with _torch_threads(math.ceil(cfg.cpus_per_actor)):
         predictor = DecodingMapPredictor(spec, str(job.model), replace(options, device="cpu"), str(job.root))
         for start in range(0, inputs.num_rows, cfg.batch_size):
-            rows = inputs.slice(start, cfg.batch_size)
-            yield predictor(
-                {name: rows.column(name).to_numpy(zero_copy_only=False) for name in _INPUT_COLUMNS}
-            )
+            yield predictor(_input_columns(inputs.slice(start, cfg.batch_size)))
 
 
 def extract(
@@ -673,7 +675,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
     """Items are one-row decode results (the same `decode_batch` as Ray's), for a plain DataLoader."""
 
     def __init__(self, inputs: pa.Table, root: str, size: int) -> None:
-        self.columns = {name: inputs.column(name).to_numpy(zero_copy_only=False) for name in _INPUT_COLUMNS}
+        self.columns = _input_columns(inputs)
         self.root, self.size = root, size
 
     def __len__(self) -> int:

@@ -27,10 +27,7 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
     "adl": ("adl_drop_rate", "adl_threshold"),
     "spg": tuple(f"spg_threshold_{i}{level}" for i in (1, 2, 3) for level in ("h", "l")),
 }
-_FRACTIONS = (
-    "adl_drop_rate", "adl_threshold", "spg_threshold_1h", "spg_threshold_1l", "spg_threshold_2h",
-    "spg_threshold_2l", "spg_threshold_3h", "spg_threshold_3l",
-)  # fmt: skip
+_FRACTIONS = tuple(name for names in METHOD_KNOBS.values() for name in names)  # each knob is in [0, 1]
 
 
 @dataclass(frozen=True)
