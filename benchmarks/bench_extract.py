@@ -54,6 +54,7 @@ import acol.distributed.extract as extract_module
 from acol.config import load_params
 from acol.data.manifest import manifest_classes, manifest_from_records, read_manifest, write_manifest
 from acol.distributed.extract import ExtractionJob, ExtractSummary, extract, extract_plain
+from acol.distributed.session import disable_usage_stats
 from acol.inference.model_card import spec_from_card
 from acol.inference.predict import ForwardOptions, MapPredictor, decode_batch
 from acol.io import write_json_atomic
@@ -292,6 +293,7 @@ def main() -> None:
             if engine == "ray":
                 import ray
 
+                disable_usage_stats()  # as the stage's private Ray
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             for n in args.sizes:
                 if engine == "plain" and args.plain_max is not None and n > args.plain_max:

@@ -132,6 +132,35 @@ def test_join_local_needs_a_live_record(ray_tmp: Path, monkeypatch: pytest.Monke
     assert calls == []
 
 
+@pytest.mark.parametrize("users", [None, "1"])
+def test_a_private_ray_collects_no_usage_stats_unless_asked(
+    ray_tmp: Path, monkeypatch: pytest.MonkeyPatch, users: str | None
+) -> None:
+    """As on the cluster (infra/ sets RAY_USAGE_STATS_ENABLED=0): Ray Data of a private Ray runs no usage
+    collector actor, by Ray's own reading of the variable; a user who set it keeps their value."""
+    from ray._common.usage.usage_lib import usage_stats_enabled
+
+    monkeypatch.setattr(
+        os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
+    )
+    if users is not None:
+        os.environ["RAY_USAGE_STATS_ENABLED"] = users
+    _no_ray(monkeypatch)
+    ensure_ray(1)
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == (users or "0")
+    assert usage_stats_enabled() is (users == "1")
+
+
+def test_a_cluster_keeps_its_own_usage_stats_setting(ray_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
+    )
+    os.environ["RAY_ADDRESS"] = "10.0.0.7:6379"
+    _no_ray(monkeypatch)
+    ensure_ray(1)
+    assert "RAY_USAGE_STATS_ENABLED" not in os.environ  # the cluster's images decide (infra/)
+
+
 def test_an_unwritable_ray_folder_falls_back_to_ones_own(
     ray_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

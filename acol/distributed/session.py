@@ -9,7 +9,9 @@ to an existing cluster, num_cpus and num_gpus must not be provided". The rule, i
 2. ``RAY_ADDRESS`` set (``ray job submit`` sets it for the job's driver): connect to that cluster.
 3. ``ray.join_local: true`` in params: join the local cluster ``ray start`` recorded (checked reachable first).
 4. Otherwise: start a private local Ray for this process (``ray.init(address="local")``) with the CPUs the stage
-   needs, whatever a running or stale local cluster has recorded; it ends with the process.
+   needs, whatever a running or stale local cluster has recorded; it ends with the process. Like the cluster's
+   images (``RAY_USAGE_STATS_ENABLED=0`` in ``infra/``), it collects no usage statistics unless the
+   environment asks for them (`disable_usage_stats`).
 
 Ray's temp folder is ``$RAY_TMPDIR/ray``, else ``$TMPDIR/ray``, else ``/tmp/ray`` (Ray's own rule). On a shared
 machine it may belong to another user; a private start then falls back to ``<same parent>/ray-<uid>`` and says
@@ -40,6 +42,7 @@ __all__ = [
     "Demand",
     "RaySessionError",
     "check_placement",
+    "disable_usage_stats",
     "ensure_ray",
     "unplaceable",
     "local_temp_dir",
@@ -138,6 +141,17 @@ def _runtime_env() -> dict[str, Any] | None:
     return {"env_vars": env} if env else None
 
 
+def disable_usage_stats() -> None:
+    """No usage statistics from a private Ray, as on the cluster (``infra/``), unless the user set the variable.
+
+    Why: Ray Data runs its usage collector as one more actor, a Python process importing Ray Data (1.4 CPU
+    seconds at the start of an extraction on 2 cores, benchmarks/README.md), to report to Ray's servers, which
+    the pipeline's machines need not reach. Ray Data reads the variable in this process at each run: it is
+    set in this process, not only for the workers.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
 def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = False) -> str:
     """Initialise Ray by the module's rule; logs and returns what it did (one line, for logs and tests).
 
@@ -172,6 +186,7 @@ def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = Fa
     else:
         temp_dir = local_temp_dir()
         num_cpus = max(usable_cpus(), math.ceil(cpus_needed))
+        disable_usage_stats()
         ray.init(
             address="local",
             num_cpus=num_cpus,
