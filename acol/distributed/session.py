@@ -144,8 +144,8 @@ def _runtime_env() -> dict[str, Any] | None:
 def disable_usage_stats() -> None:
     """No usage statistics from a private Ray, as on the cluster (``infra/``), unless the user set the variable.
 
-    Why: Ray Data runs its usage collector as one more actor, a Python process importing Ray Data (1.4 CPU
-    seconds at the start of an extraction on 2 cores, benchmarks/README.md), to report to Ray's servers, which
+    Why: Ray Data runs its usage collector as one more actor, a Python process importing Ray Data at the start
+    of a run (benchmarks/README.md, "Ray's start-up, process by process"), to report to Ray's servers, which
     the pipeline's machines need not reach. Ray Data reads the variable in this process at each run: it is
     set in this process, not only for the workers.
     """
