@@ -132,6 +132,13 @@ def test_join_local_needs_a_live_record(ray_tmp: Path, monkeypatch: pytest.Monke
     assert calls == []
 
 
+def _environ_without_usage_stats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the environment without RAY_USAGE_STATS_ENABLED for this test: what the code sets stays here."""
+    monkeypatch.setattr(
+        os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
+    )
+
+
 @pytest.mark.parametrize("users", [None, "1"])
 def test_a_private_ray_collects_no_usage_stats_unless_asked(
     ray_tmp: Path, monkeypatch: pytest.MonkeyPatch, users: str | None
@@ -140,9 +147,7 @@ def test_a_private_ray_collects_no_usage_stats_unless_asked(
     collector actor, by Ray's own reading of the variable; a user who set it keeps their value."""
     from ray._common.usage.usage_lib import usage_stats_enabled
 
-    monkeypatch.setattr(
-        os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
-    )
+    _environ_without_usage_stats(monkeypatch)
     if users is not None:
         os.environ["RAY_USAGE_STATS_ENABLED"] = users
     _no_ray(monkeypatch)
@@ -152,9 +157,7 @@ def test_a_private_ray_collects_no_usage_stats_unless_asked(
 
 
 def test_a_cluster_keeps_its_own_usage_stats_setting(ray_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
-    )
+    _environ_without_usage_stats(monkeypatch)
     os.environ["RAY_ADDRESS"] = "10.0.0.7:6379"
     _no_ray(monkeypatch)
     ensure_ray(1)
