@@ -370,6 +370,69 @@ def test_a_ray_failure_during_the_driver_batches_is_raised_and_nothing_left_runn
     assert not [t for t in threading.enumerate() if t.name == "extract-ray"]
 
 
+class _GatedCopy:
+    """A Ray Data actor that, from its second call on, waits (at most ``timeout`` s) until the driver has
+    received the batch before, as a file ``gate/<k>`` the test writes says; each row records whether it had."""
+
+    def __init__(self, gate: str, timeout: float = 30.0) -> None:
+        self.gate, self.timeout, self.calls = Path(gate), timeout, 0
+
+    def __call__(self, batch: dict) -> dict:
+        import time
+
+        received = True
+        if self.calls:
+            deadline = time.monotonic() + self.timeout
+            while (
+                not (received := (self.gate / str(self.calls - 1)).exists()) and time.monotonic() < deadline
+            ):
+                time.sleep(0.02)
+        self.calls += 1
+        rows = len(batch["image_id"])
+        return {"image_id": batch["image_id"], "previous_received": np.full(rows, received)}
+
+
+def test_each_result_batch_reaches_the_driver_when_its_call_ends(setup, ray_session, monkeypatch, tmp_path):
+    """The driver gets batch k as soon as the actor has computed it, not once batch k+1 is out too (Ray Data's
+    prefetch held each one back by a call: at the start, dead time of one batch). The actor waits for the
+    driver to have batch k before it computes k+1, so a batch held back is seen as one the driver never got."""
+    from concurrent.futures import Future
+
+    import ray
+    import ray.cloudpickle
+
+    from acol.distributed import extract as module
+
+    s = setup
+    inputs, _ = module._sorted_inputs(s["manifest"])
+    inputs = inputs.slice(0, 3 * s["params"].extract.batch_size)
+
+    def gated_plan(rows, params, *args):
+        size = params.extract.batch_size
+        blocks = [rows.slice(i, size) for i in range(0, rows.num_rows, size)]
+        return ray.data.from_blocks(blocks).map_batches(
+            _GatedCopy,
+            fn_constructor_kwargs={"gate": str(tmp_path)},
+            compute=ray.data.ActorPoolStrategy(size=1),
+            batch_size=size,
+            batch_format="numpy",
+        )
+
+    monkeypatch.setattr(module, "_ray_dataset", gated_plan)
+    started: Future[str] = Future()
+    started.set_result("local")
+    here = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(here)  # the worker cannot import this test module
+    try:
+        received = []
+        for k, batch in enumerate(module._ray_batches(started, inputs, s["params"], None, "", "", None)):
+            received.extend(batch["previous_received"].tolist())
+            (tmp_path / str(k)).touch()
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(here)
+    assert received == [True] * inputs.num_rows
+
+
 def test_background_hands_items_over_in_order_and_stops_when_closed():
     from acol.distributed.extract import _Background
 

@@ -535,7 +535,9 @@ def _ray_batches(
     options.resource_limits = old_limits.copy(object_store_memory=_buffer_bytes(params))
     try:
         ds = _ray_dataset(inputs, params, spec, root, model_path, forward)
-        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+        # prefetch_batches=0: with any prefetch, Ray Data (2.60) hands a block over only once the next one is
+        # out, so every batch came one actor call late (dead time at the start); the executor still runs ahead.
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
     finally:
         options.preserve_order, options.resource_limits = old_order, old_limits
 
