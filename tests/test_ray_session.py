@@ -132,11 +132,11 @@ def test_join_local_needs_a_live_record(ray_tmp: Path, monkeypatch: pytest.Monke
     assert calls == []
 
 
-def _environ_without_usage_stats(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A copy of the environment without RAY_USAGE_STATS_ENABLED for this test: what the code sets stays here."""
-    monkeypatch.setattr(
-        os, "environ", {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
-    )
+def _environ_without_usage_stats(monkeypatch: pytest.MonkeyPatch, config: Path) -> None:
+    """A copy of the environment without RAY_USAGE_STATS_ENABLED for this test (what the code sets stays here),
+    with Ray's usage-stats config file at ``config`` (the user's own ~/.ray/config.json left out)."""
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_USAGE_STATS_ENABLED"}
+    monkeypatch.setattr(os, "environ", {**environ, "RAY_USAGE_STATS_CONFIG_PATH": str(config)})
 
 
 @pytest.mark.parametrize("users", [None, "1"])
@@ -147,7 +147,7 @@ def test_a_private_ray_collects_no_usage_stats_unless_asked(
     collector actor, by Ray's own reading of the variable; a user who set it keeps their value."""
     from ray._common.usage.usage_lib import usage_stats_enabled
 
-    _environ_without_usage_stats(monkeypatch)
+    _environ_without_usage_stats(monkeypatch, ray_tmp / "no-config.json")
     if users is not None:
         os.environ["RAY_USAGE_STATS_ENABLED"] = users
     _no_ray(monkeypatch)
@@ -156,8 +156,36 @@ def test_a_private_ray_collects_no_usage_stats_unless_asked(
     assert usage_stats_enabled() is (users == "1")
 
 
+@pytest.mark.parametrize("choice", [True, False])
+def test_a_choice_in_rays_config_file_is_kept(
+    ray_tmp: Path, monkeypatch: pytest.MonkeyPatch, choice: bool
+) -> None:
+    """``ray enable-usage-stats`` writes ``{"usage_stats": true}`` to Ray's config file; the variable would
+    override it (Ray reads the variable first), so a private Ray leaves it unset and the user's choice holds."""
+    from ray._common.usage.usage_lib import usage_stats_enabled
+
+    config = ray_tmp / "config.json"
+    config.write_text(json.dumps({"usage_stats": choice}))
+    _environ_without_usage_stats(monkeypatch, config)
+    _no_ray(monkeypatch)
+    ensure_ray(1)
+    assert "RAY_USAGE_STATS_ENABLED" not in os.environ
+    assert usage_stats_enabled() is choice
+
+
+@pytest.mark.parametrize("config", ["", "[not json", "3"])
+def test_a_config_file_without_a_choice_leaves_usage_stats_off(
+    ray_tmp: Path, monkeypatch: pytest.MonkeyPatch, config: str
+) -> None:
+    (ray_tmp / "config.json").write_text(config)
+    _environ_without_usage_stats(monkeypatch, ray_tmp / "config.json")
+    _no_ray(monkeypatch)
+    ensure_ray(1)
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
 def test_a_cluster_keeps_its_own_usage_stats_setting(ray_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _environ_without_usage_stats(monkeypatch)
+    _environ_without_usage_stats(monkeypatch, ray_tmp / "no-config.json")
     os.environ["RAY_ADDRESS"] = "10.0.0.7:6379"
     _no_ray(monkeypatch)
     ensure_ray(1)

@@ -20,6 +20,7 @@ so, or, when that is not writable either, fails with a message naming ``RAY_TMPD
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -141,15 +142,29 @@ def _runtime_env() -> dict[str, Any] | None:
     return {"env_vars": env} if env else None
 
 
+def _usage_stats_chosen() -> bool:
+    """Whether the user chose about Ray's usage statistics, by either of Ray's two means: the variable, or
+    ``usage_stats`` in Ray's config file (what ``ray enable-usage-stats`` and ``disable-usage-stats`` write)."""
+    if "RAY_USAGE_STATS_ENABLED" in os.environ:
+        return True
+    config = os.environ.get("RAY_USAGE_STATS_CONFIG_PATH", os.path.expanduser("~/.ray/config.json"))
+    try:
+        return "usage_stats" in json.loads(Path(config).read_text())
+    except (OSError, ValueError, TypeError):  # no file, or one Ray itself would not read: Ray's default
+        return False
+
+
 def disable_usage_stats() -> None:
-    """No usage statistics from a private Ray, as on the cluster (``infra/``), unless the user set the variable.
+    """No usage statistics from a private Ray, as on the cluster (``infra/``), unless the user chose otherwise.
 
     Why: Ray Data runs its usage collector as one more actor, a Python process importing Ray Data at the start
     of a run (benchmarks/README.md, "Ray's start-up, process by process"), to report to Ray's servers, which
     the pipeline's machines need not reach. Ray Data reads the variable in this process at each run: it is
-    set in this process, not only for the workers.
+    set in this process, not only for the workers. Ray gives the variable precedence over its config file, so
+    it is left unset where the file holds the user's choice.
     """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not _usage_stats_chosen():
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 def ensure_ray(cpus_needed: float, gpus_needed: float = 0, join_local: bool = False) -> str:
