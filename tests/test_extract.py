@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -371,31 +372,32 @@ def test_a_ray_failure_during_the_driver_batches_is_raised_and_nothing_left_runn
 
 
 class _GatedCopy:
-    """A Ray Data actor that, from its second call on, waits (at most ``timeout`` s) until the driver has
-    received the batch before, as a file ``gate/<k>`` the test writes says; each row records whether it had."""
+    """A Ray Data actor that, before each batch, waits (at most ``timeout`` s) until the driver has received every
+    earlier batch this actor has computed (a file per batch the test writes on receipt); each row records whether
+    it had. "Earlier" is by image_id (the plan's order): Ray Data may hand the actor its batches out of order."""
 
     def __init__(self, gate: str, timeout: float = 30.0) -> None:
-        self.gate, self.timeout, self.calls = Path(gate), timeout, 0
+        self.gate, self.timeout, self.computed = Path(gate), timeout, []
 
     def __call__(self, batch: dict) -> dict:
-        import time
-
-        received = True
-        if self.calls:
-            deadline = time.monotonic() + self.timeout
-            while (
-                not (received := (self.gate / str(self.calls - 1)).exists()) and time.monotonic() < deadline
-            ):
-                time.sleep(0.02)
-        self.calls += 1
+        first = str(batch["image_id"][0])
+        earlier = [self.gate / _gate_name(done) for done in self.computed if done < first]
+        deadline = time.monotonic() + self.timeout
+        while not (received := all(p.exists() for p in earlier)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.computed.append(first)
         rows = len(batch["image_id"])
         return {"image_id": batch["image_id"], "previous_received": np.full(rows, received)}
+
+
+def _gate_name(image_id: str) -> str:
+    return image_id.replace("/", "_")
 
 
 def test_each_result_batch_reaches_the_driver_when_its_call_ends(setup, ray_session, monkeypatch, tmp_path):
     """The driver gets batch k as soon as the actor has computed it, not once batch k+1 is out too (Ray Data's
     prefetch held each one back by a call: at the start, dead time of one batch). The actor waits for the
-    driver to have batch k before it computes k+1, so a batch held back is seen as one the driver never got."""
+    driver to have the batches before the one it computes, so a batch held back is one the driver never got."""
     from concurrent.futures import Future
 
     import ray
@@ -425,9 +427,9 @@ def test_each_result_batch_reaches_the_driver_when_its_call_ends(setup, ray_sess
     ray.cloudpickle.register_pickle_by_value(here)  # the worker cannot import this test module
     try:
         received = []
-        for k, batch in enumerate(module._ray_batches(started, inputs, s["params"], None, "", "", None)):
+        for batch in module._ray_batches(started, inputs, s["params"], None, "", "", None):
             received.extend(batch["previous_received"].tolist())
-            (tmp_path / str(k)).touch()
+            (tmp_path / _gate_name(str(batch["image_id"][0]))).touch()
     finally:
         ray.cloudpickle.unregister_pickle_by_value(here)
     assert received == [True] * inputs.num_rows
