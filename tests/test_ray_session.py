@@ -173,7 +173,7 @@ def test_a_choice_in_rays_config_file_is_kept(
     assert usage_stats_enabled() is choice
 
 
-@pytest.mark.parametrize("config", ["", "[not json", "3"])
+@pytest.mark.parametrize("config", ["", "[not json", "3", '"usage_stats"', '{"other": 1}'])
 def test_a_config_file_without_a_choice_leaves_usage_stats_off(
     ray_tmp: Path, monkeypatch: pytest.MonkeyPatch, config: str
 ) -> None:

@@ -149,9 +149,10 @@ def _usage_stats_chosen() -> bool:
         return True
     config = os.environ.get("RAY_USAGE_STATS_CONFIG_PATH", os.path.expanduser("~/.ray/config.json"))
     try:
-        return "usage_stats" in json.loads(Path(config).read_text())
-    except (OSError, ValueError, TypeError):  # no file, or one Ray itself would not read: Ray's default
+        settings = json.loads(Path(config).read_text())
+    except (OSError, ValueError):  # no file, or not JSON: Ray falls back to its default too
         return False
+    return isinstance(settings, dict) and "usage_stats" in settings
 
 
 def disable_usage_stats() -> None:
